@@ -1,0 +1,673 @@
+"""The pure-Python hot path: sys.monitoring callbacks, per-code dispatch, return-probe pools.
+
+This is the readable reference of the dispatch core (a C core may replace it, held equal by the
+same tests). The registry builds everything cold; here each event is one dict lookup by
+``id(code)`` to an immutable ``Site``, then the probes at that place, in registration order.
+
+Threads: callbacks run on any thread, concurrently with registry changes. They never take a
+lock: a ``Site`` is replaced whole, never mutated, and the only shared mutable state (pending
+post handlers, return-probe pools) is changed with single dict/list operations, which are
+atomic under the GIL. Counter increments (``p.nhit += 1``) involve no call and no backward
+jump, so under the GIL no other thread runs between their read and their write.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
+from typing import Any
+
+from pyprobes.engine.context import (
+    CALLBACK_CODES,
+    CO_VARARGS,
+    CO_VARKEYWORDS,
+    KretprobeInstance,
+    ProbeContext,
+)
+from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
+from pyprobes.engine.resolve import ENTRY, LINE, OFFSET, Location
+
+NAME = "python"
+
+_M = sys.monitoring
+_E = _M.events
+_DISABLE = _M.DISABLE
+_log = logging.getLogger("pyprobes")
+
+#: CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+_GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
+#: gh-140373: closing or collecting a suspended generator emits no event (3.13.0 - 3.14.0).
+_CLOSE_EMITS_NOTHING = (3, 13) <= sys.version_info[:3] < (3, 14, 1)
+_RECLAIM_INTERVAL_NS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Everything the callbacks need to know about one probed code object."""
+
+    entry: tuple[Probe, ...] = ()
+    offsets: dict[int, tuple[Kprobe, ...]] = field(default_factory=dict)
+    lines: dict[int, tuple[Kprobe, ...]] = field(default_factory=dict)
+    returns: tuple[Kretprobe, ...] = ()
+    post_insn: bool = False  # a post handler waits for the next instruction: never DISABLE
+    post_line: bool = False  # a post handler waits for the next line: never DISABLE
+
+    @property
+    def events(self) -> int:
+        """The local events this site needs."""
+        ev = 0
+        if self.entry:
+            ev |= _E.PY_START
+        if self.offsets or self.post_insn:
+            ev |= _E.INSTRUCTION
+        if self.lines:
+            ev |= _E.LINE
+        if self.returns or self.post_insn or self.post_line:
+            ev |= _E.PY_RETURN
+        if self.post_insn or self.post_line:
+            ev |= _E.PY_YIELD
+        return ev
+
+    @property
+    def watches_exit(self) -> bool:
+        """True if frames of this code must be seen leaving by an exception (PY_UNWIND)."""
+        return bool(self.returns) or self.post_insn or self.post_line
+
+
+class RetState:
+    """One registration of a kretprobe: its instance pool and its live activations.
+
+    Replaced whole on unregister or disable, so that a callback still holding the old one
+    cannot leak an activation into the new registration.
+    """
+
+    __slots__ = ("active", "free", "last_reclaim", "maxactive", "rp")
+
+    def __init__(self, rp: Kretprobe, maxactive: int) -> None:
+        self.rp = rp
+        self.maxactive = maxactive
+        self.free = [KretprobeInstance(rp) for _ in range(maxactive)]
+        self.active: dict[int, KretprobeInstance] = {}
+        self.last_reclaim = 0
+
+    def recycle(self, ri: KretprobeInstance) -> None:
+        """Return an instance to the pool, dropping what it referenced."""
+        ri.frame = None
+        ri._data = None
+        self.free.append(ri)
+
+    def reclaim(self) -> int:
+        """Flush activations that can never end (their frame is referenced by us alone)."""
+        freed = 0
+        for fid, ri in list(self.active.items()):
+            frame = ri.frame
+            if frame is None or not _abandoned(frame):
+                continue
+            if self.active.pop(fid, None) is ri:
+                self.recycle(ri)
+                freed += 1
+        return freed
+
+    def flush(self) -> None:
+        """End every activation without running handlers."""
+        for fid in list(self.active):
+            ri = self.active.pop(fid, None)
+            if ri is not None:
+                self.recycle(ri)
+
+    @property
+    def nactive(self) -> int:
+        return self.maxactive - len(self.free)
+
+
+def _abandoned(frame: FrameType) -> bool:
+    # References when abandoned: ri.frame, the `frame` argument, getrefcount's own argument.
+    if sys.getrefcount(frame) <= 3:
+        return True
+    if _CLOSE_EMITS_NOTHING and frame.f_code.co_flags & _GEN_FLAGS:
+        # A closed generator still referenced keeps its frame on 3.13; clear() tells:
+        # it refuses suspended and running frames and only releases a finished one's locals.
+        try:
+            frame.clear()
+        except RuntimeError:
+            return False
+        return True
+    return False
+
+
+# --- state --------------------------------------------------------------------------------
+
+_tool = -1
+_sites: dict[int, Site] = {}
+_exit_codes: set[int] = set()
+_disabled_codes: set[int] = set()
+_restart_needed = False
+_global_events = 0
+_pending_insn: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
+_pending_line: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
+_ret_states: set[RetState] = set()
+_fork_running: set[int] | None = None
+
+
+# --- handler calls ------------------------------------------------------------------------
+
+
+def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
+    """A handler raised: give it to the fault handler, else report once; never re-raise."""
+    probe.nfault += 1
+    fh = probe.fault_handler
+    if fh is not None:
+        try:
+            if fh(probe, ctx, exc):
+                return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc2:
+            exc = exc2
+    if not probe._fault_reported:
+        probe._fault_reported = True
+        try:
+            _log.warning(
+                "pyprobes: a handler of %r raised %r; the program did not see it, further"
+                " faults of this probe are only counted (nfault)",
+                probe,
+                exc,
+                exc_info=exc,
+            )
+        except Exception:
+            pass
+
+
+def _kprobe_pre(probe: Kprobe, ctx: ProbeContext) -> None:
+    probe.nhit += 1
+    h = probe.pre_handler
+    if h is not None:
+        try:
+            h(probe, ctx)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _fault(probe, ctx, exc)
+
+
+def _jprobe(probe: Jprobe, ctx: ProbeContext) -> None:
+    probe.nhit += 1
+    try:
+        pos, kw = call_args(ctx.code, ctx.args)
+        probe.entry(*pos, **kw)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _fault(probe, ctx, exc)
+
+
+def call_args(code: CodeType, args: dict[str, object]) -> tuple[list[Any], dict[str, Any]]:
+    """Rebuild the call's positional and keyword arguments from the bound parameters."""
+    names = code.co_varnames
+    n_pos = code.co_argcount
+    n_kw = code.co_kwonlyargcount
+    pos = [args[n] for n in names[:n_pos]]
+    kw = {n: args[n] for n in names[n_pos : n_pos + n_kw]}
+    i = n_pos + n_kw
+    if code.co_flags & CO_VARARGS:
+        pos.extend(args[names[i]])  # type: ignore[call-overload]
+        i += 1
+    if code.co_flags & CO_VARKEYWORDS:
+        kw.update(args[names[i]])  # type: ignore[call-overload]
+    return pos, kw
+
+
+def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
+    state: RetState | None = rp._rstate
+    if state is None:
+        return
+    try:
+        ri = state.free.pop()
+    except IndexError:
+        now = time.perf_counter_ns()
+        if now - state.last_reclaim < _RECLAIM_INTERVAL_NS:
+            rp.nmissed += 1
+            return
+        state.last_reclaim = now
+        state.reclaim()
+        try:
+            ri = state.free.pop()
+        except IndexError:
+            rp.nmissed += 1
+            return
+    frame = ctx.frame
+    ri.frame = frame
+    ri.thread_id = threading.get_ident()
+    ri.entry_time_ns = time.perf_counter_ns()
+    eh = rp.entry_handler
+    if eh is not None:
+        try:
+            veto = eh(ri, ctx)
+        except KeyboardInterrupt:
+            state.recycle(ri)
+            raise
+        except BaseException as exc:
+            _fault(rp, ctx, exc)
+            veto = True  # an entry that failed leaves no activation to pair
+        if veto:
+            state.recycle(ri)
+            return
+    rp.nhit += 1
+    state.active[id(frame)] = ri
+
+
+def _kret_exit(
+    site: Site, code: CodeType, offset: int, frame: FrameType, retval: object, exc: Any
+) -> None:
+    fid = id(frame)
+    ctx: ProbeContext | None = None
+    for rp in site.returns:
+        state: RetState | None = rp._rstate
+        if state is None:
+            continue
+        ri = state.active.pop(fid, None)
+        if ri is None:
+            continue
+        h = rp.handler
+        if h is not None:
+            if ctx is None:
+                ctx = ProbeContext(code, offset, frame=frame)
+                ctx.retval = retval
+                ctx.exception = exc
+            try:
+                h(ri, ctx)
+            except KeyboardInterrupt:
+                state.recycle(ri)
+                raise
+            except BaseException as e:
+                _fault(rp, ctx, e)
+        state.recycle(ri)
+
+
+def _run_kprobes(
+    probes: tuple[Kprobe, ...],
+    ctx: ProbeContext,
+    pending: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]],
+) -> None:
+    posts: list[Kprobe] | None = None
+    for p in probes:
+        _kprobe_pre(p, ctx)
+        if p.post_handler is not None:
+            if posts is None:
+                posts = []
+            posts.append(p)
+    if posts is not None:
+        _defer_posts(posts, ctx, pending)
+
+
+def _defer_posts(
+    posts: list[Kprobe],
+    ctx: ProbeContext,
+    pending: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]],
+) -> None:
+    frame = ctx.frame
+    if frame is not None:
+        pending[id(frame)] = (frame, posts, ctx)
+
+
+def _fire_posts(entry: tuple[FrameType, list[Kprobe], ProbeContext]) -> None:
+    _, posts, ctx = entry
+    for p in posts:
+        h = p.post_handler
+        if h is None:
+            continue
+        try:
+            h(p, ctx, 0)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _fault(p, ctx, exc)
+
+
+# --- callbacks ----------------------------------------------------------------------------
+
+
+def _on_start(code: CodeType, offset: int) -> Any:
+    site = _sites.get(id(code))
+    if site is None:
+        return None
+    ctx = ProbeContext(code, 0)
+    posts: list[Kprobe] | None = None
+    for probe in site.entry:
+        kind = probe.kind
+        if kind == "k":
+            _kprobe_pre(probe, ctx)  # type: ignore[arg-type]
+            if probe.post_handler is not None:  # type: ignore[attr-defined]
+                if posts is None:
+                    posts = []
+                posts.append(probe)  # type: ignore[arg-type]
+        elif kind == "r":
+            _kret_entry(probe, ctx)  # type: ignore[arg-type]
+        else:
+            _jprobe(probe, ctx)  # type: ignore[arg-type]
+    if posts is not None:
+        _defer_posts(posts, ctx, _pending_insn)
+    ctx.seal()
+    return None
+
+
+def _on_instruction(code: CodeType, offset: int) -> Any:
+    site = _sites.get(id(code))
+    if site is None:
+        return _DISABLE
+    if site.post_insn and _pending_insn:
+        entry = _pending_insn.pop(id(sys._getframe(1)), None)
+        if entry is not None:
+            _fire_posts(entry)
+    probes = site.offsets.get(offset)
+    if probes is None:
+        if site.post_insn:
+            return None
+        _disabled_codes.add(id(code))
+        return _DISABLE
+    ctx = ProbeContext(code, offset)
+    _run_kprobes(probes, ctx, _pending_insn)
+    ctx.seal()
+    return None
+
+
+def _on_line(code: CodeType, line: int) -> Any:
+    site = _sites.get(id(code))
+    if site is None:
+        return _DISABLE
+    if site.post_line and _pending_line:
+        entry = _pending_line.pop(id(sys._getframe(1)), None)
+        if entry is not None:
+            _fire_posts(entry)
+    probes = site.lines.get(line)
+    if probes is None:
+        if site.post_line:
+            return None
+        _disabled_codes.add(id(code))
+        return _DISABLE
+    ctx = ProbeContext(code, -1, line)
+    _run_kprobes(probes, ctx, _pending_line)
+    ctx.seal()
+    return None
+
+
+def _on_return(code: CodeType, offset: int, retval: object) -> Any:
+    site = _sites.get(id(code))
+    if site is None:
+        return None
+    frame = sys._getframe(1)
+    if site.post_insn or site.post_line:
+        _end_posts(id(frame), fire=True)
+    if site.returns:
+        _kret_exit(site, code, offset, frame, retval, None)
+    return None
+
+
+def _on_yield(code: CodeType, offset: int, value: object) -> Any:
+    site = _sites.get(id(code))
+    if site is not None and (site.post_insn or site.post_line):
+        _end_posts(id(sys._getframe(1)), fire=True)
+    return None
+
+
+def _on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
+    # Global event: every frame unwound anywhere comes here, so stay at one set lookup.
+    if id(code) not in _exit_codes:
+        return
+    site = _sites.get(id(code))
+    if site is None:
+        return
+    frame = sys._getframe(1)
+    if site.post_insn or site.post_line:
+        _end_posts(id(frame), fire=False)
+    if site.returns:
+        _kret_exit(site, code, offset, frame, None, exc)
+
+
+def _end_posts(fid: int, fire: bool) -> None:
+    for pending in (_pending_insn, _pending_line):
+        entry = pending.pop(fid, None)
+        if entry is not None and fire:
+            _fire_posts(entry)
+
+
+_CALLBACKS = {
+    _E.PY_START: _on_start,
+    _E.INSTRUCTION: _on_instruction,
+    _E.LINE: _on_line,
+    _E.PY_RETURN: _on_return,
+    _E.PY_YIELD: _on_yield,
+    _E.PY_UNWIND: _on_unwind,
+}
+CALLBACK_CODES.update(f.__code__ for f in _CALLBACKS.values())
+
+
+# --- the interface the registry uses -----------------------------------------------------
+
+
+def install(tool_id: int) -> None:
+    """Register the callbacks on a tool id the registry holds."""
+    global _tool, _global_events
+    _tool = tool_id
+    _global_events = 0
+    for event, cb in _CALLBACKS.items():
+        _M.register_callback(tool_id, event, cb)
+
+
+def uninstall() -> None:
+    """Remove callbacks and global events; every site must have been unpublished before."""
+    global _tool, _global_events
+    if _tool < 0:
+        return
+    _M.set_events(_tool, 0)
+    for event in _CALLBACKS:
+        _M.register_callback(_tool, event, None)
+    _sites.clear()
+    _exit_codes.clear()
+    _disabled_codes.clear()
+    _pending_insn.clear()
+    _pending_line.clear()
+    _tool = -1
+    _global_events = 0
+
+
+def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
+    """The dispatch table of one code object from its enabled probes, in registration order."""
+    entry: list[Probe] = []
+    offsets: dict[int, list[Kprobe]] = {}
+    lines: dict[int, list[Kprobe]] = {}
+    returns: list[Kretprobe] = []
+    post_insn = post_line = False
+    for probe, loc in items:
+        has_post = isinstance(probe, Kprobe) and probe.post_handler is not None
+        if loc.where == ENTRY:
+            entry.append(probe)
+            post_insn |= has_post
+            if isinstance(probe, Kretprobe):
+                returns.append(probe)
+        elif loc.where == OFFSET:
+            offsets.setdefault(loc.offset, []).append(probe)  # type: ignore[arg-type]
+            post_insn |= has_post
+        elif loc.where == LINE:
+            assert loc.line is not None
+            lines.setdefault(loc.line, []).append(probe)  # type: ignore[arg-type]
+            post_line |= has_post
+    return Site(
+        entry=tuple(entry),
+        offsets={k: tuple(v) for k, v in offsets.items()},
+        lines={k: tuple(v) for k, v in lines.items()},
+        returns=tuple(returns),
+        post_insn=post_insn,
+        post_line=post_line,
+    )
+
+
+def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
+    """Arm exactly ``items`` (enabled probes, in registration order) on ``code``."""
+    global _restart_needed
+    cid = id(code)
+    old = _sites.get(cid)
+    if not items:
+        if old is None:
+            return
+        _M.set_local_events(_tool, code, 0)
+        _sites.pop(cid, None)
+        _exit_codes.discard(cid)
+        _drop_posts_of(code)
+        return
+    site = build_site(items)
+    if cid in _disabled_codes and (
+        old is None
+        or not site.offsets.keys() <= old.offsets.keys()
+        or not site.lines.keys() <= old.lines.keys()
+        or (site.post_insn and not old.post_insn)
+        or (site.post_line and not old.post_line)
+    ):
+        _restart_needed = True  # a location we returned DISABLE for is wanted again
+    _sites[cid] = site
+    if site.watches_exit:
+        _exit_codes.add(cid)
+    else:
+        _exit_codes.discard(cid)
+        _drop_posts_of(code)
+    _M.set_local_events(_tool, code, site.events)
+
+
+def forget(cid: int) -> None:
+    """Drop what is kept for a code object that was collected."""
+    _sites.pop(cid, None)
+    _exit_codes.discard(cid)
+    _disabled_codes.discard(cid)
+
+
+def _drop_posts_of(code: CodeType) -> None:
+    for pending in (_pending_insn, _pending_line):
+        for fid, (frame, _, _) in list(pending.items()):
+            if frame.f_code is code:
+                pending.pop(fid, None)
+
+
+def commit() -> None:
+    """Apply what a batch of ``publish`` calls needs globally (PY_UNWIND, restarts)."""
+    global _restart_needed, _global_events
+    if _tool < 0:
+        return
+    want = _E.PY_UNWIND if _exit_codes else 0
+    if want != _global_events:
+        _M.set_events(_tool, want)
+        _global_events = want
+    if _restart_needed:
+        _restart_needed = False
+        _disabled_codes.clear()
+        _M.restart_events()
+
+
+def new_ret_state(rp: Kretprobe, maxactive: int) -> RetState:
+    """A fresh pool for a kretprobe being armed."""
+    state = RetState(rp, maxactive)
+    _ret_states.add(state)
+    _update_gc_hook()
+    return state
+
+
+def drop_ret_state(state: RetState | None) -> None:
+    """Forget a pool: its activations end without handlers (unregister, disable)."""
+    if state is None:
+        return
+    _ret_states.discard(state)
+    state.flush()
+    _update_gc_hook()
+
+
+def nactive(state: RetState | None) -> int:
+    """Instances in use, after reclaiming activations that can never end."""
+    if state is None:
+        return 0
+    state.reclaim()
+    return state.nactive
+
+
+def _gc_hook(phase: str, info: dict[str, int]) -> None:
+    # After a full collection, dropped generators are gone: release their frames promptly.
+    if phase == "stop" and info.get("generation") == 2:
+        for state in list(_ret_states):
+            try:
+                state.reclaim()
+            except Exception:
+                pass
+
+
+def _update_gc_hook() -> None:
+    if _ret_states:
+        if _gc_hook not in gc.callbacks:
+            gc.callbacks.append(_gc_hook)
+    elif _gc_hook in gc.callbacks:
+        gc.callbacks.remove(_gc_hook)
+
+
+def _before_fork() -> None:
+    # Remember which frames run on other threads: in the child those threads do not exist.
+    global _fork_running
+    _fork_running = None
+    if not any(s.active for s in list(_ret_states)) and not (_pending_insn or _pending_line):
+        return
+    me = threading.get_ident()
+    running: set[int] = set()
+    for tid, top in sys._current_frames().items():
+        if tid == me:
+            continue
+        f: FrameType | None = top
+        while f is not None:
+            running.add(id(f))
+            f = f.f_back
+    _fork_running = running
+
+
+def _after_fork_child() -> None:
+    global _fork_running
+    running, _fork_running = _fork_running, None
+    if running is None:
+        return
+    me = threading.get_ident()
+    for state in list(_ret_states):
+        for fid, ri in list(state.active.items()):
+            frame = ri.frame
+            on_dead_thread = fid in running or (
+                ri.thread_id != me
+                and frame is not None
+                and not frame.f_code.co_flags & _GEN_FLAGS
+            )
+            if on_dead_thread and state.active.pop(fid, None) is ri:
+                state.recycle(ri)
+    for pending in (_pending_insn, _pending_line):
+        for fid in list(pending):
+            if fid in running:
+                pending.pop(fid, None)
+
+
+def _after_fork_parent() -> None:
+    global _fork_running
+    _fork_running = None
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_child=_after_fork_child, after_in_parent=_after_fork_parent
+)
+
+
+def live_states() -> Iterable[RetState]:
+    """The pools of every armed kretprobe (for tests and the listing)."""
+    return list(_ret_states)
+
+
+def current_tool() -> int:
+    """The tool id whose callbacks are installed, or -1."""
+    return _tool
+

@@ -1,0 +1,58 @@
+"""The plain, detached record of one probe hit, handed from the engine to output."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENTRY = "p"
+RETURN = "r"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One probe hit as plain data, safe to queue and render on any thread later.
+
+    It never holds a live frame or a user object: ``args``, ``retval`` are values the
+    engine captured already (None/bool/int/float/str/list/dict). The producer hands
+    ``args`` over: it must not mutate the mapping afterwards. Not hashable (``args``).
+    """
+
+    event: str
+    group: str
+    kind: str
+    probe: str
+    location: str
+    time_ns: int
+    pid: int
+    thread_id: int
+    thread_name: str
+    args: Mapping[str, object]
+    retval: object = None
+    exception: str | None = None
+    duration_ns: int | None = None
+
+    @property
+    def is_return(self) -> bool:
+        """True for a return event (kind ``r``)."""
+        return self.kind == RETURN
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The record as the JSON Lines output shows it; return fields only for returns."""
+        out: dict[str, object] = {
+            "event": self.event,
+            "group": self.group,
+            "kind": self.kind,
+            "probe": self.probe,
+            "location": self.location,
+            "time_ns": self.time_ns,
+            "pid": self.pid,
+            "thread_id": self.thread_id,
+            "thread_name": self.thread_name,
+            "args": dict(self.args),
+        }
+        if self.kind == RETURN:
+            out["retval"] = self.retval
+            out["exception"] = self.exception
+            out["duration_ns"] = self.duration_ns
+        return out

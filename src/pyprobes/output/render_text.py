@@ -1,0 +1,56 @@
+"""Text output, one line per event in the manner of ftrace's ``trace_pipe``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pyprobes.output.records import RETURN, Event
+from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, utf8_safe
+from pyprobes.output.units import format_duration
+
+DURATION_ARG = "$duration"
+
+
+def format_value(value: object) -> str:
+    """One captured value, compactly: strings repr-quoted, containers as JSON, scalars as Python."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int):
+        return int_text(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    if isinstance(value, list | tuple | Mapping):
+        return dumps(value, separators=READABLE)
+    return safe_repr(value)
+
+
+def format_arg(name: str, value: object) -> str:
+    """``value`` as shown after ``name=``; ``$duration`` (ns) in human units."""
+    if name == DURATION_ARG and isinstance(value, int | float) and not isinstance(value, bool):
+        return format_duration(value)
+    return format_value(value)
+
+
+class TextRenderer:
+    """Renders ``{thread}-{pid} [{tid}] {secs}: {event}: ({probe}) name=value ...`` lines."""
+
+    def header(self) -> str:
+        """Nothing: a trace_pipe has no header."""
+        return ""
+
+    def footer(self) -> str:
+        """Nothing: a trace_pipe has no footer."""
+        return ""
+
+    def render(self, event: Event) -> str:
+        """One line, newline-terminated; a return shows ``(return site <- probe)``."""
+        where = f"{event.location} <- {event.probe}" if event.kind == RETURN else event.probe
+        line = (
+            f"{event.thread_name}-{event.pid} [{event.thread_id}] "
+            f"{event.time_ns / 1e9:.6f}: {event.event}: ({where})"
+        )
+        if event.args:
+            line += " " + " ".join(f"{k}={format_arg(k, v)}" for k, v in event.args.items())
+        return utf8_safe(line) + "\n"
