@@ -1,4 +1,4 @@
-"""Make captured values safe to write: strict JSON, UTF-8-encodable text, a repr that never raises."""
+"""Make captured values safe to write: strict JSON, UTF-8-encodable text, a safe repr."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 
-type JSONValue = None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]
+type JSONValue = bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None
 
 # Deeper nesting is cut off: it bounds recursion and also breaks reference cycles.
 MAX_DEPTH = 32
@@ -100,9 +100,7 @@ def utf8_safe(text: str) -> str:
     return text
 
 
-def dumps(
-    value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bool = False
-) -> str:
+def dumps(value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bool = False) -> str:
     """json.dumps that never raises and gives strict JSON (no NaN) that UTF-8 can encode.
 
     The fast path is the plain encoder; only values it rejects (non-finite floats,

@@ -1,0 +1,32 @@
+"""The exit summary: per probe event hits, misses and lost events, as kprobe_profile shows them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+class SummaryRow(NamedTuple):
+    """One probe event's counters at exit."""
+
+    event: str
+    hits: int
+    misses: int
+    lost: int = 0
+
+
+_HEADERS = ("EVENT", "HITS", "MISSES", "LOST")
+
+
+def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_total: int) -> str:
+    """An aligned table of ``rows`` ending with ``N events lost``; newline-terminated."""
+    table = [_HEADERS] + [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+    lines: list[str] = []
+    if len(table) > 1:
+        widths = [max(len(row[i]) for row in table) for i in range(len(_HEADERS))]
+        for row in table:
+            cells = [row[0].ljust(widths[0])]
+            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+            lines.append("  ".join(cells).rstrip())
+    lines.append(f"{lost_total} event{'' if lost_total == 1 else 's'} lost")
+    return "\n".join(lines) + "\n"

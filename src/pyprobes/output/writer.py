@@ -1,0 +1,267 @@
+"""The bridge from probe handlers to output: a bounded queue drained by one writer thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import deque
+from types import TracebackType
+
+from pyprobes.output.records import Event
+from pyprobes.output.render import Renderer
+from pyprobes.output.sinks import Sink
+
+WRITER_THREAD_NAME = "pyprobes-writer"
+DEFAULT_CAPACITY = 65536
+DEFAULT_BATCH = 1024
+
+
+class EventWriter:
+    """Takes events from the probed program's threads and writes them on its own thread.
+
+    Thread rules. ``emit()`` runs in probe handlers, on any thread of the program: it
+    never blocks, never raises, and does O(1) work. Rendering and all I/O happen on one
+    daemon thread named ``pyprobes-writer`` (the engine should not fire probes there).
+    ``close()`` and the counters may be used from any other thread.
+
+    Locks: none of our own. The queue is a ``deque`` (append/popleft are atomic); the
+    bound is checked with ``len()`` before appending, so with several producers racing
+    it may be passed by at most one event per producer thread. Drops are counted per
+    (producer thread, event) so that no two threads ever update the same counter. The
+    wake-up is a ``threading.Event``: its internal lock is held only for O(1) work, and
+    the producer takes it only when the flag is clear, i.e. once per batch at most.
+
+    Accounting: every emitted event ends up in exactly one of ``written`` or ``lost``
+    (dropped when full or after close, failed to render, or unwritten after an I/O
+    error); until then it is ``pending``.
+    """
+
+    def __init__(
+        self,
+        renderer: Renderer,
+        sink: Sink,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        if capacity < 1 or batch_size < 1:
+            raise ValueError(
+                f"capacity and batch_size must be at least 1, got {capacity} and {batch_size}"
+            )
+        self._renderer = renderer
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._buf: deque[Event] = deque()
+        self._wake = threading.Event()
+        self._accepting = True
+        self._closing = False
+        self._abandoned = False
+        self._stopped = False
+        self._forked = False
+        # (producer thread ident, event name) -> events emit() dropped; one writer per key.
+        self._drops: dict[tuple[int, str], int] = {}
+        # event name -> events lost on the writer thread; only that thread updates it.
+        self._writer_lost: dict[str, int] = {}
+        self._written = 0
+        self.render_errors = 0
+        self.error: BaseException | None = None
+        self._handle = sink.open()
+        self._thread = threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True)
+        _live_writers.add(self)
+        self._thread.start()
+
+    # -- producer side: any thread, inside probe handlers -------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for writing, or drop and count it if the queue is full; never blocks."""
+        try:
+            buf = self._buf
+            if self._accepting and len(buf) < self._capacity:
+                buf.append(event)
+                wake = self._wake
+                if not wake.is_set():
+                    wake.set()
+                return
+            key = (threading.get_ident(), getattr(event, "event", "?"))
+            drops = self._drops
+            drops[key] = drops.get(key, 0) + 1
+        except Exception:
+            # Nothing may reach the probed program; at worst this event is uncounted.
+            pass
+
+    # -- counters -----------------------------------------------------------------------
+
+    @property
+    def written(self) -> int:
+        """Events rendered and written to the sink."""
+        return self._written
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet written (0 once the writer has stopped)."""
+        return 0 if self._stopped else len(self._buf)
+
+    @property
+    def lost(self) -> int:
+        """Events that will never be written."""
+        return sum(self.lost_by_event().values())
+
+    def lost_by_event(self) -> dict[str, int]:
+        """Lost events per event name, for the exit summary."""
+        out: dict[str, int] = {}
+        for (_, name), n in self._drops.copy().items():
+            out[name] = out.get(name, 0) + n
+        for name, n in self._writer_lost.copy().items():
+            out[name] = out.get(name, 0) + n
+        if self._stopped:
+            # Emitted by a producer that passed the accepting check as the writer stopped.
+            for event in self._buf.copy():
+                out[event.event] = out.get(event.event, 0) + 1
+        return out
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The writer thread, so the engine can leave it unprobed."""
+        return self._thread
+
+    @property
+    def closed(self) -> bool:
+        """True once the writer thread has finished."""
+        return self._stopped
+
+    # -- writer thread ------------------------------------------------------------------
+
+    def _lose(self, name: str, n: int = 1) -> None:
+        self._writer_lost[name] = self._writer_lost.get(name, 0) + n
+
+    def _write(self, text: str) -> bool:
+        if self.error is not None:
+            return False
+        try:
+            if text:
+                self._handle.write(text)
+                self._handle.flush()
+        except Exception as exc:
+            self.error = exc
+            self._accepting = False
+            return False
+        return True
+
+    def _write_batch(self) -> None:
+        popleft = self._buf.popleft
+        batch: list[Event] = []
+        for _ in range(self._batch_size):
+            try:
+                batch.append(popleft())
+            except IndexError:
+                break
+        render = self._renderer.render
+        parts: list[str] = []
+        names: list[str] = []
+        for event in batch:
+            try:
+                parts.append(render(event))
+            except Exception:
+                self.render_errors += 1
+                self._lose(event.event)
+            else:
+                names.append(event.event)
+        if self._write("".join(parts)):
+            self._written += len(names)
+        else:
+            for name in names:
+                self._lose(name)
+
+    def _run(self) -> None:
+        buf = self._buf
+        wake = self._wake
+        try:
+            try:
+                header = self._renderer.header()
+            except Exception as exc:
+                self.error = exc
+                self._accepting = False
+                return
+            self._write(header)
+            while self.error is None and not self._abandoned:
+                wake.wait()
+                # Clear before draining: an append after the drain then sets it again.
+                wake.clear()
+                while buf and self.error is None and not self._abandoned:
+                    self._write_batch()
+                if self._closing and not buf:
+                    break
+            if self.error is None:
+                try:
+                    footer = self._renderer.footer()
+                except Exception as exc:
+                    self.error = exc
+                else:
+                    self._write(footer)
+        finally:
+            self._accepting = False
+            self._stopped = True
+            try:
+                self._handle.close()
+            except Exception as exc:
+                if self.error is None:
+                    self.error = exc
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Drain the queue, write the footer, flush and stop; True if all of it succeeded.
+
+        Idempotent. Events emitted afterwards are counted lost. If the sink is still
+        blocked after ``timeout`` seconds it returns False; once the blocked write
+        returns, what is still queued is counted lost and the footer written.
+        """
+        self._accepting = False
+        self._closing = True
+        if self._forked:
+            return False
+        self._wake.set()
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandoned = True
+            self._wake.set()
+            return False
+        return self.error is None
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The writer thread does not exist in the child, and the wake-up lock may have
+        # been held at fork time: the child's writer only counts, the parent writes.
+        self._accepting = False
+        self._forked = True
+        self._stopped = True
+        self._buf = deque()
+        self._drops = {}
+        self._writer_lost = {}
+        self._written = 0
+        self.error = RuntimeError("after fork the child writes no events; the parent does")
+
+
+_live_writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_live_writers):
+        writer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

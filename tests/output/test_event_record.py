@@ -1,0 +1,75 @@
+"""Event records: frozen plain data with exactly the JSON fields of the output formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+
+from pyprobes.output import Event
+
+ENTRY_FIELDS = {
+    "event",
+    "group",
+    "kind",
+    "probe",
+    "location",
+    "time_ns",
+    "pid",
+    "thread_id",
+    "thread_name",
+    "args",
+}
+RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns"}
+
+
+def _event(kind: str = "p", **kw: object) -> Event:
+    fields: dict[str, object] = dict(
+        event="e",
+        group="g",
+        kind=kind,
+        probe="json:loads",
+        location="app.py:17",
+        time_ns=1,
+        pid=2,
+        thread_id=3,
+        thread_name="MainThread",
+        args={"x": 1},
+    )
+    fields.update(kw)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def test_event_is_frozen_and_slotted() -> None:
+    ev = _event()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.event = "other"  # type: ignore[misc]
+    assert not hasattr(ev, "__dict__")
+
+
+def test_entry_json_dict_has_exactly_the_entry_fields() -> None:
+    d = _event("p").to_json_dict()
+    assert set(d) == ENTRY_FIELDS
+    assert d["args"] == {"x": 1}
+    assert not _event("p").is_return
+
+
+def test_return_json_dict_adds_retval_exception_duration() -> None:
+    ev = _event("r", retval=[1, 2], exception="ValueError('x')", duration_ns=42)
+    d = ev.to_json_dict()
+    assert set(d) == RETURN_FIELDS
+    assert (d["retval"], d["exception"], d["duration_ns"]) == ([1, 2], "ValueError('x')", 42)
+    assert ev.is_return
+
+
+def test_json_dict_args_is_a_copy() -> None:
+    ev = _event(args={"x": 1})
+    d = ev.to_json_dict()
+    d["args"]["y"] = 2  # type: ignore[index]
+    assert dict(ev.args) == {"x": 1}
+
+
+def test_event_pickles_as_plain_data() -> None:
+    ev = _event("r", retval={"a": [1]}, duration_ns=5)
+    assert pickle.loads(pickle.dumps(ev)) == ev
