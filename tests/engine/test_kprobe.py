@@ -69,10 +69,10 @@ def test_entry_probe_runs_before_first_line_with_arguments() -> None:
     p = Kprobe(addr=add, pre_handler=pre)
     with registered(p):
         assert add(1, 2, 3, scale=2, x=9) == 12
-    assert EVENTS == [
+    assert [
         ("pre", {"a": 1, "b": 2, "rest": (3,), "scale": 2, "opts": {"x": 9}}, True, 0, p),
         "body",
-    ]
+    ] == EVENTS
     assert p.nhit == 1
 
 

@@ -25,7 +25,7 @@ from pyprobes import (
 )
 from pyprobes.engine import registry
 
-MODULE_SRC = '''
+MODULE_SRC = """
 import functools
 
 def deco(f):
@@ -84,7 +84,7 @@ class Sub(Shop):
 counter = 0
 for _i in range(2):
     counter += 1   # MODULE-LOOP
-'''
+"""
 
 
 @pytest.fixture
@@ -348,7 +348,7 @@ def test_pending_probe_arms_at_import_without_importing(make_module: Callable[..
 
 
 def test_unknown_module_is_an_error_not_pending() -> None:
-    with pytest.raises(SymbolNotFoundError, match="no module named 'jsonn'.*did you mean 'json'"):
+    with pytest.raises(SymbolNotFoundError, match=r"no module named 'jsonn'.*did you mean 'json'"):
         pyprobes.register_kprobe(Kprobe(symbol_name="jsonn:loads"))
 
 
@@ -437,7 +437,7 @@ def lines_fn(x: int) -> int:
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda: Kprobe(), InvalidProbeError, "exactly one of addr, symbol_name or filename"),
+        (Kprobe, InvalidProbeError, "exactly one of addr, symbol_name or filename"),
         (
             lambda: Kprobe(addr=target, symbol_name="json:loads"),
             InvalidProbeError,
@@ -474,12 +474,12 @@ def test_bad_input_gives_the_specific_error_and_registers_nothing(
 ) -> None:
     first = lines_fn.__code__.co_firstlineno
     if make == "blank-line":
-        make = lambda: Kprobe(addr=lines_fn, line=first + 2)  # noqa: E731
+        make = lambda: Kprobe(addr=lines_fn, line=first + 2)
     elif make == "resume":
         resume = next(i.offset for i in __import__("dis").get_instructions(outer_closure()))
-        make = lambda: Kprobe(addr=outer_closure(), offset=resume or 2)  # noqa: E731
+        make = lambda: Kprobe(addr=outer_closure(), offset=resume or 2)
     elif make == "kret-line":
-        make = lambda: Kretprobe(addr=lines_fn, line=first + 1)  # noqa: E731
+        make = lambda: Kretprobe(addr=lines_fn, line=first + 1)
     if make == "kprobe-as-jprobe":
         with pytest.raises(error, match=message):
             pyprobes.register_jprobe(Kprobe(addr=target))  # type: ignore[arg-type]
@@ -529,11 +529,27 @@ def test_listing_text() -> None:
         target(1)
         text = pyprobes.format_probe_list(header=True).splitlines()
         assert text[0] == "# pyprobes core=python probes enabled"
-        assert text[1].split()[1:] == ["k", "test_registry:target+0", "[test_registry]", "hits=1", "misses=0"]
-        assert text[2].split()[1:] == ["r", "test_registry:target+0", "[test_registry]", "[DISABLED]", "hits=0", "misses=0"]
+        assert text[1].split()[1:] == [
+            "k",
+            "test_registry:target+0",
+            "[test_registry]",
+            "hits=1",
+            "misses=0",
+        ]
+        assert text[2].split()[1:] == [
+            "r",
+            "test_registry:target+0",
+            "[test_registry]",
+            "[DISABLED]",
+            "hits=0",
+            "misses=0",
+        ]
         assert text[1].split()[0] == f"0x{id(target.__code__):x}"
         recs = pyprobes.list_probes()
-        assert [(r.kind, r.offset, r.line, r.nhit) for r in recs] == [("k", 0, None, 1), ("r", 0, None, 0)]
+        assert [(r.kind, r.offset, r.line, r.nhit) for r in recs] == [
+            ("k", 0, None, 1),
+            ("r", 0, None, 0),
+        ]
     finally:
         pyprobes.unregister_kprobe(p)
         pyprobes.unregister_kretprobe(r)

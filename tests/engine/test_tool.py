@@ -144,7 +144,15 @@ def test_coexists_with_coverage_sysmon_core(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": SRC, "COVERAGE_CORE": "sysmon"}
     run = subprocess.run(
-        [sys.executable, "-m", "coverage", "run", "--data-file", str(tmp_path / "cov"), str(script)],
+        [
+            sys.executable,
+            "-m",
+            "coverage",
+            "run",
+            "--data-file",
+            str(tmp_path / "cov"),
+            str(script),
+        ],
         capture_output=True,
         text=True,
         env=env,

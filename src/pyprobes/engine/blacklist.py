@@ -6,17 +6,14 @@ import os
 import weakref
 from collections.abc import Callable
 from types import CodeType
-from typing import TypeVar
 
 from pyprobes.engine.errors import ProbeBlacklistedError
-
-F = TypeVar("F", bound=Callable[..., object])
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _noprobe_codes: weakref.WeakSet[CodeType] = weakref.WeakSet()
 
 
-def noprobe(func: F) -> F:
+def noprobe[F: Callable[..., object]](func: F) -> F:
     """Mark a function so that no probe can be put on it (or anything nested in it)."""
     code = getattr(func, "__code__", None)
     if isinstance(code, CodeType):

@@ -23,7 +23,7 @@ CALLBACK_CODES: set[CodeType] = set()
 
 def find_probed_frame() -> FrameType | None:
     """Return the probed frame: the caller of the nearest engine callback on this stack."""
-    f = sys._getframe(1)
+    f: FrameType | None = sys._getframe(1)
     while f is not None:
         if f.f_code in CALLBACK_CODES:
             return f.f_back
@@ -109,9 +109,8 @@ class ProbeContext:
         """Source line of the hit."""
         if self._lineno < 0:
             f = self.frame
-            self._lineno = (f.f_lineno if f is not None else None) or _line_of(
-                self.code, self.offset
-            )
+            line = f.f_lineno if f is not None else None
+            self._lineno = line if line is not None else (_line_of(self.code, self.offset) or 0)
         return self._lineno
 
     @property

@@ -179,7 +179,12 @@ class Jprobe(Probe):
         disabled: bool = False,
     ) -> None:
         super().__init__(
-            symbol_name=symbol_name, addr=addr, filename=None, offset=0, line=None, disabled=disabled
+            symbol_name=symbol_name,
+            addr=addr,
+            filename=None,
+            offset=0,
+            line=None,
+            disabled=disabled,
         )
         self.entry = entry
 

@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any
@@ -217,7 +217,7 @@ def call_args(code: CodeType, args: dict[str, object]) -> tuple[list[Any], dict[
     kw = {n: args[n] for n in names[n_pos : n_pos + n_kw]}
     i = n_pos + n_kw
     if code.co_flags & CO_VARARGS:
-        pos.extend(args[names[i]])  # type: ignore[call-overload]
+        pos.extend(args[names[i]])  # type: ignore[arg-type]
         i += 1
     if code.co_flags & CO_VARKEYWORDS:
         kw.update(args[names[i]])  # type: ignore[call-overload]
@@ -438,7 +438,7 @@ def _end_posts(fid: int, fire: bool) -> None:
             _fire_posts(entry)
 
 
-_CALLBACKS = {
+_CALLBACKS: dict[int, Callable[..., object]] = {
     _E.PY_START: _on_start,
     _E.INSTRUCTION: _on_instruction,
     _E.LINE: _on_line,
@@ -640,9 +640,7 @@ def _after_fork_child() -> None:
         for fid, ri in list(state.active.items()):
             frame = ri.frame
             on_dead_thread = fid in running or (
-                ri.thread_id != me
-                and frame is not None
-                and not frame.f_code.co_flags & _GEN_FLAGS
+                ri.thread_id != me and frame is not None and not frame.f_code.co_flags & _GEN_FLAGS
             )
             if on_dead_thread and state.active.pop(fid, None) is ri:
                 state.recycle(ri)
@@ -670,4 +668,3 @@ def live_states() -> Iterable[RetState]:
 def current_tool() -> int:
     """The tool id whose callbacks are installed, or -1."""
     return _tool
-

@@ -9,6 +9,7 @@ import lock, so the two cannot deadlock.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -87,9 +88,7 @@ def _validate(p: Probe) -> None:
     ]
     if len(given) != 1:
         got = " and ".join(given) if given else "none of them"
-        raise InvalidProbeError(
-            f"give exactly one of addr, symbol_name or filename (got {got})"
-        )
+        raise InvalidProbeError(f"give exactly one of addr, symbol_name or filename (got {got})")
     if p._addr_is_weak and p.addr is None:
         raise SymbolNotFoundError("the probed object (addr) no longer exists")
     if not _is_int(p.offset) or p.offset < 0:
@@ -205,7 +204,8 @@ def _signature_of(code: CodeType) -> str:
 # --- arming -----------------------------------------------------------------------------------
 
 
-def _code_dead(cid: int) -> None:
+def _on_code_collected(cid: int, _ref: object) -> None:
+    # Runs inside the garbage collector, anywhere: only note the id, under no lock.
     _dead.append(cid)
 
 
@@ -217,7 +217,7 @@ def _arm(p: Probe, loc: Location) -> int:
     p._gone = False
     _by_code.setdefault(cid, []).append(p)
     if cid not in _code_refs:
-        _code_refs[cid] = weakref.ref(code, lambda _ref, cid=cid: _code_dead(cid))
+        _code_refs[cid] = weakref.ref(code, functools.partial(_on_code_collected, cid))
     return cid
 
 

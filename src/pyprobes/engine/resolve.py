@@ -33,7 +33,16 @@ class Location:
     ``where`` is ENTRY (offset 0, PY_START), OFFSET (an instruction) or LINE.
     """
 
-    __slots__ = ("_code", "filename", "line", "module", "offset", "qualname", "via_wrapped", "where")
+    __slots__ = (
+        "_code",
+        "filename",
+        "line",
+        "module",
+        "offset",
+        "qualname",
+        "via_wrapped",
+        "where",
+    )
 
     def __init__(
         self,
@@ -119,7 +128,7 @@ def _split_lines(code: CodeType) -> tuple[frozenset[int], frozenset[int]]:
 
 
 def find_line(roots: Iterable[CodeType], line: int) -> tuple[CodeType, str] | None:
-    """The outermost code object that runs ``line``: (code, LINE), or (code, ENTRY) for a def line."""
+    """The outermost code running ``line``: (code, LINE), or (code, ENTRY) for a def line."""
     roots = list(roots)
     for root in roots:
         for code in iter_code_tree(root):
@@ -258,9 +267,8 @@ def _lookup_static(ns: object, name: str) -> tuple[bool, object]:
         return (name in d), d.get(name)
     if isinstance(ns, type):
         for klass in ns.__mro__:
-            d = klass.__dict__
-            if name in d:
-                return True, d[name]
+            if name in klass.__dict__:
+                return True, klass.__dict__[name]
         return False, None
     return False, None
 
@@ -290,9 +298,7 @@ def resolve_in_module(module: types.ModuleType, qualname: str) -> tuple[CodeType
             outer, _ = unwrap(obj, ".".join(walked))
             code = find_code_by_qualname([outer], qualname)
             if code is None:
-                inner = [
-                    c.co_qualname for c in iter_code_tree(outer) if c is not outer
-                ]
+                inner = [c.co_qualname for c in iter_code_tree(outer) if c is not outer]
                 raise SymbolNotFoundError(
                     f"no function {qualname!r} is defined inside {'.'.join(walked)!r} in"
                     f" {module.__name__}{_did_you_mean(qualname, inner)}"
@@ -442,9 +448,7 @@ def _outermost(codes: list[CodeType]) -> list[CodeType]:
     return sorted((c for c in unique if id(c) not in nested), key=lambda c: c.co_firstlineno)
 
 
-def locate_line(
-    roots: list[CodeType], line: int, what: str, module: str
-) -> Location:
+def locate_line(roots: list[CodeType], line: int, what: str, module: str) -> Location:
     """Resolve an absolute line among ``roots`` or raise, naming nearby lines with code."""
     if not isinstance(line, int) or isinstance(line, bool) or line < 1:
         raise InvalidProbeError(f"line must be a positive int, not {line!r}")
