@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pyprobes.engine.tool import check_supported
+
+check_supported()  # before anything that needs 3.12: a clear error on older Pythons
+
 from pyprobes.engine.blacklist import noprobe
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, regs_return_value
 from pyprobes.engine.errors import (

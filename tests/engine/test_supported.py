@@ -1,0 +1,41 @@
+"""Older Pythons get one clear error on import, not an AttributeError from deep inside."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _python_311() -> str | None:
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    for path in sorted(glob.glob(os.path.join(root, "versions", "3.11*", "bin", "python"))):
+        return path
+    return None
+
+
+@pytest.mark.skipif(_python_311() is None, reason="no CPython 3.11 here to import pyprobes with")
+def test_import_on_311_raises_unsupported_python_error() -> None:
+    py = _python_311()
+    assert py is not None
+    code = (
+        "try:\n"
+        "    import pyprobes\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, '|', e)\n"
+    )
+    out = subprocess.run(
+        [py, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("UnsupportedPythonError | pyprobes needs sys.monitoring")
+    assert "3.11" in out.stdout
