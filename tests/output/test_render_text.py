@@ -88,6 +88,12 @@ def test_values_are_compact() -> None:
     assert format_value(1 << 20_000).startswith("0x1000")
 
 
+def test_a_newline_in_a_name_cannot_split_the_line() -> None:
+    line = TextRenderer().render(_event(thread_name="a\nb", args={"x\ry": 1}))
+    assert line.startswith("a\\nb-1234 ") and "x\\ry=1" in line
+    assert line.count("\n") == 1
+
+
 def test_get_renderer_text_is_text_renderer_without_framing() -> None:
     r = get_renderer("text")
     assert isinstance(r, TextRenderer)

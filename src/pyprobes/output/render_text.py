@@ -53,4 +53,7 @@ class TextRenderer:
         )
         if event.args:
             line += " " + " ".join(f"{k}={format_arg(k, v)}" for k, v in event.args.items())
+        if "\n" in line or "\r" in line:
+            # Values are escaped already; this guards names, so one event stays one line.
+            line = line.replace("\r", "\\r").replace("\n", "\\n")
         return utf8_safe(line) + "\n"

@@ -117,7 +117,8 @@ class EventWriter:
         if self._stopped:
             # Emitted by a producer that passed the accepting check as the writer stopped.
             for event in self._buf.copy():
-                out[event.event] = out.get(event.event, 0) + 1
+                name = getattr(event, "event", "?")
+                out[name] = out.get(name, 0) + 1
         return out
 
     @property
@@ -164,9 +165,9 @@ class EventWriter:
                 parts.append(render(event))
             except Exception:
                 self.render_errors += 1
-                self._lose(event.event)
+                self._lose(getattr(event, "event", "?"))
             else:
-                names.append(event.event)
+                names.append(getattr(event, "event", "?"))
         if self._write("".join(parts)):
             self._written += len(names)
         else:

@@ -1,0 +1,26 @@
+"""Exit summary: an aligned hits/misses/lost table ending with the lost total."""
+
+from __future__ import annotations
+
+from pyprobes.output import SummaryRow, format_summary
+
+
+def test_table_is_aligned_and_ends_with_lost_total() -> None:
+    text = format_summary(
+        [SummaryRow("slow_loads", 12, 0, 0), SummaryRow("r_loads_0", 1234, 1, 3)], 3
+    )
+    assert text == (
+        "EVENT       HITS  MISSES  LOST\n"
+        "slow_loads    12       0     0\n"
+        "r_loads_0   1234       1     3\n"
+        "3 events lost\n"
+    )
+
+
+def test_plain_tuples_are_accepted_and_one_event_is_singular() -> None:
+    text = format_summary([("e", 1, 0, 1)], 1)
+    assert text.splitlines()[-1] == "1 event lost"
+
+
+def test_no_rows_still_reports_lost() -> None:
+    assert format_summary([], 0) == "0 events lost\n"

@@ -1,0 +1,123 @@
+"""Chrome trace-event renderer: a valid JSON file with X, instant and metadata events."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pyprobes.output import ChromeRenderer, Event, get_renderer
+
+
+def _event(kind: str = "p", **kw: object) -> Event:
+    fields: dict[str, object] = dict(
+        event="e",
+        group="grp",
+        kind=kind,
+        probe="json:loads",
+        location="app.py:17",
+        time_ns=5_000_000,
+        pid=100,
+        thread_id=7,
+        thread_name="MainThread",
+        args={},
+    )
+    fields.update(kw)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def _document(events: list[Event]) -> dict[str, object]:
+    r = ChromeRenderer()
+    text = r.header() + "".join(r.render(e) for e in events) + r.footer()
+    doc = json.loads(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _trace(doc: dict[str, object]) -> list[dict[str, object]]:
+    events = doc["traceEvents"]
+    assert isinstance(events, list)
+    return events
+
+
+def test_zero_events_is_valid_json() -> None:
+    doc = _document([])
+    assert doc == {"traceEvents": [], "displayTimeUnit": "ns"}
+
+
+def test_one_return_is_a_complete_event_with_start_and_duration_in_us() -> None:
+    ev = _event(
+        "r",
+        event="r_loads",
+        args={"n": 3},
+        retval={"a": 1},
+        exception=None,
+        duration_ns=1_500,
+        time_ns=5_000_000,
+    )
+    meta, x = _trace(_document([ev]))
+    assert meta == {
+        "name": "thread_name",
+        "ph": "M",
+        "pid": 100,
+        "tid": 7,
+        "args": {"name": "MainThread"},
+    }
+    assert x["ph"] == "X"
+    assert x["ts"] == pytest.approx(4_998.5)  # start = time_ns - duration_ns, in us
+    assert x["dur"] == pytest.approx(1.5)
+    assert (x["name"], x["cat"], x["pid"], x["tid"]) == ("r_loads", "grp", 100, 7)
+    assert x["args"] == {"n": 3, "retval": {"a": 1}, "exception": None}
+
+
+def test_entry_is_a_thread_instant() -> None:
+    ev = _event(args={"s": "x"}, time_ns=2_000)
+    _, inst = _trace(_document([ev]))
+    assert inst["ph"] == "i" and inst["s"] == "t"
+    assert inst["ts"] == pytest.approx(2.0)
+    assert "dur" not in inst
+    assert inst["args"] == {"s": "x"}
+
+
+def test_many_events_metadata_once_per_thread_and_on_rename() -> None:
+    events = [_event(thread_id=t % 3, time_ns=1_000 * t) for t in range(30)]
+    events.append(_event(thread_id=0, thread_name="renamed"))
+    trace = _trace(_document(events))
+    meta = [e for e in trace if e["ph"] == "M"]
+    assert [(m["tid"], m["args"]) for m in meta] == [
+        (0, {"name": "MainThread"}),
+        (1, {"name": "MainThread"}),
+        (2, {"name": "MainThread"}),
+        (0, {"name": "renamed"}),
+    ]
+    assert len([e for e in trace if e["ph"] == "i"]) == 31
+
+
+def test_exception_return_and_non_finite_values_stay_valid() -> None:
+    ev = _event("r", args={"x": math.nan}, retval=None, exception="ValueError('x')", duration_ns=10)
+    _, x = _trace(_document([ev]))
+    assert x["args"] == {"x": "NaN", "retval": None, "exception": "ValueError('x')"}
+
+
+def test_return_without_duration_falls_back_to_an_instant() -> None:
+    _, inst = _trace(_document([_event("r", duration_ns=None)]))
+    assert inst["ph"] == "i"
+
+
+def test_thread_ids_too_large_for_perfetto_get_small_stable_tids() -> None:
+    big_a, big_b = 140_000_000_000_001, 140_000_000_000_002
+    events = [_event(thread_id=big_a), _event(thread_id=big_b), _event(thread_id=big_a)]
+    tids = [e["tid"] for e in _trace(_document(events)) if e["ph"] == "i"]
+    assert tids[0] == tids[2] != tids[1]
+    assert all(isinstance(t, int) and 0 < t < 2**31 for t in tids)
+
+
+def test_get_renderer_chrome_is_fresh_each_time() -> None:
+    a, b = get_renderer("chrome"), get_renderer("chrome")
+    assert isinstance(a, ChromeRenderer) and a is not b
+
+
+def test_unknown_format_lists_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="allowed are chrome, json, text"):
+        get_renderer("xml")
