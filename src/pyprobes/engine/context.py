@@ -16,16 +16,17 @@ CO_VARKEYWORDS = 0x08
 
 _UNSET: Any = object()
 
-#: Code objects of the engine's sys.monitoring callbacks: the frame just below the nearest one
-#: on the stack is the probed frame. Filled by the core that installs the callbacks.
-CALLBACK_CODES: set[CodeType] = set()
+#: ids of the code objects of the engine's sys.monitoring callbacks: the frame just below the
+#: nearest one on the stack is the probed frame. Filled by the core that installs them. Keyed by
+#: id because hashing a code object re-hashes its bytecode every time (3.12, 3.13).
+CALLBACK_CODE_IDS: set[int] = set()
 
 
 def find_probed_frame() -> FrameType | None:
     """Return the probed frame: the caller of the nearest engine callback on this stack."""
     f: FrameType | None = sys._getframe(1)
     while f is not None:
-        if f.f_code in CALLBACK_CODES:
+        if id(f.f_code) in CALLBACK_CODE_IDS:
             return f.f_back
         f = f.f_back
     return None

@@ -25,7 +25,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from pyprobes.engine.context import (
-    CALLBACK_CODES,
+    CALLBACK_CODE_IDS,
     CO_VARARGS,
     CO_VARKEYWORDS,
     KretprobeInstance,
@@ -128,8 +128,9 @@ class RetState:
 
 
 def _abandoned(frame: FrameType) -> bool:
-    # References when abandoned: ri.frame, the `frame` argument, getrefcount's own argument.
-    if sys.getrefcount(frame) <= 3:
+    # References when abandoned: ri.frame, reclaim()'s local, the `frame` argument and
+    # getrefcount's own argument (a live frame also has its interpreter frame's: 5 or more).
+    if sys.getrefcount(frame) <= 4:
         return True
     if _CLOSE_EMITS_NOTHING and frame.f_code.co_flags & _GEN_FLAGS:
         # A closed generator still referenced keeps its frame on 3.13; clear() tells:
@@ -235,8 +236,8 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
         if now - state.last_reclaim < _RECLAIM_INTERVAL_NS:
             rp.nmissed += 1
             return
-        state.last_reclaim = now
-        state.reclaim()
+        if not state.reclaim():
+            state.last_reclaim = now  # throttle only scans that found nothing to free
         try:
             ri = state.free.pop()
         except IndexError:
@@ -446,7 +447,7 @@ _CALLBACKS: dict[int, Callable[..., object]] = {
     _E.PY_YIELD: _on_yield,
     _E.PY_UNWIND: _on_unwind,
 }
-CALLBACK_CODES.update(f.__code__ for f in _CALLBACKS.values())
+CALLBACK_CODE_IDS.update(id(f.__code__) for f in _CALLBACKS.values())
 
 
 # --- the interface the registry uses -----------------------------------------------------
