@@ -51,6 +51,15 @@ _log = logging.getLogger("pyprobes")
 _core = pycore
 
 _lock = threading.RLock()
+
+
+def _reinit_lock_in_child() -> None:
+    # A fork while another thread held the lock would leave it held forever in the child.
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reinit_lock_in_child)
 _probes: dict[Probe, None] = {}  # registered probes, in registration order
 _by_code: dict[int, list[Probe]] = {}  # armed probes per id(code)
 _code_refs: dict[int, weakref.ref[CodeType]] = {}
