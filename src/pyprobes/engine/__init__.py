@@ -21,6 +21,7 @@ from pyprobes.engine.errors import (
 from pyprobes.engine.listing import ProbeRecord, format_probe_list, list_probes
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.registry import (
+    add_import_listener,
     announce_code,
     core_name,
     default_maxactive,
@@ -38,6 +39,7 @@ from pyprobes.engine.registry import (
     register_kretprobe,
     register_kretprobes,
     registered_probes,
+    remove_import_listener,
     set_enabled,
     tool_id,
     unregister_jprobe,
@@ -46,6 +48,12 @@ from pyprobes.engine.registry import (
     unregister_kprobes,
     unregister_kretprobe,
     unregister_kretprobes,
+)
+from pyprobes.engine.resolve import (
+    find_code_by_qualname,
+    iter_code_tree,
+    module_exists,
+    module_roots,
 )
 
 __all__ = [
@@ -64,6 +72,7 @@ __all__ = [
     "SymbolNotFoundError",
     "ToolIdInUseError",
     "UnsupportedPythonError",
+    "add_import_listener",
     "announce_code",
     "core_name",
     "default_maxactive",
@@ -73,9 +82,13 @@ __all__ = [
     "enable_jprobe",
     "enable_kprobe",
     "enable_kretprobe",
+    "find_code_by_qualname",
     "format_probe_list",
     "is_enabled",
+    "iter_code_tree",
     "list_probes",
+    "module_exists",
+    "module_roots",
     "noprobe",
     "register_jprobe",
     "register_jprobes",
@@ -85,6 +98,7 @@ __all__ = [
     "register_kretprobes",
     "registered_probes",
     "regs_return_value",
+    "remove_import_listener",
     "set_enabled",
     "tool_id",
     "unregister_jprobe",

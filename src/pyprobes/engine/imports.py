@@ -36,20 +36,23 @@ class ImportWatcher:
     def __init__(self, on_code: OnCode) -> None:
         self.names: frozenset[str] = frozenset()
         self.paths: frozenset[str] = frozenset()
+        self.every = False  # report every module (import listeners are registered)
         self._on_code = on_code
 
     def find_spec(
         self, fullname: str, path: Any = None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
         """Find the spec with the other finders; hook its loader if the module is watched."""
-        names, paths = self.names, self.paths
-        if fullname not in names and not paths:
+        names, paths, every = self.names, self.paths, self.every
+        if fullname not in names and not paths and not every:
             return None
         spec = self._find_with_others(fullname, path, target)
         if spec is None:
             return None
-        if fullname in names or (
-            paths and isinstance(spec.origin, str) and real_path(spec.origin) in paths
+        if (
+            every
+            or fullname in names
+            or (paths and isinstance(spec.origin, str) and real_path(spec.origin) in paths)
         ):
             self._hook_loader(spec, fullname)
         return spec
@@ -96,11 +99,13 @@ class ImportWatcher:
         except (AttributeError, TypeError):
             _log.warning("pyprobes: cannot watch the import of %s (its loader is sealed)", fullname)
 
-    def update(self, names: set[str], paths: set[str]) -> None:
-        """Watch exactly these module names and real paths; leave sys.meta_path when none."""
+    def update(self, names: set[str], paths: set[str], every: bool = False) -> None:
+        """Watch exactly these module names and real paths (or ``every`` module); leave
+        sys.meta_path when there is nothing to watch."""
         self.names = frozenset(names)
         self.paths = frozenset(paths)
-        if names or paths:
+        self.every = every
+        if names or paths or every:
             if not sys.meta_path or sys.meta_path[0] is not self:
                 if self in sys.meta_path:
                     sys.meta_path.remove(self)

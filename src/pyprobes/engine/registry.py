@@ -18,7 +18,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CodeType
 
@@ -65,10 +65,14 @@ _by_code: dict[int, list[Probe]] = {}  # armed probes per id(code)
 _code_refs: dict[int, weakref.ref[CodeType]] = {}
 _watch_modules: dict[str, list[Probe]] = {}  # symbol probes by module name (pending or armed)
 _pending_paths: dict[str, list[Probe]] = {}  # filename probes waiting for their file
+_import_listeners: list[ImportListener] = []  # called with each module's code before it runs
 _dead: deque[int] = deque()  # ids of collected code objects, appended by weakref callbacks
 _seq = itertools.count()
 _enabled = True
 _tool_id: int | None = None
+
+
+ImportListener = Callable[[str, str | None, CodeType], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +302,26 @@ def _update_watcher() -> None:
     _watcher.update(
         {m for m, ps in _watch_modules.items() if ps},
         {path for path, ps in _pending_paths.items() if ps},
+        every=bool(_import_listeners),
     )
+
+
+def add_import_listener(listener: ImportListener) -> None:
+    """Call ``listener(module_name, origin, code)`` for every module imported from now on,
+    with its code object just before it runs (front ends use it for wildcard targets).
+    The listener runs with the module's import lock held; its exceptions are logged."""
+    with _lock:
+        if listener not in _import_listeners:
+            _import_listeners.append(listener)
+        _update_watcher()
+
+
+def remove_import_listener(listener: ImportListener) -> None:
+    """Stop calling ``listener``; a no-op if it is not registered."""
+    with _lock:
+        if listener in _import_listeners:
+            _import_listeners.remove(listener)
+        _update_watcher()
 
 
 def _ensure_tool() -> None:
@@ -335,6 +358,11 @@ def _release_tool_if_idle() -> None:
 
 def _on_module_code(name: str, origin: str | None, code: CodeType) -> None:
     """A watched module's code object is about to run: (re)arm the probes that name it."""
+    for listener in list(_import_listeners):
+        try:
+            listener(name, origin, code)
+        except Exception:
+            _log.exception("pyprobes: import listener %r failed on %s", listener, name)
     with _lock:
         _process_dead_locked()
         touched: list[int | None] = []

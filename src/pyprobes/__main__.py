@@ -1,0 +1,5 @@
+"""``python -m pyprobes``."""
+
+from pyprobes.cli.main import main_entry
+
+main_entry()

@@ -1,0 +1,1 @@
+"""The ``pyprobes`` command line."""

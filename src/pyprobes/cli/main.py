@@ -1,0 +1,53 @@
+"""The ``pyprobes`` command: argparse, one module per subcommand, ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyprobes.cli import check, run
+from pyprobes.cli.options import UsageError
+from pyprobes.cli.program import ProgramError
+from pyprobes.engine import ProbeError, SpecError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pyprobes",
+        description="Linux kprobes for Python: probe any function or line of a program.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in (run, check):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; errors are one line on stderr and a non-zero status, not a traceback."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        status: int = args.func(args)
+        return status
+    except UsageError as exc:
+        print(f"pyprobes: error: {exc}", file=sys.stderr)
+        return 2
+    except SpecError as exc:
+        print(f"pyprobes: error: {exc}", file=sys.stderr)
+        return 2
+    except ProgramError as exc:
+        print(f"pyprobes: {exc}", file=sys.stderr)
+        return exc.status
+    except ProbeError as exc:
+        print(f"pyprobes: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``pyprobes run``: run a program with probes armed before its first line, print what they saw."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from pyprobes.cli import program
+from pyprobes.cli.options import add_tracing_options, load_specs, make_aggregator, open_output
+from pyprobes.output import Aggregator, EventWriter, format_summary
+from pyprobes.tracer import TraceSession
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``run`` subcommand."""
+    p = sub.add_parser(
+        "run",
+        help="run a program with probes",
+        description="Run SCRIPT (or -m MODULE) as __main__, exactly as python would, with the"
+        " probes armed before its first line; events go to stderr (or -o), aggregations and a"
+        " summary to stderr at the end.",
+    )
+    add_tracing_options(p)
+    p.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
+    p.add_argument("target", nargs="?", metavar="SCRIPT", help="the program to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
+    p.set_defaults(func=run)
+
+
+class _Reporter:
+    """Prints aggregations (every --interval, and once at the end) and the exit summary."""
+
+    def __init__(
+        self, session: TraceSession, writer: EventWriter, aggregator: Aggregator | None
+    ) -> None:
+        self.session = session
+        self.writer = writer
+        self.aggregator = aggregator
+        self._done = threading.Event()
+        self._once = threading.Lock()  # the final report runs once, from main or the timer
+        self._reported = False
+
+    def periodic(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            if self.aggregator is not None:
+                _err(self.aggregator.snapshot_and_reset().render())
+
+    def final(self) -> None:
+        with self._once:
+            if self._reported:
+                return
+            self._reported = True
+        self._done.set()
+        self.session.stop()
+        self.writer.close()
+        if self.aggregator is not None:
+            _err(self.aggregator.render())
+        lost = self.writer.lost_by_event()
+        _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+
+
+def _err(text: str) -> None:
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the program under the probes; returns its exit status."""
+    from pyprobes.cli.options import UsageError, fix_optional_field
+
+    specs = load_specs(args)
+    fix_optional_field(args, specs)
+    if (args.module is None) == (args.target is None):
+        raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
+    if args.module is not None:
+        rest = ([args.target] if args.target is not None else []) + args.args
+        prog = program.load_module(args.module, rest)
+    else:
+        prog = program.load_script(args.target, args.args)
+    aggregator = make_aggregator(args)
+    with open_output(args) as writer:
+        session = TraceSession(specs, writer.emit, aggregator)
+        session.arm()
+        reporter = _Reporter(session, writer, aggregator)
+        if args.interval:
+            threading.Thread(
+                target=reporter.periodic,
+                args=(args.interval,),
+                name="pyprobes-interval",
+                daemon=True,
+            ).start()
+        if args.duration:
+            timer = threading.Timer(args.duration, reporter.final)
+            timer.name = "pyprobes-duration"
+            timer.daemon = True
+            timer.start()
+        try:
+            status = program.run(prog, lambda code: session.arm_main(code, prog.names))
+        finally:
+            reporter.final()
+    if status == program.KEYBOARD_INTERRUPT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130
+    return status

@@ -1,0 +1,171 @@
+"""Turning a probe hit into a detached event: fetch args, the filter, the record.
+
+Everything here runs inside the probed program's threads, from engine handlers: it reads the
+frame without running the program's code (see ``pyprobes.spec.capture``), never raises (the
+engine's fault path would count it, but a capture fault is rendered as ``(fault)`` first),
+and hands the finished ``Event`` to ``emit``, which never blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from pyprobes.engine import KretprobeInstance, ProbeContext
+from pyprobes.output import Event
+from pyprobes.spec import FAULT, ProbeSpec, fetch_and_render, render
+
+Emit = Callable[[Event], None]
+STACK_DEPTH = 16
+
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def exception_text(exc: BaseException | None) -> str | None:
+    """A bounded one-line form of an exception."""
+    if exc is None:
+        return None
+    try:
+        text = repr(exc)
+    except Exception:
+        text = f"{type(exc).__qualname__}(?)"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _where(frame: FrameType | None) -> str:
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _stack(frame: FrameType | None) -> list[str]:
+    out: list[str] = []
+    while frame is not None and len(out) < STACK_DEPTH:
+        out.append(f"{_where(frame)} in {frame.f_code.co_qualname}")
+        frame = frame.f_back
+    return out
+
+
+class HitRecorder:
+    """Builds and emits the events of one placement of one spec."""
+
+    def __init__(self, spec: ProbeSpec, probe_text: str, emit: Emit) -> None:
+        self.spec = spec
+        self.probe_text = probe_text
+        self.emit = emit
+        self.fetchargs = spec.fetchargs
+        self.filter = spec.filter
+        self._filter_specials = (
+            sorted(n for n in spec.filter.names if n.startswith("$"))
+            if spec.filter is not None
+            else []
+        )
+
+    def _resolver(
+        self,
+        ctx: ProbeContext,
+        frame: FrameType | None,
+        duration: int | None,
+    ) -> Callable[[str], object]:
+        def resolve(name: str) -> object:
+            if name[0] != "$":
+                if frame is None:
+                    raise KeyError(name)
+                return frame.f_locals[name]
+            if name == "$args":
+                return ctx.args
+            if name == "$retval":
+                return ctx.retval
+            if name == "$exception":
+                return exception_text(ctx.exception)
+            if name == "$duration":
+                return duration
+            if name == "$thread":
+                return threading.current_thread().name
+            if name == "$caller":
+                return _where(frame.f_back if frame is not None else None)
+            if name == "$stack":
+                return _stack(frame)
+            raise KeyError(name)
+
+        return resolve
+
+    def _args(self, resolve: Callable[[str], object]) -> dict[str, object] | None:
+        args: dict[str, object] = {fa.name: fetch_and_render(fa, resolve) for fa in self.fetchargs}
+        f = self.filter
+        if f is not None:
+            env: dict[str, Any] = dict(args)
+            for name in self._filter_specials:
+                if name not in env:
+                    try:
+                        env[name] = (
+                            resolve(name)
+                            if name in ("$duration", "$thread")
+                            else render(resolve(name))
+                        )
+                    except Exception:
+                        env[name] = FAULT
+            if not f(env):
+                return None
+        return args
+
+    def on_entry(self, p: object, ctx: ProbeContext) -> None:
+        """pre_handler of a ``p`` probe."""
+        frame = ctx.frame
+        args = self._args(self._resolver(ctx, frame, None))
+        if args is None:
+            return
+        spec = self.spec
+        self.emit(
+            Event(
+                event=spec.event,
+                group=spec.group,
+                kind="p",
+                probe=self.probe_text,
+                location=f"{ctx.code.co_filename}:{ctx.lineno}",
+                time_ns=ctx.time_ns,
+                pid=_pid,
+                thread_id=threading.get_native_id(),
+                thread_name=threading.current_thread().name,
+                args=args,
+            )
+        )
+
+    def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
+        """handler of an ``r`` probe."""
+        now = ctx.time_ns
+        duration = now - ri.entry_time_ns
+        frame = ctx.frame
+        args = self._args(self._resolver(ctx, frame, duration))
+        if args is None:
+            return
+        spec = self.spec
+        exc = ctx.exception
+        self.emit(
+            Event(
+                event=spec.event,
+                group=spec.group,
+                kind="r",
+                probe=self.probe_text,
+                location=_where(frame.f_back if frame is not None else None),
+                time_ns=now,
+                pid=_pid,
+                thread_id=threading.get_native_id(),
+                thread_name=threading.current_thread().name,
+                args=args,
+                retval=None if exc is not None else render(ctx.retval),
+                exception=exception_text(exc),
+                duration_ns=duration,
+            )
+        )

@@ -1,0 +1,203 @@
+"""A tracing session: specs compiled onto the engine, events to a writer and aggregations.
+
+The session owns the engine probes it registers (one or more per spec: a wildcard places many)
+and removes every one of them on ``stop()``. It is used by ``pyprobes run`` and by the attach
+agent, one session per client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import CodeType
+
+import pyprobes
+from pyprobes.engine import Kprobe, Kretprobe, Probe, ProbeError
+from pyprobes.output import Aggregator, Event, SummaryRow
+from pyprobes.spec import ProbeSpec
+from pyprobes.tracer.hits import Emit, HitRecorder
+from pyprobes.tracer.targets import (
+    MAIN,
+    Placement,
+    check_module_known,
+    module_matches,
+    placements_in_module,
+    placements_now,
+    static_placement,
+)
+
+_log = logging.getLogger("pyprobes")
+
+
+@dataclass
+class _Compiled:
+    spec: ProbeSpec
+    probes: list[Probe] = field(default_factory=list)
+    codes: set[int] = field(default_factory=set)  # code ids placed by code (no duplicates)
+    wants_imports: bool = False
+
+
+class TraceSession:
+    """Probes for a list of specs, feeding ``emit`` (a writer) and an optional aggregator.
+
+    The session's lock guards its own lists: it is taken by ``arm``/``stop`` and by the import
+    listener (which runs in whatever thread imports a module), never on the probe hot path.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[ProbeSpec],
+        emit: Emit,
+        aggregator: Aggregator | None = None,
+    ) -> None:
+        self._compiled = [_Compiled(s) for s in specs]
+        self._aggregator = aggregator
+        self._writer_emit = emit
+        self._lock = threading.Lock()
+        self._armed = False
+        self._stopped = False
+        self._main_names: set[str] = set()
+
+    # --- events -------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._writer_emit(event)
+        agg = self._aggregator
+        if agg is not None:
+            agg.add(event)
+
+    # --- placing probes -------------------------------------------------------------------
+
+    def _register(self, c: _Compiled, pl: Placement) -> None:
+        rec = HitRecorder(c.spec, pl.probe_text, self._emit)
+        probe: Probe
+        if c.spec.is_return:
+            probe = Kretprobe(
+                symbol_name=pl.symbol_name,
+                addr=pl.addr,
+                filename=pl.filename,
+                handler=rec.on_return,
+                maxactive=c.spec.maxactive,
+            )
+            pyprobes.register_kretprobe(probe)
+        else:
+            probe = Kprobe(
+                symbol_name=pl.symbol_name,
+                addr=pl.addr,
+                filename=pl.filename,
+                offset=pl.offset,
+                line=pl.line,
+                pre_handler=rec.on_entry,
+            )
+            pyprobes.register_kprobe(probe)
+        c.probes.append(probe)
+        if pl.addr is not None:
+            c.codes.add(id(pl.addr))
+
+    def _place_all(self, c: _Compiled, placements: Iterable[Placement]) -> None:
+        for pl in placements:
+            if pl.addr is not None and id(pl.addr) in c.codes:
+                continue
+            self._register(c, pl)
+
+    def arm(self) -> None:
+        """Register every spec's probes (all or none); wildcards also watch later imports."""
+        with self._lock:
+            if self._armed:
+                return
+            try:
+                for c in self._compiled:
+                    self._arm_one(c)
+            except BaseException:
+                self._unregister_all()
+                raise
+            self._armed = True
+            if any(c.wants_imports for c in self._compiled):
+                pyprobes.add_import_listener(self._on_import)
+
+    def _arm_one(self, c: _Compiled) -> None:
+        t = c.spec.target
+        if t.module == MAIN:
+            return  # placed by arm_main() on the program's code
+        static = static_placement(c.spec)
+        if static is not None:
+            self._register(c, static)
+            return
+        check_module_known(c.spec)
+        self._place_all(c, placements_now(c.spec))
+        c.wants_imports = True
+
+    def arm_main(self, code: CodeType, names: Iterable[str] = (MAIN,)) -> None:
+        """Place the specs that name the program's own module on its code, before it runs."""
+        with self._lock:
+            self._main_names = set(names) | {MAIN}
+            for c in self._compiled:
+                t = c.spec.target
+                if t.path is not None or t.module is None:
+                    continue
+                if not any(module_matches(t, n) for n in self._main_names):
+                    continue
+                try:
+                    self._place_all(c, placements_in_module(c.spec, MAIN, code))
+                except ProbeError:
+                    self._unregister_all()
+                    raise
+        pyprobes.announce_code(code, MAIN)
+
+    def _on_import(self, name: str, origin: str | None, code: CodeType) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            for c in self._compiled:
+                if not c.wants_imports or not module_matches(c.spec.target, name):
+                    continue
+                try:
+                    self._place_all(c, placements_in_module(c.spec, name, code))
+                except ProbeError as exc:
+                    _log.warning("pyprobes: %s: %s", c.spec.text or c.spec, exc)
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def _unregister_all(self) -> None:
+        for c in self._compiled:
+            for p in c.probes:
+                try:
+                    pyprobes.engine.registry._unregister(p)
+                except Exception:
+                    _log.exception("pyprobes: unregistering %r failed", p)
+
+    def stop(self) -> None:
+        """Remove every probe of the session (idempotent); counters stay readable."""
+        pyprobes.remove_import_listener(self._on_import)
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._unregister_all()
+
+    # --- reporting -------------------------------------------------------------------------
+
+    def probes(self) -> list[Probe]:
+        """Every engine probe the session registered."""
+        return [p for c in self._compiled for p in c.probes]
+
+    def summary_rows(self, lost_by_event: dict[str, int] | None = None) -> list[SummaryRow]:
+        """Per spec: hits, misses and events lost."""
+        lost = lost_by_event or {}
+        rows = []
+        for c in self._compiled:
+            hits = sum(p.nhit for p in c.probes)
+            misses = sum(p.nmissed for p in c.probes)
+            rows.append(SummaryRow(c.spec.event, hits, misses, lost.get(c.spec.event, 0)))
+        return rows
+
+    def describe(self) -> list[str]:
+        """One line per engine probe: spec event and where it is armed (for ``check``)."""
+        out = []
+        for c in self._compiled:
+            for p in c.probes:
+                state = "pending" if p.pending else "armed"
+                out.append(f"{c.spec.event}: {p!r} {state}")
+        return out
