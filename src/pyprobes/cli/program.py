@@ -52,9 +52,11 @@ def load_script(path: str, args: list[str]) -> Program:
         raise ProgramError(
             f"can't open file {os.path.abspath(path)!r}: [Errno {exc.errno}] {exc.strerror}"
         ) from None
-    code = compile(source, path, "exec", dont_inherit=True)
+    # As python does since 3.9: __file__ and the code's filename are absolute, argv[0] as given.
+    filename = os.path.abspath(path)
+    code = compile(source, filename, "exec", dont_inherit=True)
     path0 = os.path.dirname(os.path.realpath(path))
-    return Program(code, ("__main__",), path, [path, *args], path0)
+    return Program(code, ("__main__",), filename, [path, *args], path0)
 
 
 def load_module(name: str, args: list[str]) -> Program:

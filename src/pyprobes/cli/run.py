@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     specs = load_specs(args)
     fix_optional_field(args, specs)
-    if (args.module is None) == (args.target is None):
+    if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
         rest = ([args.target] if args.target is not None else []) + args.args

@@ -1,0 +1,249 @@
+"""``pyprobes run`` on real programs, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PROGRAMS = HERE / "programs"
+SRC = str(HERE.parents[1] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC}
+
+
+def pyprobes(
+    *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyprobes", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=ENV,
+        cwd=cwd or PROGRAMS,
+        timeout=120,
+    )
+
+
+def python(
+    *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=ENV,
+        cwd=cwd or PROGRAMS,
+        timeout=120,
+    )
+
+
+def events(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_threads_entry_and_return_events_as_json(tmp_path: Path) -> None:
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run",
+        "-e",
+        "p:start __main__:work n label",
+        "-e",
+        "r:done __main__:work $retval",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+        "threads_prog.py",
+        "x",
+        "--y",
+    )
+    plain = python("threads_prog.py", "x", "--y")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == plain.stdout  # the program's own output is untouched
+    evs = events(out)
+    starts = [e for e in evs if e["event"] == "start"]
+    dones = [e for e in evs if e["event"] == "done"]
+    assert sorted(e["args"]["n"] for e in starts) == [10, 20, 30, 40]  # type: ignore[index]
+    assert sorted(e["args"]["label"] for e in starts) == ["t1", "t2", "t3", "t4"]  # type: ignore[index]
+    assert sorted(e["retval"] for e in dones) == [45, 190, 435, 780]  # type: ignore[type-var]
+    for e in dones:
+        assert e["kind"] == "r" and isinstance(e["duration_ns"], int) and e["duration_ns"] > 0
+        assert e["thread_name"].startswith("worker-")  # type: ignore[union-attr]
+        assert e["location"].endswith("threads_prog.py:16")  # type: ignore[union-attr]
+        assert e["pid"] == evs[0]["pid"]
+    assert {e["group"] for e in evs} == {"pyprobes"}
+    assert "start" in run.stderr and "0 events lost" in run.stderr
+
+
+def test_asyncio_latency_histogram_and_text_events() -> None:
+    run = pyprobes("run", "-e", "r:lat __main__:fetch i $retval", "--hist", "async_prog.py")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "gathered [0, 2, 4, 6, 8]\n"
+    lines = [ln for ln in run.stderr.splitlines() if ": lat: (" in ln]
+    assert len(lines) == 5
+    assert all("<- __main__:fetch) i=" in ln and "$retval=" in ln for ln in lines)
+    assert "lat $duration:" in run.stderr and "count = 5" in run.stderr
+    assert "distribution" in run.stderr
+
+
+def test_exception_ends_the_program_with_its_own_traceback(tmp_path: Path) -> None:
+    run = pyprobes(
+        "run", "-e", "r __main__:inner $exception", "-o", str(tmp_path / "ev"), "raising_prog.py"
+    )
+    plain = python("raising_prog.py")
+    assert plain.returncode == 1
+    assert run.returncode == 1
+    assert run.stdout == plain.stdout == "before\n"
+    # Same traceback, same frames: nothing of pyprobes in it; our summary comes after it.
+    assert run.stderr.startswith(plain.stderr)
+    assert "pyprobes" not in run.stderr[: len(plain.stderr)]
+    assert "ZeroDivisionError" in (tmp_path / "ev").read_text()
+
+
+def test_sys_exit_status_is_kept() -> None:
+    run = pyprobes("run", "-e", "__main__:finish code", "exit_prog.py")
+    assert run.returncode == 3
+    assert run.stdout == "exiting\n"
+    assert "code=3" in run.stderr
+
+
+def test_argv_path0_stdin_and_main_module_as_python_gives_them() -> None:
+    run = pyprobes(
+        "run",
+        "-e",
+        "p builtins_never_called_module_xyz:f",
+        "env_prog.py",
+        "a",
+        "b",
+        stdin="hello\n",
+    )
+    assert run.returncode != 0 and "no module named" in run.stderr  # bad spec: nothing ran
+    run = pyprobes("run", "-e", "p json:loads s", "env_prog.py", "a", "b", stdin="hello\n")
+    plain = python("env_prog.py", "a", "b", stdin="hello\n")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == plain.stdout
+    assert f"path0 {PROGRAMS}" in run.stdout
+
+
+def test_run_module_with_dash_m(tmp_path: Path) -> None:
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import sys\n\ndef hello(who):\n    return f'hi {who}'\n\nprint(hello(sys.argv[1]), __name__)\n"
+    )
+    run = pyprobes("run", "-e", "r __main__:hello who $retval", "-m", "mypkg", "bob", cwd=tmp_path)
+    plain = python("-m", "mypkg", "bob", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == plain.stdout == "hi bob __main__\n"
+    assert "who='bob' $retval='hi bob'" in run.stderr
+
+
+def test_wildcard_probes_functions_of_modules_imported_later(tmp_path: Path) -> None:
+    (tmp_path / "lib_a.py").write_text("def one():\n    return 1\n\ndef two():\n    return 2\n")
+    (tmp_path / "main_a.py").write_text("import lib_a\nprint(lib_a.one() + lib_a.two())\n")
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run",
+        "-e",
+        "r:lib lib_*:*",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+        "main_a.py",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "3\n"
+    assert sorted(e["probe"] for e in events(out)) == ["lib_a:one", "lib_a:two"]
+
+
+def test_filter_and_count_by(tmp_path: Path) -> None:
+    run = pyprobes(
+        "run", "-e", "p:big __main__:work n if n >= 30", "--count", "--by", "n", "threads_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count(": big: (") == 2
+    assert "@big[30]: 1" in run.stderr and "@big[40]: 1" in run.stderr
+
+
+def test_chrome_trace_is_valid_json(tmp_path: Path) -> None:
+    out = tmp_path / "trace.json"
+    run = pyprobes(
+        "run", "-e", "r __main__:work", "--format", "chrome", "-o", str(out), "threads_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    trace = json.loads(out.read_text())
+    complete = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    assert len(complete) == 4 and all(e["dur"] >= 0 for e in complete)
+
+
+def test_probe_file_and_summary(tmp_path: Path) -> None:
+    specs = tmp_path / "specs.txt"
+    specs.write_text("# probes\np:w __main__:work n\n\nr:wr __main__:work\n")
+    run = pyprobes("run", "-f", str(specs), "threads_prog.py")
+    assert run.returncode == 0, run.stderr
+    summary = run.stderr.splitlines()[-3:]
+    assert summary[0].split() == ["w", "4", "0", "0"]
+    assert summary[1].split() == ["wr", "4", "0", "0"]
+    assert summary[2] == "0 events lost"
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["run", "threads_prog.py"], 2, "no probe given"),
+        (["run", "-e", "p:x json:loads s:strr", "threads_prog.py"], 2, "did you mean 'str'"),
+        (["run", "-e", "p json:loads", "no_such.py"], 2, "can't open file"),
+        (["run", "-e", "p json:loads"], 2, "give a SCRIPT to run, or -m MODULE"),
+        (["run", "-e", "p json:lods", "threads_prog.py"], 1, "did you mean 'loads'"),
+        (["run", "-e", "p json:loads", "-m", "no_such_module_zz"], 1, "No module named"),
+        (["run", "-e", "p json:loads", "--duration", "-1", "threads_prog.py"], 2, "positive"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_errors_are_one_line_and_no_traceback(args: list[str], status: int, message: str) -> None:
+    run = pyprobes(*args)
+    assert run.returncode == status, run.stderr
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stdout == ""
+
+
+def test_duration_stops_tracing(tmp_path: Path) -> None:
+    prog = tmp_path / "slow.py"
+    prog.write_text(
+        "import time, threading\n"
+        "def tick(i):\n    return i\n"
+        "stop = time.monotonic() + 3\n"
+        "i = 0\n"
+        "while time.monotonic() < stop:\n"
+        "    tick(i); i += 1; time.sleep(0.01)\n"
+        "print('ticks', i)\n"
+    )
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run",
+        "-e",
+        "p __main__:tick i",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+        "--duration",
+        "0.5",
+        str(prog),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    ticks = int(run.stdout.split()[1])
+    n = len(events(out))
+    assert 0 < n < ticks  # tracing stopped before the program did
