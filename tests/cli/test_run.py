@@ -137,7 +137,8 @@ def test_run_module_with_dash_m(tmp_path: Path) -> None:
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(
-        "import sys\n\ndef hello(who):\n    return f'hi {who}'\n\nprint(hello(sys.argv[1]), __name__)\n"
+        "import sys\n\ndef hello(who):\n    return f'hi {who}'\n\n"
+        "print(hello(sys.argv[1]), __name__)\n"
     )
     run = pyprobes("run", "-e", "r __main__:hello who $retval", "-m", "mypkg", "bob", cwd=tmp_path)
     plain = python("-m", "mypkg", "bob", cwd=tmp_path)
