@@ -248,3 +248,32 @@ def test_duration_stops_tracing(tmp_path: Path) -> None:
     ticks = int(run.stdout.split()[1])
     n = len(events(out))
     assert 0 < n < ticks  # tracing stopped before the program did
+
+
+def test_interval_prints_and_resets_aggregations(tmp_path: Path) -> None:
+    prog = tmp_path / "ticker.py"
+    prog.write_text(
+        "import time\n"
+        "def tick(i):\n    return i\n"
+        "stop = time.monotonic() + 1.5\n"
+        "i = 0\n"
+        "while time.monotonic() < stop:\n"
+        "    tick(i); i += 1; time.sleep(0.005)\n"
+    )
+    run = pyprobes(
+        "run",
+        "-e",
+        "p:t __main__:tick",
+        "--count",
+        "--interval",
+        "0.2",
+        "-o",
+        os.devnull,
+        str(prog),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    counts = [int(ln.split(":")[1]) for ln in run.stderr.splitlines() if ln.startswith("@t")]
+    assert len(counts) >= 3  # several interval prints and the final one
+    total = int(run.stderr.split("\nt ")[1].split()[0])  # hits from the summary row
+    assert sum(counts) == total  # each print counted only what came since the last one
