@@ -39,11 +39,6 @@ DEFAULT_MAX_NODES: Final = 512
 # str(int) refuses more than 4300 digits; stay well below, and render larger as hex.
 _MAX_INT_DIGITS: Final = 4000
 _MISSING: Final = object()
-_PLAIN_GETATTRIBUTE: Final = (
-    object.__dict__["__getattribute__"],
-    type.__dict__["__getattribute__"],
-    vars(types.ModuleType)["__getattribute__"],
-)
 _SUBSCRIPTABLE: Final = (list, tuple, str, bytes)
 _CONTAINERS: Final = (list, tuple, set, frozenset, dict)
 _SIZED: Final = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
@@ -99,7 +94,7 @@ def _refuse(obj: object, name: str, raw: object) -> CaptureFault:
     else:
         what = f"a descriptor ({type_name(kind)})"
     return CaptureFault(
-        f"attribute '{name}' of {type_name(type(obj))} is {what}; refused (reading it runs code)"
+        f"attribute '{name}' of {type_name(type(obj))} is {what}; refused (reading it may run code)"
     )
 
 
@@ -111,7 +106,9 @@ def _read_data_descriptor(obj: object, name: str, raw: object) -> object:
         return raw.__get__(obj, type(obj))
     if kind is types.GetSetDescriptorType:
         assert isinstance(raw, types.GetSetDescriptorType)
-        if type_name(raw.__objclass__) == raw.__objclass__.__qualname__:
+        # Only builtin types' getsets are known to be plain reads; an extension
+        # module's (Cython properties, say) can run arbitrary code.
+        if type.__dict__["__module__"].__get__(raw.__objclass__, type) == "builtins":
             return raw.__get__(obj, type(obj))
     raise _refuse(obj, name, raw)
 
@@ -140,9 +137,10 @@ def get_attr(obj: object, name: str) -> object:
         raise CaptureFault(f"dunder attribute '{name}' is refused")
     cls = type(obj)
     mro = _mro(cls)
-    getattribute = _lookup(mro, "__getattribute__")
-    if not any(getattribute is plain for plain in _PLAIN_GETATTRIBUTE):
-        raise CaptureFault(f"{type_name(cls)} customizes attribute access; refused")
+    # A __getattribute__ written in Python means what the program sees is not what
+    # is stored (lazy proxies): the static view would mislead, so refuse.
+    if type(_lookup(mro, "__getattribute__")) is not types.WrapperDescriptorType:
+        raise CaptureFault(f"{type_name(cls)} customizes __getattribute__; refused")
     raw = _lookup(mro, name)
     if type in mro:
         assert isinstance(obj, type)
@@ -176,6 +174,8 @@ def get_item(obj: object, key: IndexKey) -> object:
     cls = type(obj)
     if cls is dict:
         assert isinstance(obj, dict)
+        # The literal key hashes in C; only a stored user-object key with the very
+        # same hash could have its __eq__ run, an accepted residual risk.
         return obj[key]
     if cls in _SUBSCRIPTABLE:
         assert isinstance(obj, list | tuple | str | bytes)

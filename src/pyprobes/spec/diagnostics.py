@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,3 +39,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def one_of(choices: Iterable[str]) -> str:
     """Format an allowed set as "a, b, c" for "expected one of ..." messages."""
     return ", ".join(choices)
+
+
+def parse_python(text: str, mode: str = "eval") -> ast.AST:
+    """``ast.parse`` with warnings (invalid escapes, ``1if``) raised as SyntaxError, not printed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return ast.parse(text, mode=mode)

@@ -7,7 +7,7 @@ import keyword
 import re
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec.diagnostics import Source, did_you_mean, one_of
+from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
 from pyprobes.spec.lexer import QUOTES, Word, scan_string
 from pyprobes.spec.model import Attr, FetchArg, Index, IndexKey, Root, Step
 from pyprobes.spec.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, TYPES, Kind, return_only_message
@@ -136,8 +136,8 @@ class _FetchArgParser:
         if not literal:
             raise self.fail(key_at, "expected a literal key inside '[]'")
         try:
-            key: object = ast.literal_eval(literal)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            key: object = ast.literal_eval(parse_python(literal))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, Warning):
             key = ...
         if not (key is None or isinstance(key, str | int | float)):
             raise self.fail(

@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Any, Final
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec.diagnostics import Source, did_you_mean, one_of
+from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
 from pyprobes.spec.lexer import scan_string
 from pyprobes.spec.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, return_only_message
 
@@ -322,7 +322,7 @@ class _Compiler:
                 raise self.fail(
                     node, f"{type(value).__name__} literals are not allowed in a filter"
                 )
-        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        if not collection or isinstance(node, ast.Tuple | ast.List | ast.Set):
             raise self.fail(node, "tuples, lists and sets in a filter may only hold literals")
         raise self.fail(node, self.disallowed(node))
 
@@ -336,7 +336,7 @@ class _Compiler:
                 raise self.fail(
                     node,
                     f"unknown variable '{var}' (expected one of {one_of(self.variables)}"
-                    f"{did_you_mean(var, self.variables)})",
+                    f"{did_you_mean(var, SPECIAL_VARS)})",
                 )
             if var not in self.variables:
                 reason = (
@@ -416,13 +416,17 @@ def compile_filter(
         raise src.error(offset, "expected a filter expression after 'if'")
     python, char_origin, byte_origin = _rewrite(src, text, offset)
     try:
-        tree = ast.parse(python, mode="eval")
+        tree = parse_python(python)
     except SyntaxError as err:
-        index = char_origin[min(max((err.offset or 1) - 1, 0), len(char_origin) - 1)]
         message = (err.msg or "invalid syntax").replace(_MANGLE, "$")
+        if not err.offset:  # the parser ran out of text
+            index, message = len(text), f"{message} (the filter ends too early)"
+        else:
+            index = char_origin[min(err.offset - 1, len(char_origin) - 1)]
         raise src.error(offset + index, f"bad filter syntax: {message}") from None
-    except (ValueError, MemoryError, RecursionError):
+    except (ValueError, MemoryError, RecursionError, Warning):
         raise src.error(offset, "bad filter syntax") from None
+    assert isinstance(tree, ast.Expression)
     by_normal_form = {unicodedata.normalize("NFKC", n): n for n in names if n.isidentifier()}
     compiler = _Compiler(
         src,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from dataclasses import dataclass
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec.diagnostics import Source, did_you_mean
+from pyprobes.spec.diagnostics import Source
 from pyprobes.spec.fetcharg import parse_fetcharg
 from pyprobes.spec.filter import compile_filter
 from pyprobes.spec.lexer import Word, lex
@@ -16,11 +18,15 @@ from pyprobes.spec.vocab import DEFAULT_GROUP, MAXACTIVE_MAX, Kind, variables_fo
 GRAMMAR = "[p|r[MAXACTIVE]][:[GROUP/]EVENT] TARGET [FETCHARG ...] [if FILTER]"
 KINDS = "p, r or rMAXACTIVE"
 
-# A first word is the kind header when it is a single letter, optionally with a
-# maxactive after p/r, optionally followed by ':EVENT'. A module named with a single
-# letter therefore needs an explicit kind in front of it: 'p a:func'.
-_HEADER_PR = re.compile(r"(?P<kind>[pr])(?P<max>[-+.0-9][^:]*)?(?::(?P<event>.*))?\Z", re.S)
-_HEADER_OTHER = re.compile(r"(?P<kind>[A-Za-z])(?::(?P<event>.*))?\Z", re.S)
+# The first word is the kind header when it is p or r, optionally with a maxactive,
+# optionally followed by ':[GROUP/]EVENT'. A word that only a target could be (a dot
+# or %, +, *, ?, <, > after the colon) is the target, so modules named like a kind
+# rarely clash; 'p p:func' is the way to probe module 'p' itself.
+_HEADER_PR = re.compile(r"(?P<kind>[pr])(?P<max>[-+0-9][^:]*)?(?::(?P<event>.*))?\Z", re.S)
+_TARGET_ONLY = re.compile(r"[.%+*?<>:]")
+# 'k:ev json:loads' reads as target 'k:ev' plus a bad fetch arg: if the first word
+# starts with a known misspelling of a kind, report the kind instead.
+_LOOKS_LIKE_HEADER = re.compile(r"(?P<kind>[A-Za-z]\w*):[A-Za-z_/]\w*\Z")
 _KIND_WORD = re.compile(r"[A-Za-z]\w*\Z")
 _EVENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MAXACTIVE = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+)\Z")
@@ -34,6 +40,8 @@ _KIND_ALIASES = {
     "return": "r",
     "kretprobe": "r",
     "retprobe": "r",
+    "f": "p",
+    "u": "p",
 }
 
 
@@ -47,25 +55,24 @@ def _check_characters(src: Source) -> None:
 
 
 def _bad_kind(src: Source, word: Word, kind: str) -> SpecError:
-    suggestion = ""
     alias = _KIND_ALIASES.get(kind.lower())
     if alias is not None:
         suggestion = f"; did you mean '{alias}'?"
     else:
-        suggestion = did_you_mean(kind, _KIND_ALIASES)
-        for name, real in _KIND_ALIASES.items():
-            suggestion = suggestion.replace(f"'{name}'", f"'{real}'")
+        close = difflib.get_close_matches(kind.lower(), list(_KIND_ALIASES), n=3, cutoff=0.6)
+        kinds = sorted({_KIND_ALIASES[name] for name in close})
+        suggestion = f"; did you mean {' or '.join(repr(k) for k in kinds)}?" if kinds else ""
     return src.error(word.start, f"unknown probe kind '{kind}' (expected {KINDS}{suggestion})")
 
 
+@dataclass(slots=True)
 class _Header:
     """The optional first word: kind, maxactive, group and event."""
 
-    def __init__(self) -> None:
-        self.kind: Kind | None = None
-        self.maxactive = 0
-        self.group = DEFAULT_GROUP
-        self.event: str | None = None
+    kind: Kind | None = None
+    maxactive: int = 0
+    group: str = DEFAULT_GROUP
+    event: str | None = None
 
 
 def _parse_header(src: Source, words: tuple[Word, ...]) -> _Header | None:
@@ -73,10 +80,12 @@ def _parse_header(src: Source, words: tuple[Word, ...]) -> _Header | None:
     word = words[0]
     header = _Header()
     match = _HEADER_PR.match(word.text)
+    if match is not None and match.group("event") is not None:
+        dotted_max = "." in (match.group("max") or "")
+        if dotted_max or _TARGET_ONLY.search(match.group("event")):
+            match = None
     if match is None:
-        other = _HEADER_OTHER.match(word.text)
-        if other is not None:
-            raise _bad_kind(src, word, other.group("kind"))
+        # A word without ':' cannot be a target, so before one that can, it is a kind.
         if len(words) > 1 and _KIND_WORD.match(word.text) and ":" in words[1].text:
             raise _bad_kind(src, word, word.text)
         return None
@@ -139,7 +148,19 @@ def parse_spec(text: str) -> ProbeSpec:
     fetchargs: list[FetchArg] = []
     seen: set[str] = set()
     for word in words[1:]:
-        arg = parse_fetcharg(word, src, kind)
+        try:
+            arg = parse_fetcharg(word, src, kind)
+        except SpecError:
+            likely = _LOOKS_LIKE_HEADER.match(words[0].text)
+            if (
+                header is None
+                and word is words[1]
+                and ":" in word.text
+                and likely
+                and likely.group("kind").lower() in _KIND_ALIASES
+            ):
+                raise _bad_kind(src, words[0], likely.group("kind")) from None
+            raise
         if arg.name in seen:
             raise src.error(
                 word.start,

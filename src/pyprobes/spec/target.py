@@ -117,7 +117,7 @@ def parse_target(word: Word, src: Source, kind: Kind | None) -> tuple[Target, Ki
         suffix = suffix[match.end() :]
         if suffix and not suffix.startswith("%"):
             raise src.error(
-                suffix_at,
+                offset_at + 1,
                 f"bad offset '{match.group()}{suffix}' "
                 "(expected a bytecode offset, decimal or 0x hex)",
             )

@@ -1,0 +1,46 @@
+"""The public names of pyprobes.spec are exported, and are the objects of their home modules."""
+
+from __future__ import annotations
+
+import pyprobes.spec
+from pyprobes.spec import capture, model, parser, target, vocab
+from pyprobes.spec import filter as filter_module
+
+
+def test_all_names_exist() -> None:
+    for name in pyprobes.spec.__all__:
+        assert hasattr(pyprobes.spec, name), name
+    assert len(set(pyprobes.spec.__all__)) == len(pyprobes.spec.__all__)
+
+
+def test_exports_are_the_implementations() -> None:
+    assert pyprobes.spec.parse_spec is parser.parse_spec
+    assert pyprobes.spec.parse_spec_file is parser.parse_spec_file
+    assert pyprobes.spec.ProbeSpec is model.ProbeSpec
+    assert pyprobes.spec.Target is model.Target
+    assert pyprobes.spec.FetchArg is model.FetchArg
+    assert pyprobes.spec.Filter is filter_module.Filter
+    assert pyprobes.spec.fetch_and_render is capture.fetch_and_render
+    assert pyprobes.spec.default_event is target.default_event
+    assert pyprobes.spec.TYPES == vocab.TYPES == ("repr", "str", "int", "float", "len", "type")
+
+
+def test_spec_imports_nothing_of_the_engine_but_errors() -> None:
+    import ast
+    import pathlib
+
+    package = pathlib.Path(pyprobes.spec.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module in ("pyprobes.engine.errors",) or not node.module.startswith(
+                    ("pyprobes.engine", "pyprobes.output", "pyprobes.cli")
+                ), source.name
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("pyprobes.") for a in node.names), source.name
+
+
+def test_models_are_frozen_with_slots() -> None:
+    for cls in (model.ProbeSpec, model.Target, model.FetchArg, model.Root, model.Attr, model.Index):
+        assert "__slots__" in vars(cls), cls
+        assert getattr(cls, "__dataclass_params__").frozen, cls  # noqa: B009
