@@ -24,10 +24,7 @@ def test_import_on_311_raises_unsupported_python_error() -> None:
     py = _python_311()
     assert py is not None
     code = (
-        "try:\n"
-        "    import pyprobes\n"
-        "except Exception as e:\n"
-        "    print(type(e).__name__, '|', e)\n"
+        "try:\n    import pyprobes\nexcept Exception as e:\n    print(type(e).__name__, '|', e)\n"
     )
     out = subprocess.run(
         [py, "-c", code],

@@ -164,7 +164,10 @@ class TraceSession:
         for c in self._compiled:
             for p in c.probes:
                 try:
-                    pyprobes.engine.registry._unregister(p)
+                    if isinstance(p, Kretprobe):
+                        pyprobes.unregister_kretprobe(p)
+                    else:
+                        pyprobes.unregister_kprobe(p)  # type: ignore[arg-type]
                 except Exception:
                     _log.exception("pyprobes: unregistering %r failed", p)
 
