@@ -277,3 +277,17 @@ def test_interval_prints_and_resets_aggregations(tmp_path: Path) -> None:
     assert len(counts) >= 3  # several interval prints and the final one
     total = int(run.stderr.split("\nt ")[1].split()[0])  # hits from the summary row
     assert sum(counts) == total  # each print counted only what came since the last one
+
+
+def test_probing_what_the_writer_uses_does_not_trace_the_writer(tmp_path: Path) -> None:
+    prog = tmp_path / "dumps.py"
+    prog.write_text("import json\nprint(json.dumps({'a': 1}))\n")
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run", "-e", "p:d json:dumps obj", "--format", "json", "-o", str(out), str(prog),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == '{"a": 1}\n'
+    evs = events(out)
+    assert [e["args"] for e in evs] == [{"obj": {"a": 1}}]  # the program's call only

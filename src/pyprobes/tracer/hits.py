@@ -20,6 +20,9 @@ from pyprobes.spec import FAULT, ProbeSpec, fetch_and_render, render
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
+#: pyprobes' own threads (writer, timers, agent) are named so: their hits are not events,
+#: or a probe on e.g. json.dumps would trace the JSON writer encoding its own events forever.
+OWN_THREAD_PREFIX = "pyprobes-"
 
 _pid = os.getpid()
 
@@ -122,6 +125,9 @@ class HitRecorder:
 
     def on_entry(self, p: object, ctx: ProbeContext) -> None:
         """pre_handler of a ``p`` probe."""
+        thread = threading.current_thread()
+        if thread.name.startswith(OWN_THREAD_PREFIX):
+            return
         frame = ctx.frame
         args = self._args(self._resolver(ctx, frame, None))
         if args is None:
@@ -137,13 +143,16 @@ class HitRecorder:
                 time_ns=ctx.time_ns,
                 pid=_pid,
                 thread_id=threading.get_native_id(),
-                thread_name=threading.current_thread().name,
+                thread_name=thread.name,
                 args=args,
             )
         )
 
     def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
         """handler of an ``r`` probe."""
+        thread = threading.current_thread()
+        if thread.name.startswith(OWN_THREAD_PREFIX):
+            return
         now = ctx.time_ns
         duration = now - ri.entry_time_ns
         frame = ctx.frame
@@ -162,7 +171,7 @@ class HitRecorder:
                 time_ns=now,
                 pid=_pid,
                 thread_id=threading.get_native_id(),
-                thread_name=threading.current_thread().name,
+                thread_name=thread.name,
                 args=args,
                 retval=None if exc is not None else render(ctx.retval),
                 exception=exception_text(exc),
