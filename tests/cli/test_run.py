@@ -280,11 +280,29 @@ def test_interval_prints_and_resets_aggregations(tmp_path: Path) -> None:
 
 
 def test_probing_what_the_writer_uses_does_not_trace_the_writer(tmp_path: Path) -> None:
-    prog = tmp_path / "dumps.py"
-    prog.write_text("import json\nprint(json.dumps({'a': 1}))\n")
     out = tmp_path / "ev.jsonl"
+    prog = tmp_path / "dumps.py"
+    # The program keeps running until the writer has written its first event (so the writer
+    # encodes it while the probe is armed), then gives a second event half a second to show.
+    prog.write_text(
+        "import json, os, sys, time\n"
+        "print(json.dumps({'a': 1}))\n"
+        "out = sys.argv[1]\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline and not os.path.getsize(out):\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.5)\n"
+    )
     run = pyprobes(
-        "run", "-e", "p:d json:dumps obj", "--format", "json", "-o", str(out), str(prog),
+        "run",
+        "-e",
+        "p:d json:dumps obj",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+        str(prog),
+        str(out),
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
