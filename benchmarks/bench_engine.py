@@ -28,6 +28,20 @@ from types import CodeType
 from typing import Any
 
 _SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def _core_from_argv(argv: list[str]) -> str | None:
+    """``--core NAME`` must act before pyprobes is imported (the core is chosen then)."""
+    for i, a in enumerate(argv):
+        if a == "--core" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--core="):
+            return a.split("=", 1)[1]
+    return None
+
+
+if _core_from_argv(sys.argv[1:]) is not None:
+    os.environ["PYPROBES_CORE"] = _core_from_argv(sys.argv[1:]) or ""
 try:
     import pyprobes
 except ImportError:  # not installed: use the repository's src/ layout
@@ -594,6 +608,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--target-ms", type=float, default=TARGET_MS, help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, default=5, help="frames unwound per raise (default 5)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the round orders (default 0)")
+    ap.add_argument(
+        "--core",
+        choices=["c", "python"],
+        help="the dispatch core to measure (sets PYPROBES_CORE; default: as the environment says)",
+    )
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: put the --json results of runs on different cores side by side"
+        " (one Markdown section, written to --markdown or printed)",
+    )
     ap.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     ap.add_argument("--markdown", metavar="FILE", help="write the result as a Markdown section")
     args = ap.parse_args(argv)
@@ -613,8 +639,64 @@ def _leftovers(ids_before: dict[int, str | None]) -> list[str]:
     return problems
 
 
+# --- several cores side by side ---------------------------------------------------------------
+
+#: The goals of issue 6 for the C core (ratio rows, per-round medians).
+GOALS = {"kprobe/floor-k": 1.0, "kretprobe/floor-r": 1.2, "kretprobe/kprobe": 1.5}
+CORE_ORDER = {"python": 0, "c": 1}
+
+
+def combine(paths: Sequence[str]) -> str:
+    """One Markdown section: the runs' summaries side by side, one column pair per core."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    runs.sort(key=lambda r: CORE_ORDER.get(r["core"], 9))
+    first = runs[0]
+    labels = list(first["summary"])
+    out = [f"## CPython {first['python']}: cores side by side", ""]
+    for r in runs:
+        out.append(
+            f"- core `{r['core']}`: {r['date']}, {r['rounds']} rounds (seed {r['seed']}),"
+            f" took {r['seconds']} s; command: `{r['command']}`"
+        )
+    out.append("")
+    head = ["measure"]
+    for r in runs:
+        head += [f"{r['core']}: median", f"{r['core']}: IQR"]
+    head += ["goal (c core)", "what (ns per call unless x)"]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|---|" + "---:|---:|" * len(runs) + "---|---|")
+    for label in labels:
+        row = [label]
+        unit = first["summary"][label]["unit"]
+        for r in runs:
+            st = r["summary"].get(label)
+            if st is None:
+                row += ["-", "-"]
+                continue
+            row += [_fmt(st["median"], unit), f"{_fmt(st['q1'], unit)} .. {_fmt(st['q3'], unit)}"]
+        goal = ""
+        if label in GOALS:
+            c = next((r for r in runs if r["core"] == "c"), None)
+            if c is not None and label in c["summary"]:
+                met = c["summary"][label]["median"] <= GOALS[label]
+                goal = f"<= {GOALS[label]:.1f}x: {'met' if met else 'MISSED'}"
+            else:
+                goal = f"<= {GOALS[label]:.1f}x"
+        row += [goal, first["summary"][label]["what"]]
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", ""]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        text = combine(args.combine)
+        if args.markdown:
+            Path(args.markdown).write_text(text, encoding="utf-8")
+        else:
+            print(text)
+        return 0
     ids_before = {tid: MON.get_tool(tid) for tid in range(6)}
     started = time.perf_counter()
     cs = build_contenders(args.depth)

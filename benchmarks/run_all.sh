@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate benchmarks/RESULTS.md: run bench_engine.py on every CPython >= 3.12 that
 # `scripts/dev pythons` finds (its interpreters directly, with PYTHONPATH=src: the benchmark
-# needs no dependency). Extra arguments go to bench_engine.py, e.g. --rounds 51.
+# needs no dependency), once per dispatch core (python, then c: the C core must be built in
+# src/, e.g. by `pip install -e .`), and put the cores side by side. Extra arguments go to
+# bench_engine.py, e.g. --rounds 51.
 #   benchmarks/run_all.sh [bench_engine.py options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,18 +19,40 @@ status=0
 sections=()
 while read -r ver py; do
   [ -z "$ver" ] && continue
-  echo "== bench_engine on CPython $ver ($py)" >&2
-  if PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py "$@" \
-      --markdown "$TMP/$ver.md" --json "$TMP/$ver.json"; then
-    sections+=("$TMP/$ver.md")
-  else
-    echo "== bench_engine FAILED on CPython $ver" >&2
-    printf '## CPython %s\n\nThe benchmark failed on %s (see the run'"'"'s output).\n\n' \
-      "$ver" "$py" >"$TMP/$ver.md"
-    sections+=("$TMP/$ver.md")
-    status=1
+  jsons=()
+  details=()
+  # Each core in its own process (the C core installs descriptors on the probe classes that
+  # would slow the pure-Python core down if both ran in one process); the Python core first.
+  for core in python c; do
+    if [ "$core" = c ] && ! PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null; then
+      echo "== the C core is not built for CPython $ver: build it with 'pip install -e .' or" \
+        "'$py setup.py build_ext --inplace'" >&2
+      printf '## CPython %s (core: c)\n\nNot measured: the C core is not built for %s.\n\n' \
+        "$ver" "$py" >"$TMP/$ver-$core.md"
+      details+=("$TMP/$ver-$core.md")
+      status=1
+      continue
+    fi
+    echo "== bench_engine on CPython $ver ($py), core $core" >&2
+    if PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --core "$core" "$@" \
+        --markdown "$TMP/$ver-$core.md" --json "$TMP/$ver-$core.json"; then
+      jsons+=("$TMP/$ver-$core.json")
+      details+=("$TMP/$ver-$core.md")
+    else
+      echo "== bench_engine FAILED on CPython $ver, core $core" >&2
+      printf '## CPython %s (core: %s)\n\nThe benchmark failed on %s (see the run'"'"'s output).\n\n' \
+        "$ver" "$core" "$py" >"$TMP/$ver-$core.md"
+      details+=("$TMP/$ver-$core.md")
+      status=1
+    fi
+    echo >&2
+  done
+  if [ ${#jsons[@]} -gt 0 ]; then
+    PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --combine "${jsons[@]}" \
+      --markdown "$TMP/$ver-both.md"
+    sections+=("$TMP/$ver-both.md")
   fi
-  echo >&2
+  sections+=("${details[@]}")
 done <<<"$PYTHONS"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
@@ -47,7 +71,10 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo
   echo "Rows: ns per call added to \`f(a, b): return a + b\` (minus the same round's baseline),"
   echo "median over interleaved rounds, with the interquartile range and the extremes; ratio"
-  echo "rows (x) are per-round ratios of added ns."
+  echo "rows (x) are per-round ratios of added ns. Each CPython has a side-by-side table of"
+  echo "the two dispatch cores (\`python\`: pycore, \`c\`: pyprobes._speedups, each measured"
+  echo "in its own process against the same raw floors), with issue 6's goals for the C core,"
+  echo "then each core's full table."
   echo
   cat "${sections[@]}"
 } >"$OUT.tmp"

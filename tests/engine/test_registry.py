@@ -528,7 +528,7 @@ def test_listing_text() -> None:
     try:
         target(1)
         text = pyprobes.format_probe_list(header=True).splitlines()
-        assert text[0] == "# pyprobes core=python probes enabled"
+        assert text[0] == f"# pyprobes core={pyprobes.core_name()} probes enabled"
         assert text[1].split()[1:] == [
             "k",
             "test_registry:target+0",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyprobes.cli import check, run
+from pyprobes.cli import attach, check, listing, ps, run
 from pyprobes.cli.options import UsageError
 from pyprobes.cli.program import ProgramError
 from pyprobes.engine import ProbeError, SpecError
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (run, check):
+    for module in (run, check, attach, listing, ps):
         module.add_parser(sub)
     return parser
 

@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " summary to stderr at the end.",
     )
     add_tracing_options(p)
+    p.add_argument(
+        "--listen",
+        action="store_true",
+        help="serve an attach agent while the program runs, for 'pyprobes attach/list PID'"
+        " (then -e/-f are optional)",
+    )
     p.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     p.add_argument("target", nargs="?", metavar="SCRIPT", help="the program to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the program under the probes; returns its exit status."""
     from pyprobes.cli.options import UsageError, fix_optional_field
 
-    specs = load_specs(args)
+    specs = [] if _listen_only(args) else load_specs(args)
     fix_optional_field(args, specs)
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
@@ -83,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         prog = program.load_module(args.module, rest)
     else:
         prog = program.load_script(args.target, args.args)
+    if args.listen:
+        _start_agent()
+    if not specs:
+        return _run_listening(prog)
     aggregator = make_aggregator(args)
     with open_output(args) as writer:
         session = TraceSession(specs, writer.emit, aggregator)
@@ -104,6 +114,41 @@ def run(args: argparse.Namespace) -> int:
             status = program.run(prog, lambda code: session.arm_main(code, prog.names))
         finally:
             reporter.final()
+    if args.listen:
+        _stop_agent()
+    if status == program.KEYBOARD_INTERRUPT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130
+    return status
+
+
+# --- --listen: an attach agent while the program runs (pyprobes attach / list / ps) ----------
+
+
+def _listen_only(args: argparse.Namespace) -> bool:
+    """``--listen`` with no -e/-f: the program runs with the agent and no probes of its own."""
+    return bool(args.listen) and not args.probe and not args.probe_file
+
+
+def _start_agent() -> None:
+    from pyprobes.agent import start
+
+    start()
+
+
+def _stop_agent() -> None:
+    from pyprobes.agent import stop
+
+    stop("the program ended")
+
+
+def _run_listening(prog: program.Program) -> int:
+    """Run the program with the agent only: its output and exit status are its own."""
+    try:
+        status = program.run(prog, lambda code: None)
+    finally:
+        _stop_agent()
     if status == program.KEYBOARD_INTERRUPT:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from pyprobes.engine.context import (
     CALLBACK_CODE_IDS,
@@ -81,6 +81,18 @@ class Site:
         return bool(self.returns) or self.post_insn or self.post_line
 
 
+class RetStateLike(Protocol):
+    """What the cold code (gc hook, fork hooks, nactive) needs of a return-probe state: this
+    module's RetState and the C core's (``pyprobes._speedups.RetState``) both provide it."""
+
+    def reclaim(self) -> int: ...
+    def flush(self) -> None: ...
+    def activations(self) -> list[tuple[int, KretprobeInstance]]: ...
+    def end(self, fid: int, ri: KretprobeInstance) -> bool: ...
+    @property
+    def nactive(self) -> int: ...
+
+
 class RetState:
     """One registration of a kretprobe: its instance pool and its live activations.
 
@@ -103,15 +115,25 @@ class RetState:
         ri._data = None
         self.free.append(ri)
 
+    def activations(self) -> list[tuple[int, KretprobeInstance]]:
+        """The live activations: (id of the frame, instance)."""
+        return list(self.active.items())
+
+    def end(self, fid: int, ri: KretprobeInstance) -> bool:
+        """End the activation at ``fid`` without handler, if ``ri`` is still the one there."""
+        if self.active.pop(fid, None) is ri:
+            self.recycle(ri)
+            return True
+        return False
+
     def reclaim(self) -> int:
         """Flush activations that can never end (their frame is referenced by us alone)."""
         freed = 0
-        for fid, ri in list(self.active.items()):
+        for fid, ri in self.activations():
             frame = ri.frame
             if frame is None or not _abandoned(frame):
                 continue
-            if self.active.pop(fid, None) is ri:
-                self.recycle(ri)
+            if self.end(fid, ri):
                 freed += 1
         return freed
 
@@ -153,7 +175,7 @@ _restart_needed = False
 _global_events = 0
 _pending_insn: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
 _pending_line: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
-_ret_states: set[RetState] = set()
+_ret_states: set[RetStateLike] = set()  # shared with the C core (ccore): the hooks below
 _fork_running: set[int] | None = None
 
 
@@ -250,7 +272,7 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
     eh = rp.entry_handler
     if eh is not None:
         try:
-            veto = eh(ri, ctx)
+            veto = bool(eh(ri, ctx))  # a result whose bool() raises is a fault too
         except KeyboardInterrupt:
             state.recycle(ri)
             raise
@@ -524,13 +546,7 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         _drop_posts_of(code)
         return
     site = build_site(items)
-    if cid in _disabled_codes and (
-        old is None
-        or not site.offsets.keys() <= old.offsets.keys()
-        or not site.lines.keys() <= old.lines.keys()
-        or (site.post_insn and not old.post_insn)
-        or (site.post_line and not old.post_line)
-    ):
+    if cid in _disabled_codes and wants_restart(old, site):
         _restart_needed = True  # a location we returned DISABLE for is wanted again
     _sites[cid] = site
     if site.watches_exit:
@@ -539,6 +555,17 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         _exit_codes.discard(cid)
         _drop_posts_of(code)
     _M.set_local_events(_tool, code, site.events)
+
+
+def wants_restart(old: Site | None, site: Site) -> bool:
+    """True if ``site`` wants a location that ``old`` may have answered with DISABLE."""
+    return (
+        old is None
+        or not site.offsets.keys() <= old.offsets.keys()
+        or not site.lines.keys() <= old.lines.keys()
+        or (site.post_insn and not old.post_insn)
+        or (site.post_line and not old.post_line)
+    )
 
 
 def forget(cid: int) -> None:
@@ -573,12 +600,17 @@ def commit() -> None:
 def new_ret_state(rp: Kretprobe, maxactive: int) -> RetState:
     """A fresh pool for a kretprobe being armed."""
     state = RetState(rp, maxactive)
-    _ret_states.add(state)
-    _update_gc_hook()
+    track_ret_state(state)
     return state
 
 
-def drop_ret_state(state: RetState | None) -> None:
+def track_ret_state(state: RetStateLike) -> None:
+    """Put a new pool under the gc and fork hooks (both cores' pools live in _ret_states)."""
+    _ret_states.add(state)
+    _update_gc_hook()
+
+
+def drop_ret_state(state: RetStateLike | None) -> None:
     """Forget a pool: its activations end without handlers (unregister, disable)."""
     if state is None:
         return
@@ -587,7 +619,7 @@ def drop_ret_state(state: RetState | None) -> None:
     _update_gc_hook()
 
 
-def nactive(state: RetState | None) -> int:
+def nactive(state: RetStateLike | None) -> int:
     """Instances in use, after reclaiming activations that can never end."""
     if state is None:
         return 0
@@ -617,7 +649,7 @@ def _before_fork() -> None:
     # Remember which frames run on other threads: in the child those threads do not exist.
     global _fork_running
     _fork_running = None
-    if not any(s.active for s in list(_ret_states)) and not (_pending_insn or _pending_line):
+    if not any(s.activations() for s in list(_ret_states)) and not (_pending_insn or _pending_line):
         return
     me = threading.get_ident()
     running: set[int] = set()
@@ -638,13 +670,14 @@ def _after_fork_child() -> None:
         return
     me = threading.get_ident()
     for state in list(_ret_states):
-        for fid, ri in list(state.active.items()):
+        for fid, ri in state.activations():
             frame = ri.frame
+            # (ri.frame is None: the C core's plain-function activation, keyed without one)
             on_dead_thread = fid in running or (
-                ri.thread_id != me and frame is not None and not frame.f_code.co_flags & _GEN_FLAGS
+                ri.thread_id != me and (frame is None or not frame.f_code.co_flags & _GEN_FLAGS)
             )
-            if on_dead_thread and state.active.pop(fid, None) is ri:
-                state.recycle(ri)
+            if on_dead_thread:
+                state.end(fid, ri)
     for pending in (_pending_insn, _pending_line):
         for fid in list(pending):
             if fid in running:
@@ -661,7 +694,7 @@ os.register_at_fork(
 )
 
 
-def live_states() -> Iterable[RetState]:
+def live_states() -> Iterable[RetStateLike]:
     """The pools of every armed kretprobe (for tests and the listing)."""
     return list(_ret_states)
 

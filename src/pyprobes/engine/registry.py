@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CodeType
 
-from pyprobes.engine import blacklist, pycore, tool
+from pyprobes.engine import blacklist, core, pycore, tool
 from pyprobes.engine.errors import (
     AlreadyRegisteredError,
     InvalidProbeError,
@@ -48,7 +48,9 @@ from pyprobes.engine.resolve import (
 )
 
 _log = logging.getLogger("pyprobes")
-_core = pycore
+# The dispatch core, chosen once for the process: C (ccore) or pure Python (pycore); see
+# pyprobes.engine.core. PYPROBES_CORE=python|c forces one.
+_core: core.Core = core.select()
 
 _lock = threading.RLock()
 

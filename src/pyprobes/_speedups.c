@@ -1,0 +1,2869 @@
+/* pyprobes._speedups: the C dispatch core (the hot path of pyprobes.engine.ccore).
+ *
+ * The reference is pyprobes/engine/pycore.py: every callback here does what its namesake there
+ * does, in the same order, with the same counters and the same fault path. Everything cold
+ * (building the tables, set_local_events, the gc and fork hooks, the fault report) stays in
+ * Python; ccore.py hands this module the Python helpers it calls back into.
+ *
+ * Threads and the GIL: every function here runs with the GIL held, and none releases it by
+ * itself. The GIL is only given up where Python code can run: a handler call, a call back into
+ * a Python helper, or a Py_DECREF that may run a destructor. So no lock is needed, but every
+ * data structure must be consistent before any of those points, and nothing read before one
+ * may be trusted after it unless it is held by a strong reference: a site is held (incref'd)
+ * for the whole dispatch, a return-probe state too, and no pointer into a table survives a
+ * call. Recursion: CPython suppresses monitoring events while any monitoring callback runs,
+ * so none of these callbacks is ever re-entered on one thread.
+ *
+ * Exceptions: a callback never lets one out into the probed program, except KeyboardInterrupt
+ * (pycore's rule). Handler exceptions go to the fault path (pycore._fault); an internal failure
+ * (out of memory) is reported with PyErr_WriteUnraisable and the callback returns None.
+ *
+ * C API: public and "unstable public" API of 3.12-3.14 only, except one guarded access (see
+ * FRAME TOKEN below).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+#error "pyprobes._speedups needs CPython 3.12 or newer (sys.monitoring)"
+#endif
+
+/* --- FRAME TOKEN ---------------------------------------------------------------------------
+ * ctx.frame is read lazily: materialising a frame object costs an allocation, and most
+ * handlers never look at it. At the hit we record which interpreter frame is executing (the
+ * probed one: a C callback pushes no frame of its own); when a handler first reads ctx.frame
+ * we walk the frame objects from the current one (the handler's) back to the one whose
+ * interpreter frame is that token. The current interpreter frame lives in PyThreadState
+ * (cpython/pystate.h, a public header: tstate->cframe->current_frame on 3.12,
+ * tstate->current_frame on 3.13 and 3.14), and a frame object's interpreter frame is its
+ * second field after f_back (internal pycore_frame.h, the same on 3.11 to 3.14). Both are
+ * version-guarded: on any other version the frame is fetched eagerly at the hit instead. */
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030F0000
+#define HAVE_FRAME_TOKEN 1
+typedef struct {
+    PyObject_HEAD
+    PyObject *f_back;
+    void *f_frame;
+} FramePrefix;
+#if PY_VERSION_HEX < 0x030D0000
+#define CURRENT_TOKEN() ((void *)_PyThreadState_UncheckedGet()->cframe->current_frame)
+#else
+#define CURRENT_TOKEN() ((void *)PyThreadState_GetUnchecked()->current_frame)
+#endif
+#else
+#define HAVE_FRAME_TOKEN 0
+#define CURRENT_TOKEN() ((void *)NULL)
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define HOT static inline __attribute__((always_inline))
+#define COLD static __attribute__((noinline, cold))
+#else
+#define HOT static inline
+#define COLD static
+#endif
+
+/* CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR */
+#define GEN_FLAGS (0x20 | 0x80 | 0x100 | 0x200)
+#define RECLAIM_INTERVAL_NS 1000000LL
+
+enum { KIND_K = 1, KIND_J = 2, KIND_R = 3 };
+
+/* --- configuration handed over by ccore.setup() ------------------------------------------- */
+
+static int configured = 0;
+static PyObject *g_DISABLE;        /* sys.monitoring.DISABLE */
+static PyObject *g_fault;          /* pycore._fault(probe, ctx, exc) */
+static PyObject *g_call_args;      /* pycore.call_args(code, args) -> (pos, kw) */
+static PyObject *g_read_args;      /* context.read_args(frame) -> dict */
+static PyObject *g_line_of;        /* context._line_of(code, offset) -> int | None */
+static PyObject *g_pending_insn;   /* pycore._pending_insn: id(frame) -> (frame, posts, ctx) */
+static PyObject *g_pending_line;   /* pycore._pending_line */
+static PyObject *g_disabled_codes; /* ccore._disabled_codes: ids of codes we returned DISABLE for */
+static int g_close_emits_nothing;  /* gh-140373 (3.13.0 - 3.14.0) */
+static PyTypeObject *CtxType;      /* subclass of context.ProbeContext */
+static PyTypeObject *RiType;       /* subclass of context.KretprobeInstance */
+static Py_ssize_t ctx_off, ri_off; /* where our fields start (after the Python base's slots) */
+static Py_ssize_t ctx_base_nslots, ri_base_nslots;
+
+/* interned attribute names */
+static PyObject *s_pre_handler, *s_post_handler, *s_entry, *s_handler, *s_entry_handler;
+static PyObject *s_kind, *s_rstate, *s_counters, *s_f_lasti, *s_f_lineno, *s_clear;
+static PyObject *s_co_qualname, *s_nhit, *s_nmissed, *s_nfault, *s_fault_handler;
+static PyObject *g_zero; /* the int 0, the flags of a post handler */
+
+static inline long long
+now_ns(void)
+{
+    /* time.perf_counter_ns(): CLOCK_MONOTONIC on Linux (CPython's own choice there). */
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#else
+#error "no CLOCK_MONOTONIC"
+#endif
+}
+
+/* --- Counters: nhit, nmissed, nfault of one probe ------------------------------------------
+ * Kept in C so that a hit costs one increment, not an int allocation; exposed as the probe's
+ * plain int attributes by CounterField descriptors that ccore installs on Probe. The object
+ * lives in the probe's __dict__ under "_counters". */
+
+typedef struct {
+    PyObject_HEAD
+    long long v[3]; /* nhit, nmissed, nfault */
+} Counters;
+
+static PyTypeObject CountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.Counters",
+    .tp_basicsize = sizeof(Counters),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The hit, miss and fault counters of one probe.",
+};
+
+/* The Counters of a probe (new reference), created on first use; values set before the
+ * descriptors were installed (plain attributes in the instance dict) are carried over. */
+static Counters *
+counters_of(PyObject *probe)
+{
+    PyObject *dict = PyObject_GenericGetDict(probe, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *c = PyDict_GetItemWithError(dict, s_counters);
+    if (c != NULL && Py_IS_TYPE(c, &CountersType)) {
+        Py_INCREF(c);
+        Py_DECREF(dict);
+        return (Counters *)c;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(dict);
+        return NULL;
+    }
+    Counters *n = PyObject_New(Counters, &CountersType);
+    if (n == NULL) {
+        Py_DECREF(dict);
+        return NULL;
+    }
+    PyObject *names[3] = {s_nhit, s_nmissed, s_nfault};
+    for (int i = 0; i < 3; i++) {
+        n->v[i] = 0;
+        PyObject *old = PyDict_GetItemWithError(dict, names[i]);
+        if (old != NULL && PyLong_Check(old)) {
+            long long x = PyLong_AsLongLong(old);
+            if (x == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                x = 0;
+            }
+            n->v[i] = x;
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(n);
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    if (PyDict_SetItem(dict, s_counters, (PyObject *)n) < 0) {
+        Py_DECREF(n);
+        Py_DECREF(dict);
+        return NULL;
+    }
+    Py_DECREF(dict);
+    return n;
+}
+
+typedef struct {
+    PyObject_HEAD
+    int index;
+} CounterField;
+
+static PyObject *
+cfield_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    Counters *c = counters_of(obj);
+    if (c == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyLong_FromLongLong(c->v[((CounterField *)self)->index]);
+    Py_DECREF(c);
+    return r;
+}
+
+static int
+cfield_set(PyObject *self, PyObject *obj, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a probe's counters cannot be deleted");
+        return -1;
+    }
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "a probe's counters are ints, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(value);
+    if (x == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    Counters *c = counters_of(obj);
+    if (c == NULL) {
+        return -1;
+    }
+    c->v[((CounterField *)self)->index] = x;
+    Py_DECREF(c);
+    return 0;
+}
+
+static int
+cfield_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    int index;
+    if (!PyArg_ParseTuple(args, "i:CounterField", &index)) {
+        return -1;
+    }
+    if (index < 0 || index > 2) {
+        PyErr_SetString(PyExc_ValueError, "index must be 0 (nhit), 1 (nmissed) or 2 (nfault)");
+        return -1;
+    }
+    ((CounterField *)self)->index = index;
+    return 0;
+}
+
+static PyTypeObject CounterFieldType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.CounterField",
+    .tp_basicsize = sizeof(CounterField),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "CounterField(index): a probe's nhit (0), nmissed (1) or nfault (2), kept in C.",
+    .tp_descr_get = cfield_get,
+    .tp_descr_set = cfield_set,
+    .tp_init = cfield_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* --- a pointer-keyed hash map (open addressing, linear probing, backward-shift delete) ----- */
+
+typedef struct {
+    void *key;
+    PyObject *value; /* strong reference */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    Py_ssize_t mask; /* capacity - 1; capacity is a power of two, or 0 */
+    Py_ssize_t used;
+} PtrMap;
+
+static inline Py_ssize_t
+ptr_hash(void *p, Py_ssize_t mask)
+{
+    uint64_t h = (uint64_t)(uintptr_t)p;
+    h = (h >> 4) * 0x9E3779B97F4A7C15ULL;
+    return (Py_ssize_t)(h >> 32) & mask;
+}
+
+HOT PyObject *
+map_get(PtrMap *m, void *key)
+{
+    if (m->used == 0) {
+        return NULL;
+    }
+    Py_ssize_t i = ptr_hash(key, m->mask);
+    for (;;) {
+        Slot *s = &m->slots[i];
+        if (s->key == key) {
+            return s->value;
+        }
+        if (s->key == NULL) {
+            return NULL;
+        }
+        i = (i + 1) & m->mask;
+    }
+}
+
+static int
+map_resize(PtrMap *m, Py_ssize_t cap)
+{
+    Slot *slots = PyMem_Calloc((size_t)cap, sizeof(Slot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Slot *old = m->slots;
+    Py_ssize_t oldcap = old ? m->mask + 1 : 0;
+    m->slots = slots;
+    m->mask = cap - 1;
+    for (Py_ssize_t j = 0; j < oldcap; j++) {
+        if (old[j].key != NULL) {
+            Py_ssize_t i = ptr_hash(old[j].key, m->mask);
+            while (slots[i].key != NULL) {
+                i = (i + 1) & m->mask;
+            }
+            slots[i] = old[j];
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Store value (a new reference is taken) at key; *replaced receives the old value, to be
+ * released by the caller once its own structures are consistent. */
+static int
+map_set(PtrMap *m, void *key, PyObject *value, PyObject **replaced)
+{
+    *replaced = NULL;
+    if (m->slots == NULL || (m->used + 1) * 2 > m->mask + 1) {
+        Py_ssize_t cap = m->slots ? (m->mask + 1) * 2 : 8;
+        if (map_resize(m, cap) < 0) {
+            return -1;
+        }
+    }
+    Py_ssize_t i = ptr_hash(key, m->mask);
+    for (;;) {
+        Slot *s = &m->slots[i];
+        if (s->key == key) {
+            *replaced = s->value;
+            s->value = Py_NewRef(value);
+            return 0;
+        }
+        if (s->key == NULL) {
+            s->key = key;
+            s->value = Py_NewRef(value);
+            m->used++;
+            return 0;
+        }
+        i = (i + 1) & m->mask;
+    }
+}
+
+/* Remove key; return its value (the map's reference, now the caller's) or NULL. */
+static PyObject *
+map_pop(PtrMap *m, void *key)
+{
+    if (m->used == 0) {
+        return NULL;
+    }
+    Py_ssize_t i = ptr_hash(key, m->mask);
+    for (;;) {
+        Slot *s = &m->slots[i];
+        if (s->key == NULL) {
+            return NULL;
+        }
+        if (s->key == key) {
+            break;
+        }
+        i = (i + 1) & m->mask;
+    }
+    PyObject *value = m->slots[i].value;
+    m->used--;
+    /* backward-shift deletion: keep every probe sequence unbroken */
+    Py_ssize_t j = i;
+    for (;;) {
+        m->slots[i].key = NULL;
+        m->slots[i].value = NULL;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (m->slots[j].key == NULL) {
+                return value;
+            }
+            Py_ssize_t k = ptr_hash(m->slots[j].key, m->mask);
+            /* can slot j move to i? only if its home k is not cyclically in (i, j] */
+            if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+                break;
+            }
+        }
+        m->slots[i] = m->slots[j];
+        i = j;
+    }
+}
+
+/* Remove everything; the values are returned in a new list (NULL on memory error, with the
+ * map left untouched). */
+static PyObject *
+map_take_all(PtrMap *m)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t cap = m->slots ? m->mask + 1 : 0;
+    for (Py_ssize_t j = 0; j < cap; j++) {
+        if (m->slots[j].key != NULL && PyList_Append(out, m->slots[j].value) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t j = 0; j < cap; j++) {
+        if (m->slots[j].key != NULL) {
+            PyObject *v = m->slots[j].value;
+            m->slots[j].key = NULL;
+            m->slots[j].value = NULL;
+            Py_DECREF(v); /* the list holds it: no destructor can run here */
+        }
+    }
+    m->used = 0;
+    return out;
+}
+
+static void
+map_free(PtrMap *m)
+{
+    PyObject *all = NULL;
+    if (m->used) {
+        all = map_take_all(m);
+    }
+    PyMem_Free(m->slots);
+    m->slots = NULL;
+    m->mask = 0;
+    m->used = 0;
+    Py_XDECREF(all);
+}
+
+/* --- ProbeContext: a subclass of context.ProbeContext with its fields in C ----------------- */
+
+typedef struct {
+    PyObject *code;      /* borrowed during the hit (the running frame holds it), strong once
+                            code_owned: when the context outlives the hit, or is assigned */
+    PyObject *frame;     /* NULL: not read yet; else strong (a frame or None) */
+    PyObject *args;      /* NULL until read */
+    PyObject *retval;    /* strong, or NULL for None */
+    PyObject *exception; /* strong, or NULL for None */
+    void *token;         /* the probed interpreter frame (compared, never dereferenced) */
+    long offset;
+    long lineno;
+    unsigned long thread_id;
+    long long time_ns;
+    int code_owned;
+} CtxData;
+
+#define CTX(o) ((CtxData *)((char *)(o) + ctx_off))
+
+/* one spare context, reused when nobody kept the previous one */
+static PyObject *ctx_spare = NULL;
+
+HOT PyObject *
+ctx_new_tok(PyObject *code, long offset, long lineno, PyObject *frame, void *token)
+{
+    PyObject *o = ctx_spare;
+    ctx_spare = NULL;
+    if (o != NULL && Py_REFCNT(o) != 1) {
+        Py_SETREF(o, NULL); /* someone found it (gc.get_objects()): leave it to them */
+    }
+    if (o == NULL) {
+        o = CtxType->tp_alloc(CtxType, 0);
+        if (o == NULL) {
+            return NULL;
+        }
+    }
+    CtxData *c = CTX(o);
+    c->code = code;
+    c->code_owned = 0;
+    c->args = NULL;
+    c->retval = NULL;
+    c->exception = NULL;
+    c->offset = offset;
+    c->lineno = lineno;
+    c->thread_id = 0;
+    c->time_ns = 0;
+    c->token = token;
+    if (frame != NULL) {
+        c->frame = Py_NewRef(frame);
+    }
+    else {
+#if HAVE_FRAME_TOKEN
+        c->frame = NULL;
+#else
+        PyFrameObject *f = PyEval_GetFrame();
+        c->frame = Py_NewRef(f ? (PyObject *)f : Py_None);
+#endif
+    }
+    return o;
+}
+
+#define ctx_new(code, offset, lineno, frame)                                                  \
+    ctx_new_tok((code), (offset), (lineno), (frame), CURRENT_TOKEN())
+
+static void
+ctx_clear_fields(CtxData *c)
+{
+    if (c->code_owned) {
+        Py_CLEAR(c->code);
+    }
+    c->code = NULL;
+    c->code_owned = 0;
+    Py_CLEAR(c->frame);
+    Py_CLEAR(c->args);
+    Py_CLEAR(c->retval);
+    Py_CLEAR(c->exception);
+}
+
+/* Drop our reference to a context; keep it as the spare if nobody else holds it. Its fields
+ * are detached before the spare is set, and released after: a destructor run by that release
+ * (or another thread meanwhile) finds a consistent, empty spare. A spare that someone grabbed
+ * meanwhile (gc.get_objects()) has a refcount above 1, and ctx_new then leaves it to them. */
+HOT void
+ctx_release(PyObject *o)
+{
+    CtxData *c = CTX(o);
+    if (Py_REFCNT(o) != 1 || ctx_spare != NULL) {
+        if (!c->code_owned) { /* it outlives the hit: take the reference it borrowed */
+            Py_XINCREF(c->code);
+            c->code_owned = 1;
+        }
+        Py_DECREF(o);
+        return;
+    }
+    PyObject *code = c->code_owned ? c->code : NULL, *frame = c->frame, *args = c->args;
+    PyObject *retval = c->retval, *exc = c->exception;
+    c->code = c->frame = c->args = c->retval = c->exception = NULL;
+    c->code_owned = 0;
+    ctx_spare = o;
+    if (code != NULL || frame != NULL || args != NULL || retval != NULL || exc != NULL) {
+        Py_XDECREF(code);
+        Py_XDECREF(frame);
+        Py_XDECREF(args);
+        Py_XDECREF(retval);
+        Py_XDECREF(exc);
+    }
+}
+
+static inline void
+ctx_seal(PyObject *o)
+{
+    CtxData *c = CTX(o);
+    if (c->frame == NULL) {
+        c->frame = Py_NewRef(Py_None);
+    }
+}
+
+/* The probed frame (borrowed; None if not found or sealed). Never fails. */
+static PyObject *
+ctx_frame(PyObject *o)
+{
+    CtxData *c = CTX(o);
+    if (c->frame != NULL) {
+        return c->frame;
+    }
+    PyObject *found = NULL;
+#if HAVE_FRAME_TOKEN
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    while (f != NULL) {
+        if (((FramePrefix *)f)->f_frame == c->token) {
+            found = (PyObject *)f; /* our reference */
+            break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+#endif
+    if (c->frame == NULL) { /* (nothing above runs Python code, but stay safe) */
+        c->frame = found ? found : Py_NewRef(Py_None);
+    }
+    else {
+        Py_XDECREF(found);
+    }
+    return c->frame;
+}
+
+static PyObject *
+ctx_get_frame(PyObject *self, void *closure)
+{
+    return Py_NewRef(ctx_frame(self));
+}
+
+/* ctx.offset: the hit's offset, or the frame's f_lasti for line probes. */
+static long
+ctx_offset(PyObject *self, int *err)
+{
+    CtxData *c = CTX(self);
+    *err = 0;
+    if (c->offset < 0) {
+        PyObject *f = Py_NewRef(ctx_frame(self));
+        long off = 0;
+        if (f != Py_None) {
+            PyObject *v = PyObject_GetAttr(f, s_f_lasti);
+            if (v == NULL) {
+                Py_DECREF(f);
+                *err = 1;
+                return -1;
+            }
+            off = PyLong_AsLong(v);
+            Py_DECREF(v);
+            if (off == -1 && PyErr_Occurred()) {
+                Py_DECREF(f);
+                *err = 1;
+                return -1;
+            }
+        }
+        Py_DECREF(f);
+        c->offset = off;
+    }
+    return c->offset;
+}
+
+static PyObject *
+ctx_get_offset(PyObject *self, void *closure)
+{
+    int err;
+    long off = ctx_offset(self, &err);
+    return err ? NULL : PyLong_FromLong(off);
+}
+
+static PyObject *
+ctx_get_lineno(PyObject *self, void *closure)
+{
+    CtxData *c = CTX(self);
+    if (c->lineno < 0) {
+        PyObject *f = Py_NewRef(ctx_frame(self));
+        PyObject *line = NULL;
+        if (f != Py_None) {
+            line = PyObject_GetAttr(f, s_f_lineno);
+            if (line == NULL) {
+                Py_DECREF(f);
+                return NULL;
+            }
+        }
+        Py_DECREF(f);
+        if (line == NULL || line == Py_None) {
+            Py_XDECREF(line);
+            int err;
+            long off = ctx_offset(self, &err);
+            if (err) {
+                return NULL;
+            }
+            PyObject *offo = PyLong_FromLong(off);
+            if (offo == NULL) {
+                return NULL;
+            }
+            PyObject *code = Py_NewRef(c->code ? c->code : Py_None);
+            line = PyObject_CallFunctionObjArgs(g_line_of, code, offo, NULL);
+            Py_DECREF(code);
+            Py_DECREF(offo);
+            if (line == NULL) {
+                return NULL;
+            }
+            int truth = PyObject_IsTrue(line);
+            if (truth < 0) {
+                Py_DECREF(line);
+                return NULL;
+            }
+            if (!truth) {
+                Py_SETREF(line, PyLong_FromLong(0));
+                if (line == NULL) {
+                    return NULL;
+                }
+            }
+        }
+        long v = PyLong_AsLong(line);
+        Py_DECREF(line);
+        if (v == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        c->lineno = v;
+    }
+    return PyLong_FromLong(c->lineno);
+}
+
+static PyObject *
+ctx_get_args(PyObject *self, void *closure)
+{
+    CtxData *c = CTX(self);
+    if (c->args == NULL) {
+        PyObject *f = Py_NewRef(ctx_frame(self));
+        PyObject *a;
+        if (f != Py_None) {
+            a = PyObject_CallOneArg(g_read_args, f);
+        }
+        else {
+            a = PyDict_New();
+        }
+        Py_DECREF(f);
+        if (a == NULL) {
+            return NULL;
+        }
+        if (c->args == NULL) {
+            c->args = a;
+        }
+        else {
+            Py_DECREF(a);
+        }
+    }
+    return Py_NewRef(c->args);
+}
+
+static PyObject *
+ctx_get_thread_id(PyObject *self, void *closure)
+{
+    CtxData *c = CTX(self);
+    if (c->thread_id == 0) {
+        c->thread_id = PyThread_get_thread_ident();
+    }
+    return PyLong_FromUnsignedLong(c->thread_id);
+}
+
+static PyObject *
+ctx_get_time_ns(PyObject *self, void *closure)
+{
+    CtxData *c = CTX(self);
+    if (c->time_ns == 0) {
+        c->time_ns = now_ns();
+    }
+    return PyLong_FromLongLong(c->time_ns);
+}
+
+static PyObject *
+ctx_py_seal(PyObject *self, PyObject *unused)
+{
+    ctx_seal(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ctx_repr(PyObject *self)
+{
+    CtxData *c = CTX(self);
+    PyObject *q = PyObject_GetAttr(c->code ? c->code : Py_None, s_co_qualname);
+    if (q == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("<ProbeContext %S offset=%ld line=%ld>", q, c->offset,
+                                       c->lineno);
+    Py_DECREF(q);
+    return r;
+}
+
+static int
+ctx_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    CtxData *c = CTX(self);
+    if (c->code_owned) {
+        Py_VISIT(c->code);
+    }
+    Py_VISIT(c->frame);
+    Py_VISIT(c->args);
+    Py_VISIT(c->retval);
+    Py_VISIT(c->exception);
+    PyObject **base = (PyObject **)((char *)self + sizeof(PyObject));
+    for (Py_ssize_t i = 0; i < ctx_base_nslots; i++) {
+        Py_VISIT(base[i]);
+    }
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+ctx_tp_clear(PyObject *self)
+{
+    ctx_clear_fields(CTX(self));
+    PyObject **base = (PyObject **)((char *)self + sizeof(PyObject));
+    for (Py_ssize_t i = 0; i < ctx_base_nslots; i++) {
+        Py_CLEAR(base[i]);
+    }
+    return 0;
+}
+
+static void
+ctx_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    ctx_tp_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+ctx_get_code(PyObject *self, void *closure)
+{
+    PyObject *v = CTX(self)->code;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'ProbeContext' object has no attribute 'code'");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+ctx_set_code(PyObject *self, PyObject *value, void *closure)
+{
+    CtxData *c = CTX(self);
+    PyObject *old = c->code_owned ? c->code : NULL;
+    c->code = Py_XNewRef(value);
+    c->code_owned = 1;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *
+ctx_get_retval(PyObject *self, void *closure)
+{
+    PyObject *v = CTX(self)->retval;
+    return Py_NewRef(v ? v : Py_None);
+}
+
+static int
+ctx_set_retval(PyObject *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(CTX(self)->retval, value == Py_None ? NULL : Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *
+ctx_get_exception(PyObject *self, void *closure)
+{
+    PyObject *v = CTX(self)->exception;
+    return Py_NewRef(v ? v : Py_None);
+}
+
+static int
+ctx_set_exception(PyObject *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(CTX(self)->exception, value == Py_None ? NULL : Py_XNewRef(value));
+    return 0;
+}
+
+static PyGetSetDef ctx_getset[] = {
+    {"code", ctx_get_code, ctx_set_code, "The probed code object.", NULL},
+    {"retval", ctx_get_retval, ctx_set_retval, "The return value (return probes).", NULL},
+    {"exception", ctx_get_exception, ctx_set_exception,
+     "The exception that ended the function (return probes), else None.", NULL},
+    {"frame", ctx_get_frame, NULL, "The probed frame (live: do not keep it beyond the handler).",
+     NULL},
+    {"offset", ctx_get_offset, NULL, "Bytecode offset of the hit, as ``dis`` shows it.", NULL},
+    {"lineno", ctx_get_lineno, NULL, "Source line of the hit.", NULL},
+    {"args", ctx_get_args, NULL,
+     "A copy of the function's parameters (at entry: exactly the call's arguments).", NULL},
+    {"thread_id", ctx_get_thread_id, NULL, "``threading.get_ident()`` of the probed thread.",
+     NULL},
+    {"time_ns", ctx_get_time_ns, NULL,
+     "``time.perf_counter_ns()`` at the hit (taken when first read in the handler).", NULL},
+    {NULL},
+};
+
+static PyMemberDef ctx_members[] = {
+    {NULL},
+};
+
+static PyMethodDef ctx_methods[] = {
+    {"seal", ctx_py_seal, METH_NOARGS,
+     "Detach from the stack once handlers ran: lazy frame reads now give ``None``."},
+    {NULL},
+};
+
+static PyType_Slot ctx_slots[] = {
+    {Py_tp_dealloc, ctx_dealloc},   {Py_tp_traverse, ctx_traverse},
+    {Py_tp_clear, ctx_tp_clear},    {Py_tp_getset, ctx_getset},
+    {Py_tp_members, ctx_members},   {Py_tp_methods, ctx_methods},
+    {Py_tp_repr, ctx_repr},         {0, NULL},
+};
+
+/* --- KretprobeInstance: a subclass of context.KretprobeInstance with its fields in C ------- */
+
+typedef struct {
+    PyObject *rp;    /* strong */
+    PyObject *frame; /* NULL or strong: the activation's frame */
+    PyObject *data;  /* NULL until read */
+    unsigned long long thread_id;
+    long long entry_time_ns;
+} RiData;
+
+#define RI(o) ((RiData *)((char *)(o) + ri_off))
+
+static PyObject *
+ri_get_data(PyObject *self, void *closure)
+{
+    RiData *r = RI(self);
+    if (r->data == NULL) {
+        r->data = PyDict_New();
+        if (r->data == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(r->data);
+}
+
+static PyObject *
+ri_get_frame(PyObject *self, void *closure)
+{
+    PyObject *f = RI(self)->frame;
+    return Py_NewRef(f ? f : Py_None);
+}
+
+static int
+ri_set_frame(PyObject *self, PyObject *value, void *closure)
+{
+    RiData *r = RI(self);
+    PyObject *old = r->frame;
+    r->frame = (value == NULL || value == Py_None) ? NULL : Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *
+ri_repr(PyObject *self)
+{
+    RiData *r = RI(self);
+    return PyUnicode_FromFormat("<KretprobeInstance of %R thread=%llu>", r->rp ? r->rp : Py_None,
+                                r->thread_id);
+}
+
+static int
+ri_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    RiData *r = RI(self);
+    Py_VISIT(r->rp);
+    Py_VISIT(r->frame);
+    Py_VISIT(r->data);
+    PyObject **base = (PyObject **)((char *)self + sizeof(PyObject));
+    for (Py_ssize_t i = 0; i < ri_base_nslots; i++) {
+        Py_VISIT(base[i]);
+    }
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+ri_tp_clear(PyObject *self)
+{
+    RiData *r = RI(self);
+    Py_CLEAR(r->rp);
+    Py_CLEAR(r->frame);
+    Py_CLEAR(r->data);
+    PyObject **base = (PyObject **)((char *)self + sizeof(PyObject));
+    for (Py_ssize_t i = 0; i < ri_base_nslots; i++) {
+        Py_CLEAR(base[i]);
+    }
+    return 0;
+}
+
+static void
+ri_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    ri_tp_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef ri_getset[] = {
+    {"data", ri_get_data, NULL, "Per-activation private data (the kernel's ``data_size`` area).",
+     NULL},
+    {"frame", ri_get_frame, ri_set_frame, "The activation's frame while it is tracked.", NULL},
+    {NULL},
+};
+
+static PyMemberDef ri_members[] = {
+    {"rp", Py_T_OBJECT_EX, 0, 0, NULL},
+    {"thread_id", Py_T_ULONGLONG, 0, 0, NULL},
+    {"entry_time_ns", Py_T_LONGLONG, 0, 0, NULL},
+    {NULL},
+};
+
+static PyType_Slot ri_slots[] = {
+    {Py_tp_dealloc, ri_dealloc}, {Py_tp_traverse, ri_traverse}, {Py_tp_clear, ri_tp_clear},
+    {Py_tp_getset, ri_getset},   {Py_tp_members, ri_members},   {Py_tp_repr, ri_repr},
+    {0, NULL},
+};
+
+/* --- RetState: one registration of a kretprobe (pool + live activations) ------------------
+ * pycore.RetState's twin: the same methods for the cold code (reclaim, flush, activations,
+ * end, nactive), plus kill(): a dropped state is marked dead, which the hot path reads as
+ * pycore reads ``rp._rstate is None``. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rp;          /* strong */
+    Counters *counters;    /* strong: rp's */
+    PyObject **free;       /* strong references to idle instances (a stack) */
+    Py_ssize_t nfree, free_cap;
+    PtrMap active;         /* frame pointer -> instance (strong; the instance holds the frame) */
+    Py_ssize_t maxactive;
+    long long last_reclaim;
+    int dead;
+} RetState;
+
+static PyTypeObject RetStateType;
+
+static int
+rs_push_free(RetState *s, PyObject *ri)
+{
+    /* steals ri */
+    if (s->nfree == s->free_cap) {
+        Py_ssize_t cap = s->free_cap ? s->free_cap * 2 : 4;
+        PyObject **n = PyMem_Realloc(s->free, (size_t)cap * sizeof(PyObject *));
+        if (n == NULL) {
+            Py_DECREF(ri); /* the pool shrinks by one rather than fail the program */
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->free = n;
+        s->free_cap = cap;
+    }
+    s->free[s->nfree++] = ri;
+    return 0;
+}
+
+/* Return an instance to the pool, dropping what it referenced (pycore RetState.recycle).
+ * Steals the reference to ri. */
+static void
+rs_recycle(RetState *s, PyObject *ri)
+{
+    RiData *r = RI(ri);
+    PyObject *frame = r->frame, *data = r->data;
+    r->frame = NULL;
+    r->data = NULL;
+    if (rs_push_free(s, ri) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(frame); /* after the pool is consistent: these may run Python code */
+    Py_XDECREF(data);
+}
+
+/* pycore._abandoned: 1 if only the instance references the frame (or, on 3.13.0-3.14.0, a
+ * closed generator's frame that frame.clear() accepts), 0 if not, -1 on error. */
+static int
+frame_abandoned(PyObject *frame)
+{
+    if (Py_REFCNT(frame) <= 1) {
+        return 1;
+    }
+    if (g_close_emits_nothing && PyFrame_Check(frame)) {
+        PyCodeObject *co = PyFrame_GetCode((PyFrameObject *)frame);
+        int flags = co->co_flags;
+        Py_DECREF(co);
+        if (flags & GEN_FLAGS) {
+            Py_INCREF(frame);
+            PyObject *r = PyObject_CallMethodNoArgs(frame, s_clear);
+            Py_DECREF(frame);
+            if (r == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+                    PyErr_Clear();
+                    return 0;
+                }
+                return -1;
+            }
+            Py_DECREF(r);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    void *key;
+    PyObject *ri;
+} Pair;
+
+/* A snapshot of the activations (keys and new references to instances); *n receives the count.
+ * NULL with *n == 0 means none; NULL with *n < 0 means a memory error. */
+static Pair *
+rs_snapshot(RetState *s, Py_ssize_t *n)
+{
+    *n = 0;
+    if (s->active.used == 0) {
+        return NULL;
+    }
+    Pair *pairs = PyMem_Malloc((size_t)s->active.used * sizeof(Pair));
+    if (pairs == NULL) {
+        PyErr_NoMemory();
+        *n = -1;
+        return NULL;
+    }
+    Py_ssize_t cap = s->active.mask + 1, k = 0;
+    for (Py_ssize_t j = 0; j < cap; j++) {
+        Slot *sl = &s->active.slots[j];
+        if (sl->key != NULL) {
+            pairs[k].key = sl->key;
+            pairs[k].ri = Py_NewRef(sl->value);
+            k++;
+        }
+    }
+    *n = k;
+    return pairs;
+}
+
+static void
+pairs_free(Pair *pairs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(pairs[i].ri);
+    }
+    PyMem_Free(pairs);
+}
+
+/* End the activation at key if ri is still the one tracked there (no handler). */
+static int
+rs_end(RetState *s, void *key, PyObject *ri)
+{
+    if (map_get(&s->active, key) != ri) {
+        return 0;
+    }
+    PyObject *got = map_pop(&s->active, key);
+    rs_recycle(s, got); /* the map's reference goes back to the pool */
+    return 1;
+}
+
+static int
+ptr_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+    return (x > y) - (x < y);
+}
+
+/* The interpreter frames on every thread's stack, sorted (for bsearch), or NULL with *n = 0
+ * (none, or no frame token on this version), or NULL with *n = -1 on error. */
+static void **
+running_tokens(Py_ssize_t *n)
+{
+    *n = 0;
+#if HAVE_FRAME_TOKEN
+    PyObject *fn = PySys_GetObject("_current_frames"); /* borrowed */
+    PyObject *frames = fn ? PyObject_CallNoArgs(fn) : NULL; /* {thread id: top frame} */
+    if (frames == NULL || !PyDict_Check(frames)) {
+        if (frames != NULL || !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "sys._current_frames() is not usable");
+        }
+        Py_XDECREF(frames);
+        *n = -1;
+        return NULL;
+    }
+    Py_ssize_t cap = 64, k = 0, pos = 0;
+    void **out = PyMem_Malloc((size_t)cap * sizeof(void *));
+    PyObject *key, *top;
+    while (out != NULL && PyDict_Next(frames, &pos, &key, &top)) {
+        PyFrameObject *f = PyFrame_Check(top) ? (PyFrameObject *)Py_NewRef(top) : NULL;
+        while (f != NULL) {
+            if (k == cap) {
+                void **grown = PyMem_Realloc(out, (size_t)(cap *= 2) * sizeof(void *));
+                if (grown == NULL) {
+                    Py_DECREF(f);
+                    PyMem_Free(out);
+                    out = NULL;
+                    break;
+                }
+                out = grown;
+            }
+            out[k++] = ((FramePrefix *)f)->f_frame;
+            PyFrameObject *back = PyFrame_GetBack(f);
+            Py_DECREF(f);
+            f = back;
+        }
+    }
+    Py_DECREF(frames);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        *n = -1;
+        return NULL;
+    }
+    qsort(out, (size_t)k, sizeof(void *), ptr_cmp);
+    *n = k;
+    return out;
+#else
+    return NULL;
+#endif
+}
+
+/* Flush activations that can never end: a frame nobody but us references (pycore's test), or
+ * a plain function's interpreter frame that is on no thread's stack any more (its end went
+ * unseen). Returns the count, or -1. */
+static Py_ssize_t
+rs_reclaim(RetState *s)
+{
+    Py_ssize_t n, freed = 0, ntok = -2;
+    void **tokens = NULL;
+    Pair *pairs = rs_snapshot(s, &n);
+    if (n < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *frame = RI(pairs[i].ri)->frame;
+        if (frame == NULL) {
+            /* token-keyed: over if no thread runs that interpreter frame */
+            if (ntok == -2) {
+                tokens = running_tokens(&ntok);
+                if (ntok < 0) {
+                    pairs_free(pairs, n);
+                    return -1;
+                }
+            }
+            if (!bsearch(&pairs[i].key, tokens, (size_t)ntok, sizeof(void *), ptr_cmp) &&
+                rs_end(s, pairs[i].key, pairs[i].ri)) {
+                freed++;
+            }
+            continue;
+        }
+        int a = frame_abandoned(frame);
+        if (a < 0) {
+            pairs_free(pairs, n);
+            PyMem_Free(tokens);
+            return -1;
+        }
+        if (a && rs_end(s, pairs[i].key, pairs[i].ri)) {
+            freed++;
+        }
+    }
+    if (pairs) {
+        pairs_free(pairs, n);
+    }
+    PyMem_Free(tokens);
+    return freed;
+}
+
+static void
+rs_flush(RetState *s)
+{
+    PyObject *all = map_take_all(&s->active);
+    if (all == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(all);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rs_recycle(s, Py_NewRef(PyList_GET_ITEM(all, i)));
+    }
+    Py_DECREF(all);
+}
+
+static PyObject *
+rs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"rp", "maxactive", NULL};
+    PyObject *rp;
+    Py_ssize_t maxactive;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On:RetState", kwlist, &rp, &maxactive)) {
+        return NULL;
+    }
+    if (maxactive < 0) {
+        maxactive = 0;
+    }
+    Counters *counters = counters_of(rp);
+    if (counters == NULL) {
+        return NULL;
+    }
+    RetState *s = (RetState *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        Py_DECREF(counters);
+        return NULL;
+    }
+    s->rp = Py_NewRef(rp);
+    s->counters = counters;
+    s->maxactive = maxactive;
+    s->free = maxactive ? PyMem_Malloc((size_t)maxactive * sizeof(PyObject *)) : NULL;
+    if (maxactive && s->free == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    s->free_cap = maxactive;
+    for (Py_ssize_t i = 0; i < maxactive; i++) {
+        PyObject *ri = RiType->tp_alloc(RiType, 0);
+        if (ri == NULL) {
+            Py_DECREF(s);
+            return NULL;
+        }
+        RI(ri)->rp = Py_NewRef(rp);
+        s->free[s->nfree++] = ri;
+    }
+    return (PyObject *)s;
+}
+
+static int
+rs_traverse(RetState *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->rp);
+    Py_VISIT(s->counters);
+    for (Py_ssize_t i = 0; i < s->nfree; i++) {
+        Py_VISIT(s->free[i]);
+    }
+    Py_ssize_t cap = s->active.slots ? s->active.mask + 1 : 0;
+    for (Py_ssize_t j = 0; j < cap; j++) {
+        if (s->active.slots[j].key != NULL) {
+            Py_VISIT(s->active.slots[j].value);
+        }
+    }
+    return 0;
+}
+
+static int
+rs_clear(RetState *s)
+{
+    s->dead = 1;
+    Py_CLEAR(s->rp);
+    Py_CLEAR(s->counters);
+    while (s->nfree > 0) {
+        PyObject *ri = s->free[--s->nfree];
+        Py_DECREF(ri);
+    }
+    map_free(&s->active);
+    return 0;
+}
+
+static void
+rs_dealloc(RetState *s)
+{
+    PyObject_GC_UnTrack(s);
+    rs_clear(s);
+    PyMem_Free(s->free);
+    s->free = NULL;
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+rs_py_reclaim(RetState *s, PyObject *unused)
+{
+    Py_INCREF(s);
+    Py_ssize_t n = rs_reclaim(s);
+    Py_DECREF(s);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+rs_py_flush(RetState *s, PyObject *unused)
+{
+    Py_INCREF(s);
+    rs_flush(s);
+    Py_DECREF(s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rs_py_kill(RetState *s, PyObject *unused)
+{
+    s->dead = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rs_py_activations(RetState *s, PyObject *unused)
+{
+    Py_ssize_t n;
+    Pair *pairs = rs_snapshot(s, &n);
+    if (n < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        pairs_free(pairs, n);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(NO)", PyLong_FromVoidPtr(pairs[i].key), pairs[i].ri);
+        if (t == NULL) {
+            Py_DECREF(out);
+            pairs_free(pairs, n);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    if (pairs) {
+        pairs_free(pairs, n);
+    }
+    return out;
+}
+
+static PyObject *
+rs_py_end(RetState *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "end(fid, ri) takes 2 arguments");
+        return NULL;
+    }
+    void *key = PyLong_AsVoidPtr(args[0]);
+    if (key == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_INCREF(s);
+    int r = rs_end(s, key, args[1]);
+    Py_DECREF(s);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+rs_get_nactive(RetState *s, void *closure)
+{
+    return PyLong_FromSsize_t(s->maxactive - s->nfree);
+}
+
+static PyObject *
+rs_get_dead(RetState *s, void *closure)
+{
+    return PyBool_FromLong(s->dead);
+}
+
+static PyObject *
+rs_get_rp(RetState *s, void *closure)
+{
+    return Py_NewRef(s->rp ? s->rp : Py_None);
+}
+
+static PyMethodDef rs_methods[] = {
+    {"reclaim", (PyCFunction)rs_py_reclaim, METH_NOARGS,
+     "Flush activations that can never end (their frame is referenced by us alone)."},
+    {"flush", (PyCFunction)rs_py_flush, METH_NOARGS, "End every activation without handlers."},
+    {"kill", (PyCFunction)rs_py_kill, METH_NOARGS,
+     "Mark the state dropped: the callbacks no longer start or end activations in it."},
+    {"activations", (PyCFunction)rs_py_activations, METH_NOARGS,
+     "The live activations as a list of (id(frame), instance)."},
+    {"end", (PyCFunction)(void (*)(void))rs_py_end, METH_FASTCALL,
+     "end(fid, ri): end that activation without handler if ri is still the one at fid."},
+    {NULL},
+};
+
+static PyGetSetDef rs_getset[] = {
+    {"nactive", (getter)rs_get_nactive, NULL, "Instances in use.", NULL},
+    {"dead", (getter)rs_get_dead, NULL, "True once dropped.", NULL},
+    {"rp", (getter)rs_get_rp, NULL, "The kretprobe.", NULL},
+    {NULL},
+};
+
+static PyMemberDef rs_members[] = {
+    {"maxactive", Py_T_PYSSIZET, offsetof(RetState, maxactive), Py_READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject RetStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.RetState",
+    .tp_basicsize = sizeof(RetState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RetState(rp, maxactive): one registration of a kretprobe: its instance pool and "
+              "its live activations.",
+    .tp_new = rs_new,
+    .tp_dealloc = (destructor)rs_dealloc,
+    .tp_traverse = (traverseproc)rs_traverse,
+    .tp_clear = (inquiry)rs_clear,
+    .tp_methods = rs_methods,
+    .tp_getset = rs_getset,
+    .tp_members = rs_members,
+};
+
+/* --- Site: the dispatch table of one code object ------------------------------------------ */
+
+/* The handler attributes a hit reads (pycore reads them at every hit). */
+enum { H_PRE, H_POST, H_ENTRY, H_HANDLER, H_ENTRY_HANDLER, H_COUNT };
+static PyObject **h_names[H_COUNT] = {&s_pre_handler, &s_post_handler, &s_entry, &s_handler,
+                                      &s_entry_handler};
+
+/* Handler cache (3.12): a probe's handlers are read from its __dict__ once and kept until
+ * that dict changes. A dict watcher (PyDict_AddWatcher, 3.12+) on every probe dict bumps
+ * g_dict_gen on any change, so a cached value is exactly what reading the attribute at the hit
+ * would give. Not on 3.13+ (see setup()): there, each hit reads the dict. */
+static int g_watcher = -1;
+static uint64_t g_dict_gen = 1;
+
+static int
+probe_dict_changed(PyDict_WatchEvent event, PyObject *dict, PyObject *key, PyObject *value)
+{
+    g_dict_gen++;
+    return 0;
+}
+
+/* HandlerField: the data descriptor ccore installs for each handler attribute of the probe
+ * classes. It stores the value in the instance __dict__, as a plain attribute would, and bumps
+ * g_dict_gen. Needed because on 3.13 an attribute store into an object's inline values does
+ * not notify the watchers of its materialised __dict__ (seen on 3.13.0); with the descriptor
+ * no handler attribute is stored that way. Direct writes to __dict__ go through the dict API,
+ * which the watcher does see. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;
+} HandlerField;
+
+static PyTypeObject HandlerFieldType;
+
+static PyObject *
+hfield_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    PyObject *name = ((HandlerField *)self)->name;
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    Py_XINCREF(v);
+    Py_DECREF(dict);
+    if (v == NULL && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
+                     Py_TYPE(obj)->tp_name, name);
+    }
+    return v;
+}
+
+static int
+hfield_set(PyObject *self, PyObject *obj, PyObject *value)
+{
+    PyObject *name = ((HandlerField *)self)->name;
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    if (dict == NULL) {
+        return -1;
+    }
+    g_dict_gen++;
+    int r;
+    if (value == NULL) {
+        r = PyDict_DelItem(dict, name);
+        if (r < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
+            PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
+                         Py_TYPE(obj)->tp_name, name);
+        }
+    }
+    else {
+        r = PyDict_SetItem(dict, name, value);
+    }
+    g_dict_gen++;
+    Py_DECREF(dict);
+    return r;
+}
+
+static int
+hfield_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *name;
+    if (!PyArg_ParseTuple(args, "U:HandlerField", &name)) {
+        return -1;
+    }
+    Py_INCREF(name);
+    PyUnicode_InternInPlace(&name);
+    Py_XSETREF(((HandlerField *)self)->name, name);
+    return 0;
+}
+
+static void
+hfield_dealloc(PyObject *self)
+{
+    Py_CLEAR(((HandlerField *)self)->name);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject HandlerFieldType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.HandlerField",
+    .tp_basicsize = sizeof(HandlerField),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "HandlerField(name): a probe's handler attribute (stored in its __dict__), whose "
+              "changes the C core's handler cache sees.",
+    .tp_descr_get = hfield_get,
+    .tp_descr_set = hfield_set,
+    .tp_init = hfield_init,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = hfield_dealloc,
+};
+
+typedef struct {
+    PyObject *probe;    /* strong */
+    PyObject *pdict;    /* strong: probe.__dict__, where its handlers are read */
+    Counters *ctr;      /* strong */
+    RetState *rs;       /* strong or NULL (kretprobes: the state armed with this site) */
+    int kind;
+    int generic;        /* the probe's class defines a handler name: always getattr */
+    int fast;           /* handlers come from cache[] (watched plain __dict__, not generic) */
+    uint64_t gen;       /* g_dict_gen when cache[] was filled (0: never) */
+    PyObject *cache[H_COUNT]; /* strong or NULL (absent from the dict) */
+} PEnt;
+
+typedef struct {
+    long key; /* offset or line */
+    Py_ssize_t n;
+    PEnt *items;
+} PGroup;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n_entry, n_offs, n_lines, n_rets;
+    PEnt *entry;
+    PGroup *offs;
+    PGroup *lines;
+    PEnt *rets;
+    int post_insn, post_line, watches_exit;
+    int gen_code; /* a generator or coroutine: activations are keyed by frame object */
+} Site;
+
+static void
+pent_clear(PEnt *e)
+{
+    for (int i = 0; i < H_COUNT; i++) {
+        Py_CLEAR(e->cache[i]);
+    }
+    Py_CLEAR(e->probe);
+    Py_CLEAR(e->pdict);
+    Py_CLEAR(e->ctr);
+    Py_CLEAR(e->rs);
+}
+
+static void
+site_dealloc(Site *s)
+{
+    for (Py_ssize_t i = 0; i < s->n_entry; i++) {
+        pent_clear(&s->entry[i]);
+    }
+    for (Py_ssize_t i = 0; i < s->n_rets; i++) {
+        pent_clear(&s->rets[i]);
+    }
+    PGroup *groups[2] = {s->offs, s->lines};
+    Py_ssize_t ns[2] = {s->n_offs, s->n_lines};
+    for (int g = 0; g < 2; g++) {
+        for (Py_ssize_t i = 0; i < ns[g]; i++) {
+            for (Py_ssize_t j = 0; j < groups[g][i].n; j++) {
+                pent_clear(&groups[g][i].items[j]);
+            }
+            PyMem_Free(groups[g][i].items);
+        }
+        PyMem_Free(groups[g]);
+    }
+    PyMem_Free(s->entry);
+    PyMem_Free(s->rets);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyTypeObject SiteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.Site",
+    .tp_basicsize = sizeof(Site),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The dispatch table of one probed code object (built by make_site).",
+    .tp_dealloc = (destructor)site_dealloc,
+};
+
+static int
+pent_init(PEnt *e, PyObject *probe)
+{
+    PyObject ***names = h_names;
+    e->probe = Py_NewRef(probe);
+    e->pdict = PyObject_GenericGetDict(probe, NULL);
+    if (e->pdict == NULL) {
+        return -1;
+    }
+    if (g_watcher >= 0 && PyDict_CheckExact(e->pdict) && PyDict_Watch(g_watcher, e->pdict) < 0) {
+        return -1;
+    }
+    e->ctr = counters_of(probe);
+    if (e->ctr == NULL) {
+        return -1;
+    }
+    PyObject *kind = PyObject_GetAttr(probe, s_kind);
+    if (kind == NULL) {
+        return -1;
+    }
+    if (PyUnicode_CompareWithASCIIString(kind, "k") == 0) {
+        e->kind = KIND_K;
+    }
+    else if (PyUnicode_CompareWithASCIIString(kind, "r") == 0) {
+        e->kind = KIND_R;
+    }
+    else {
+        e->kind = KIND_J; /* pycore: anything else is called as a jprobe */
+    }
+    Py_DECREF(kind);
+    if (e->kind == KIND_R) {
+        PyObject *rs = PyObject_GetAttr(probe, s_rstate);
+        if (rs == NULL) {
+            return -1;
+        }
+        if (Py_IS_TYPE(rs, &RetStateType)) {
+            e->rs = (RetState *)rs;
+        }
+        else {
+            Py_DECREF(rs); /* None: pycore's "state is None" */
+        }
+    }
+    e->generic = 0;
+    for (size_t i = 0; i < H_COUNT; i++) {
+        PyObject *cls_attr = PyObject_GetAttr((PyObject *)Py_TYPE(probe), *names[i]);
+        if (cls_attr == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return -1;
+            }
+            PyErr_Clear();
+        }
+        int has = cls_attr != NULL && !Py_IS_TYPE(cls_attr, &HandlerFieldType);
+        Py_XDECREF(cls_attr);
+        e->generic |= has;
+    }
+    e->fast = !e->generic && g_watcher >= 0 && PyDict_CheckExact(e->pdict);
+    return 0;
+}
+
+static int
+pents_from(PyObject *seq, PEnt **out, Py_ssize_t *n)
+{
+    PyObject *fast = PySequence_Fast(seq, "probes must be a sequence");
+    if (fast == NULL) {
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Calloc(len ? (size_t)len : 1, sizeof(PEnt));
+    if (*out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    *n = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        (*n)++;
+        if (pent_init(&(*out)[i], PySequence_Fast_GET_ITEM(fast, i)) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int
+pgroup_cmp(const void *a, const void *b)
+{
+    long x = ((const PGroup *)a)->key, y = ((const PGroup *)b)->key;
+    return (x > y) - (x < y);
+}
+
+static int
+groups_from(PyObject *dict, PGroup **out, Py_ssize_t *n)
+{
+    if (!PyDict_Check(dict)) {
+        PyErr_SetString(PyExc_TypeError, "offsets and lines must be dicts");
+        return -1;
+    }
+    Py_ssize_t len = PyDict_GET_SIZE(dict);
+    *out = PyMem_Calloc(len ? (size_t)len : 1, sizeof(PGroup));
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *n = 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(dict, &pos, &k, &v)) {
+        PGroup *g = &(*out)[*n];
+        (*n)++;
+        g->key = PyLong_AsLong(k);
+        if (g->key == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (pents_from(v, &g->items, &g->n) < 0) {
+            return -1;
+        }
+    }
+    qsort(*out, (size_t)*n, sizeof(PGroup), pgroup_cmp);
+    return 0;
+}
+
+static PGroup *
+find_group(PGroup *gs, Py_ssize_t n, long key)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (gs[mid].key < key) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return (lo < n && gs[lo].key == key) ? &gs[lo] : NULL;
+}
+
+static PyObject *
+make_site(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"entry",     "offsets",   "lines",        "returns",
+                             "post_insn", "post_line", "watches_exit", NULL};
+    PyObject *entry, *offsets, *lines, *returns;
+    int post_insn, post_line, watches_exit;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOppp:make_site", kwlist, &entry, &offsets,
+                                     &lines, &returns, &post_insn, &post_line, &watches_exit)) {
+        return NULL;
+    }
+    Site *s = PyObject_New(Site, &SiteType);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->n_entry = s->n_offs = s->n_lines = s->n_rets = 0;
+    s->entry = s->rets = NULL;
+    s->offs = s->lines = NULL;
+    s->post_insn = post_insn;
+    s->post_line = post_line;
+    s->watches_exit = watches_exit;
+    s->gen_code = 1; /* until set_site() sees the code object */
+    if (pents_from(entry, &s->entry, &s->n_entry) < 0 ||
+        groups_from(offsets, &s->offs, &s->n_offs) < 0 ||
+        groups_from(lines, &s->lines, &s->n_lines) < 0 ||
+        pents_from(returns, &s->rets, &s->n_rets) < 0) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+/* The table: code object pointer -> Site (strong). Keyed like pycore's _sites (by id(code)):
+ * the code object itself is not referenced. */
+static PtrMap sites;
+
+HOT Site *
+site_of(PyObject *code)
+{
+    return (Site *)map_get(&sites, code);
+}
+
+static PyObject *
+set_site(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_site(code, site) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *old = NULL;
+    if (args[1] == Py_None) {
+        old = map_pop(&sites, args[0]);
+    }
+    else {
+        if (!Py_IS_TYPE(args[1], &SiteType)) {
+            PyErr_SetString(PyExc_TypeError, "site must come from make_site()");
+            return NULL;
+        }
+        if (!PyCode_Check(args[0])) {
+            PyErr_SetString(PyExc_TypeError, "set_site() needs a code object");
+            return NULL;
+        }
+        ((Site *)args[1])->gen_code =
+            !HAVE_FRAME_TOKEN || (((PyCodeObject *)args[0])->co_flags & GEN_FLAGS) != 0;
+        if (map_set(&sites, args[0], args[1], &old) < 0) {
+            return NULL;
+        }
+    }
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+forget_site(PyObject *mod, PyObject *cid)
+{
+    void *key = PyLong_AsVoidPtr(cid);
+    if (key == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_XDECREF(map_pop(&sites, key));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+clear_sites(PyObject *mod, PyObject *unused)
+{
+    PyObject *all = map_take_all(&sites);
+    if (all == NULL) {
+        return NULL;
+    }
+    Py_DECREF(all);
+    Py_CLEAR(ctx_spare);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+nsites(PyObject *mod, PyObject *unused)
+{
+    return PyLong_FromSsize_t(sites.used);
+}
+
+/* --- handler calls ------------------------------------------------------------------------ */
+
+COLD void
+pent_refresh(PEnt *e)
+{
+    PyObject *fresh[H_COUNT];
+    e->gen = g_dict_gen;
+    for (int i = 0; i < H_COUNT; i++) {
+        fresh[i] = PyDict_GetItemWithError(e->pdict, *h_names[i]); /* interned: no Python code */
+        if (fresh[i] == NULL) {
+            PyErr_Clear(); /* absent: read with getattr at each hit */
+        }
+        Py_XINCREF(fresh[i]);
+    }
+    for (int i = 0; i < H_COUNT; i++) {
+        Py_XSETREF(e->cache[i], fresh[i]); /* may run a destructor: the cache is whole */
+    }
+}
+
+/* A handler attribute of a probe, as reading it at the hit (pycore) gives (new reference). */
+HOT PyObject *
+probe_attr(PEnt *e, int which)
+{
+    if (e->fast) {
+        if (e->gen != g_dict_gen) {
+            pent_refresh(e);
+        }
+        PyObject *v = e->cache[which];
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    else if (!e->generic) {
+        PyObject *v = PyDict_GetItemWithError(e->pdict, *h_names[which]);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(e->probe, *h_names[which]);
+}
+
+/* pycore._fault, called with the exception as the one being handled (as in pycore's except
+ * block, so that sys.exc_info() in a fault handler is the handler's exception). 0 or -1. */
+static int
+call_fault(PyObject *probe, PyObject *ctx, PyObject *exc)
+{
+    PyObject *old = PyErr_GetHandledException();
+    PyErr_SetHandledException(exc);
+    PyObject *args[3] = {probe, ctx, exc};
+    PyObject *r = PyObject_Vectorcall(g_fault, args, 3, NULL);
+    PyErr_SetHandledException(old);
+    Py_XDECREF(old);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* After a failed handler call: KeyboardInterrupt stays raised (-1), anything else goes to the
+ * fault path (0, or -1 if that raised). */
+COLD int
+handler_failed(PyObject *probe, PyObject *ctx)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    if (exc == NULL) {
+        return 0;
+    }
+    if (PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
+        PyErr_SetRaisedException(exc);
+        return -1;
+    }
+    Py_INCREF(probe);
+    int r = call_fault(probe, ctx, exc);
+    Py_DECREF(probe);
+    Py_DECREF(exc);
+    return r;
+}
+
+/* h(a, b). A Python function (the usual handler) is called through its own vectorcall entry,
+ * as PyObject_Vectorcall would, minus that function's thread-state lookup and its check of
+ * the result (a Python function's result is always consistent with the error indicator). */
+HOT PyObject *
+call2(PyObject *h, PyObject *a, PyObject *b)
+{
+    PyObject *buf[3] = {NULL, a, b};
+    if (PyFunction_Check(h)) {
+        vectorcallfunc f = ((PyFunctionObject *)h)->vectorcall;
+        if (f != NULL) {
+            return f(h, buf + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+    }
+    return PyObject_Vectorcall(h, buf + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* pycore._kprobe_pre */
+HOT int
+kprobe_pre(PEnt *e, PyObject *ctx)
+{
+    e->ctr->v[0]++;
+    PyObject *h = probe_attr(e, H_PRE);
+    if (h == NULL) {
+        return handler_failed(e->probe, ctx);
+    }
+    if (h != Py_None) {
+        PyObject *r = call2(h, e->probe, ctx);
+        Py_DECREF(h);
+        if (r == NULL) {
+            return handler_failed(e->probe, ctx);
+        }
+        Py_DECREF(r);
+        return 0;
+    }
+    Py_DECREF(h);
+    return 0;
+}
+
+/* 1 if the kprobe has a post handler now, 0 if not, -1 on a KeyboardInterrupt. */
+HOT int
+has_post(PEnt *e, PyObject *ctx)
+{
+    PyObject *h = probe_attr(e, H_POST);
+    if (h == NULL) {
+        return handler_failed(e->probe, ctx);
+    }
+    int r = h != Py_None;
+    Py_DECREF(h);
+    return r;
+}
+
+/* pycore._jprobe */
+static int
+jprobe(PEnt *e, PyObject *ctx)
+{
+    e->ctr->v[0]++;
+    PyObject *args = ctx_get_args(ctx, NULL);
+    if (args == NULL) {
+        return handler_failed(e->probe, ctx);
+    }
+    PyObject *code = Py_NewRef(CTX(ctx)->code ? CTX(ctx)->code : Py_None);
+    PyObject *pk = PyObject_CallFunctionObjArgs(g_call_args, code, args, NULL);
+    Py_DECREF(code);
+    Py_DECREF(args);
+    if (pk == NULL) {
+        return handler_failed(e->probe, ctx);
+    }
+    PyObject *pos = NULL, *kw = NULL, *entry = NULL, *r = NULL;
+    if (!PyTuple_Check(pk) || PyTuple_GET_SIZE(pk) != 2) {
+        PyErr_SetString(PyExc_TypeError, "call_args must return (pos, kw)");
+        goto fail;
+    }
+    pos = PySequence_Tuple(PyTuple_GET_ITEM(pk, 0));
+    if (pos == NULL) {
+        goto fail;
+    }
+    kw = Py_NewRef(PyTuple_GET_ITEM(pk, 1));
+    entry = probe_attr(e, H_ENTRY);
+    if (entry == NULL) {
+        goto fail;
+    }
+    r = PyObject_Call(entry, pos, kw);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    Py_DECREF(entry);
+    Py_DECREF(kw);
+    Py_DECREF(pos);
+    Py_DECREF(pk);
+    return 0;
+fail:
+    Py_XDECREF(entry);
+    Py_XDECREF(kw);
+    Py_XDECREF(pos);
+    Py_DECREF(pk);
+    return handler_failed(e->probe, ctx);
+}
+
+/* The entry handler of a kretprobe: 1 if the activation is vetoed (truthy result, or the
+ * entry failed: pycore's "an entry that failed leaves no activation to pair"), 0 if it is to
+ * be tracked, -1 for a KeyboardInterrupt (or a fault path that raised). */
+static int
+entry_veto(PEnt *e, PyObject *ri, PyObject *ctx)
+{
+    PyObject *eh = probe_attr(e, H_ENTRY_HANDLER);
+    if (eh == NULL) {
+        return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
+    }
+    if (eh == Py_None) {
+        Py_DECREF(eh);
+        return 0;
+    }
+    PyObject *veto = call2(eh, ri, ctx);
+    Py_DECREF(eh);
+    if (veto == NULL) {
+        return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
+    }
+    int truth = PyObject_IsTrue(veto);
+    Py_DECREF(veto);
+    if (truth < 0) {
+        /* pycore lets this one escape into the program; here it is a fault like any other */
+        return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
+    }
+    return truth;
+}
+
+/* pycore._kret_entry */
+static int
+kret_entry(PEnt *e, PyObject *ctx, int gen_code)
+{
+    RetState *s = e->rs;
+    if (s == NULL || s->dead) {
+        return 0;
+    }
+    Py_INCREF(s);
+    int rc = 0;
+    if (!gen_code && s->active.used) {
+        /* An activation still filed under this interpreter frame is over (this one, starting
+         * there, is not filed yet): its end went unseen. Back to the pool. */
+        PyObject *stale = map_pop(&s->active, CTX(ctx)->token);
+        if (stale != NULL) {
+            rs_recycle(s, stale);
+        }
+    }
+    if (s->nfree == 0) {
+        long long now = now_ns();
+        if (now - s->last_reclaim < RECLAIM_INTERVAL_NS) {
+            e->ctr->v[1]++;
+            goto done;
+        }
+        Py_ssize_t freed = rs_reclaim(s);
+        if (freed < 0) {
+            rc = -1;
+            goto done;
+        }
+        if (freed == 0) {
+            s->last_reclaim = now; /* throttle only scans that found nothing to free */
+        }
+        if (s->nfree == 0) {
+            e->ctr->v[1]++;
+            goto done;
+        }
+    }
+    PyObject *ri = s->free[--s->nfree]; /* the pool's reference is now ours */
+    /* The activation's key. A generator or coroutine is keyed by its frame object, held by
+     * the instance (pycore's way): its end may never be signalled (gh-140373, or a close
+     * inside a callback), and the frame's refcount then tells that it is over (reclaim). A
+     * plain function's activation always ends with PY_RETURN or PY_UNWIND on its own
+     * thread, so it is keyed by its interpreter frame (the token), with no frame object
+     * to materialise; ri.frame stays None. */
+    PyObject *frame;
+    void *key;
+    if (gen_code) {
+        frame = Py_NewRef(ctx_frame(ctx));
+        key = (void *)frame; /* (None's address in the impossible case of no frame) */
+    }
+    else {
+        frame = Py_NewRef(Py_None);
+        key = CTX(ctx)->token;
+    }
+    RiData *r = RI(ri);
+    Py_XSETREF(r->frame, frame == Py_None ? NULL : Py_NewRef(frame));
+    r->thread_id = PyThread_get_thread_ident();
+    r->entry_time_ns = now_ns();
+    int veto = entry_veto(e, ri, ctx);
+    if (veto != 0) {
+        rs_recycle(s, ri);
+        Py_DECREF(frame);
+        rc = veto < 0 ? -1 : 0;
+        goto done;
+    }
+    e->ctr->v[0]++;
+    PyObject *replaced = NULL;
+    if (map_set(&s->active, key, ri, &replaced) < 0) {
+        PyErr_Clear();
+        rs_recycle(s, ri);
+        Py_DECREF(frame);
+        goto done;
+    }
+    Py_DECREF(ri); /* the map holds it now */
+    Py_DECREF(frame);
+    if (replaced != NULL) {
+        /* Two live activations never share a key (a frame object held by its instance, or
+         * an interpreter frame in use), so the one replaced is over, its end unseen: back to
+         * the pool (pycore cannot meet this case: its keys are frames it holds). */
+        rs_recycle(s, replaced);
+    }
+done:
+    Py_DECREF(s);
+    return rc;
+}
+
+/* The context of a return or unwind (one per exit, shared by its return probes). */
+static PyObject *
+exit_ctx(PyObject *code, long offset, PyObject *frame, void *token, PyObject *retval,
+         PyObject *exc)
+{
+    PyObject *ctx = ctx_new_tok(code, offset, -1, frame, token); /* frame NULL: lazy */
+    if (ctx != NULL) {
+        CtxData *c = CTX(ctx);
+        c->retval = retval == Py_None ? NULL : Py_NewRef(retval);
+        c->exception = exc == Py_None ? NULL : Py_NewRef(exc);
+    }
+    return ctx;
+}
+
+/* pycore._kret_exit */
+static int
+kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, void *token,
+          PyObject *retval, PyObject *exc)
+{
+    PyObject *ctx = NULL;
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < site->n_rets && rc == 0; i++) {
+        PEnt *e = &site->rets[i];
+        RetState *s = e->rs;
+        if (s == NULL || s->dead) {
+            continue;
+        }
+        PyObject *ri = map_pop(&s->active, key); /* the map's reference is now ours */
+        if (ri == NULL) {
+            continue;
+        }
+        Py_INCREF(s);
+        PyObject *h = probe_attr(e, H_HANDLER);
+        if (h == NULL || h != Py_None) {
+            if (ctx == NULL &&
+                (ctx = exit_ctx(code, offset, frame, token, retval, exc)) == NULL) {
+                Py_XDECREF(h);
+                rc = -1;
+            }
+            else if (h == NULL) {
+                rc = handler_failed(e->probe, ctx);
+            }
+            else {
+                PyObject *r = call2(h, ri, ctx);
+                if (r == NULL) {
+                    rc = handler_failed(e->probe, ctx);
+                }
+                Py_XDECREF(r);
+                Py_DECREF(h);
+            }
+        }
+        else {
+            Py_DECREF(h);
+        }
+        rs_recycle(s, ri);
+        Py_DECREF(s);
+    }
+    if (ctx != NULL) {
+        if (Py_REFCNT(ctx) > 1) {
+            /* A handler kept the context: give it the frame now, while the probed frame is
+             * the current one (pycore's return context always holds its frame). */
+            ctx_frame(ctx);
+        }
+        ctx_release(ctx);
+    }
+    return rc;
+}
+
+/* pycore._fire_posts */
+static int
+fire_posts(PyObject *entry)
+{
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+        return 0;
+    }
+    PyObject *posts = PyTuple_GET_ITEM(entry, 1);
+    PyObject *ctx = PyTuple_GET_ITEM(entry, 2);
+    if (!PyList_Check(posts)) {
+        return 0;
+    }
+    Py_INCREF(entry); /* holds posts and ctx */
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(posts); i++) {
+        PyObject *p = Py_NewRef(PyList_GET_ITEM(posts, i));
+        PyObject *h = PyObject_GetAttr(p, s_post_handler);
+        if (h == NULL) {
+            rc = handler_failed(p, ctx);
+        }
+        else if (h != Py_None) {
+            PyObject *buf[4] = {NULL, p, ctx, g_zero};
+            PyObject *r = PyObject_Vectorcall(h, buf + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (r == NULL) {
+                rc = handler_failed(p, ctx);
+            }
+            else {
+                Py_DECREF(r);
+            }
+        }
+        Py_XDECREF(h);
+        Py_DECREF(p);
+        if (rc < 0) {
+            break;
+        }
+    }
+    Py_DECREF(entry);
+    return rc;
+}
+
+/* pycore._defer_posts */
+static int
+defer_posts(PyObject *posts, PyObject *ctx, PyObject *pending)
+{
+    PyObject *frame = ctx_frame(ctx);
+    if (frame == Py_None) {
+        return 0;
+    }
+    PyObject *key = PyLong_FromVoidPtr(frame);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *entry = PyTuple_Pack(3, frame, posts, ctx);
+    if (entry == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int r = PyDict_SetItem(pending, key, entry);
+    Py_DECREF(entry);
+    Py_DECREF(key);
+    return r;
+}
+
+/* pending.pop(id(frame), None) as a new reference (NULL if absent; check PyErr_Occurred). */
+static PyObject *
+pending_pop(PyObject *pending, PyObject *frame)
+{
+    PyObject *key = PyLong_FromVoidPtr(frame);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *v = PyDict_GetItemWithError(pending, key);
+    if (v != NULL) {
+        Py_INCREF(v);
+        if (PyDict_DelItem(pending, key) < 0) {
+            Py_CLEAR(v);
+        }
+    }
+    Py_DECREF(key);
+    return v;
+}
+
+/* pycore._end_posts */
+static int
+end_posts(PyObject *frame, int fire)
+{
+    PyObject *pendings[2] = {g_pending_insn, g_pending_line};
+    for (int i = 0; i < 2; i++) {
+        PyObject *entry = pending_pop(pendings[i], frame);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            continue;
+        }
+        int rc = fire ? fire_posts(entry) : 0;
+        Py_DECREF(entry);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* pycore._run_kprobes */
+static int
+run_kprobes(PGroup *g, PyObject *ctx, PyObject *pending)
+{
+    PyObject *posts = NULL;
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < g->n; i++) {
+        PEnt *e = &g->items[i];
+        if (kprobe_pre(e, ctx) < 0) {
+            rc = -1;
+            break;
+        }
+        int hp = has_post(e, ctx);
+        if (hp < 0) {
+            rc = -1;
+            break;
+        }
+        if (hp) {
+            if (posts == NULL && (posts = PyList_New(0)) == NULL) {
+                rc = -1;
+                break;
+            }
+            if (PyList_Append(posts, e->probe) < 0) {
+                rc = -1;
+                break;
+            }
+        }
+    }
+    if (rc == 0 && posts != NULL) {
+        rc = defer_posts(posts, ctx, pending);
+    }
+    Py_XDECREF(posts);
+    return rc;
+}
+
+/* --- callbacks -----------------------------------------------------------------------------
+ * Registered with sys.monitoring as Callback objects: callables with their own vectorcall
+ * entry point, which the interpreter calls directly (a builtin function would add a
+ * recursion check and a thread-state lookup per event). */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    const char *name;
+} Callback;
+
+static PyObject *
+bad_call(PyObject *self, int n)
+{
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly %d positional arguments",
+                 ((Callback *)self)->name, n);
+    return NULL;
+}
+
+/* The end of a callback that failed: KeyboardInterrupt belongs to the program (NULL); anything
+ * else is ours and must not reach it. */
+COLD PyObject *
+callback_failed(void)
+{
+    if (!PyErr_Occurred()) {
+        Py_RETURN_NONE;
+    }
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return NULL;
+    }
+    PyErr_WriteUnraisable(NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_start(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        return bad_call(self, 2);
+    }
+    Site *site = site_of(args[0]);
+    if (site == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(site);
+    int rc = 0;
+    PyObject *posts = NULL;
+    PyObject *ctx = ctx_new(args[0], 0, -1, NULL);
+    if (ctx == NULL) {
+        Py_DECREF(site);
+        return callback_failed();
+    }
+    for (Py_ssize_t i = 0; i < site->n_entry && rc == 0; i++) {
+        PEnt *e = &site->entry[i];
+        switch (e->kind) {
+        case KIND_K:
+            rc = kprobe_pre(e, ctx);
+            if (rc == 0) {
+                int hp = has_post(e, ctx);
+                if (hp < 0) {
+                    rc = -1;
+                }
+                else if (hp) {
+                    if (posts == NULL && (posts = PyList_New(0)) == NULL) {
+                        rc = -1;
+                    }
+                    else if (PyList_Append(posts, e->probe) < 0) {
+                        rc = -1;
+                    }
+                }
+            }
+            break;
+        case KIND_R:
+            rc = kret_entry(e, ctx, site->gen_code);
+            break;
+        default:
+            rc = jprobe(e, ctx);
+            break;
+        }
+    }
+    if (rc == 0 && posts != NULL) {
+        rc = defer_posts(posts, ctx, g_pending_insn);
+    }
+    ctx_seal(ctx);
+    Py_XDECREF(posts);
+    ctx_release(ctx);
+    Py_DECREF(site);
+    if (rc < 0) {
+        return callback_failed();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+disable_here(PyObject *code)
+{
+    PyObject *cid = PyLong_FromVoidPtr(code);
+    if (cid == NULL || PySet_Add(g_disabled_codes, cid) < 0) {
+        Py_XDECREF(cid);
+        return callback_failed();
+    }
+    Py_DECREF(cid);
+    return Py_NewRef(g_DISABLE);
+}
+
+/* INSTRUCTION and LINE: the same shape over offsets or lines. */
+static PyObject *
+on_place(PyObject *code, PyObject *where, int is_line)
+{
+    Site *site = site_of(code);
+    if (site == NULL) {
+        return Py_NewRef(configured ? g_DISABLE : Py_None);
+    }
+    int waits = is_line ? site->post_line : site->post_insn;
+    PyObject *pending = is_line ? g_pending_line : g_pending_insn;
+    Py_INCREF(site);
+    int rc = 0;
+    if (waits && PyDict_GET_SIZE(pending)) {
+        PyFrameObject *f = PyEval_GetFrame();
+        if (f != NULL) {
+            PyObject *entry = pending_pop(pending, (PyObject *)f);
+            if (entry != NULL) {
+                rc = fire_posts(entry);
+                Py_DECREF(entry);
+            }
+            else if (PyErr_Occurred()) {
+                rc = -1;
+            }
+        }
+        if (rc < 0) {
+            Py_DECREF(site);
+            return callback_failed();
+        }
+    }
+    long key = PyLong_AsLong(where);
+    if (key == -1 && PyErr_Occurred()) {
+        Py_DECREF(site);
+        return callback_failed();
+    }
+    PGroup *g = is_line ? find_group(site->lines, site->n_lines, key)
+                        : find_group(site->offs, site->n_offs, key);
+    if (g == NULL) {
+        Py_DECREF(site);
+        if (waits) {
+            Py_RETURN_NONE;
+        }
+        return disable_here(code);
+    }
+    PyObject *ctx = is_line ? ctx_new(code, -1, key, NULL) : ctx_new(code, key, -1, NULL);
+    if (ctx == NULL) {
+        Py_DECREF(site);
+        return callback_failed();
+    }
+    rc = run_kprobes(g, ctx, pending);
+    ctx_seal(ctx);
+    ctx_release(ctx);
+    Py_DECREF(site);
+    if (rc < 0) {
+        return callback_failed();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_instruction(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        return bad_call(self, 2);
+    }
+    return on_place(args[0], args[1], 0);
+}
+
+static PyObject *
+on_line(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        return bad_call(self, 2);
+    }
+    return on_place(args[0], args[1], 1);
+}
+
+/* PY_RETURN (exc == NULL) and PY_UNWIND (retval == NULL) */
+static PyObject *
+on_leave(PyObject *code, PyObject *offset, PyObject *retval, PyObject *exc)
+{
+    Site *site = site_of(code);
+    if (site == NULL || (exc != NULL && !site->watches_exit)) {
+        Py_RETURN_NONE;
+    }
+    int posts = site->post_insn || site->post_line;
+    PyObject *frame = NULL; /* the frame object, fetched only when needed */
+    if (posts || site->gen_code) {
+        PyFrameObject *f = PyEval_GetFrame();
+        if (f == NULL) {
+            Py_RETURN_NONE;
+        }
+        frame = Py_NewRef((PyObject *)f);
+    }
+    Py_INCREF(site);
+    int rc = 0;
+    if (posts) {
+        rc = end_posts(frame, exc == NULL);
+    }
+    if (rc == 0 && site->n_rets) {
+        long off = PyLong_AsLong(offset);
+        if (off == -1 && PyErr_Occurred()) {
+            rc = -1;
+        }
+        else {
+            void *token = CURRENT_TOKEN();
+            void *key = site->gen_code ? (void *)frame : token;
+            rc = kret_exit(site, code, off, key, site->gen_code ? frame : NULL, token,
+                           retval ? retval : Py_None, exc ? exc : Py_None);
+        }
+    }
+    Py_XDECREF(frame);
+    Py_DECREF(site);
+    if (rc < 0) {
+        return callback_failed();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_return(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        return bad_call(self, 3);
+    }
+    return on_leave(args[0], args[1], args[2], NULL);
+}
+
+static PyObject *
+on_unwind(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        return bad_call(self, 3);
+    }
+    return on_leave(args[0], args[1], NULL, args[2]);
+}
+
+static PyObject *
+on_yield(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        return bad_call(self, 3);
+    }
+    Site *site = site_of(args[0]);
+    if (site == NULL || !(site->post_insn || site->post_line)) {
+        Py_RETURN_NONE;
+    }
+    PyFrameObject *f = PyEval_GetFrame();
+    if (f == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(site);
+    PyObject *frame = Py_NewRef((PyObject *)f);
+    int rc = end_posts(frame, 1);
+    Py_DECREF(frame);
+    Py_DECREF(site);
+    if (rc < 0) {
+        return callback_failed();
+    }
+    Py_RETURN_NONE;
+}
+
+/* --- setup --------------------------------------------------------------------------------- */
+
+static PyTypeObject *
+make_subtype(const char *name, PyObject *base, Py_ssize_t extra, PyType_Slot *slots,
+             PyMemberDef *members, Py_ssize_t *off, Py_ssize_t *nslots)
+{
+    if (!PyType_Check(base)) {
+        PyErr_Format(PyExc_TypeError, "%s: base must be a class", name);
+        return NULL;
+    }
+    PyTypeObject *bt = (PyTypeObject *)base;
+    if (bt->tp_itemsize != 0 || bt->tp_dictoffset != 0 || bt->tp_weaklistoffset != 0 ||
+        (bt->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) % (Py_ssize_t)sizeof(PyObject *)) {
+        PyErr_Format(PyExc_TypeError, "%s: base must be a __slots__ class without __dict__",
+                     name);
+        return NULL;
+    }
+    *off = bt->tp_basicsize;
+    *nslots = (bt->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    for (PyMemberDef *m = members; m->name != NULL; m++) {
+        m->offset += *off;
+    }
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = (int)(bt->tp_basicsize + extra),
+        .itemsize = 0,
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = slots,
+    };
+    return (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);
+}
+
+static PyObject *
+setup(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ProbeContext", "KretprobeInstance", "DISABLE", "fault",
+                             "call_args", "read_args", "line_of", "pending_insn", "pending_line",
+                             "disabled_codes", "close_emits_nothing", NULL};
+    PyObject *ctx_base, *ri_base, *disable, *fault, *call_args, *read_args, *line_of;
+    PyObject *pins, *pline, *disabled;
+    int close_emits_nothing;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOO!O!O!p:setup", kwlist, &ctx_base,
+                                     &ri_base, &disable, &fault, &call_args, &read_args,
+                                     &line_of, &PyDict_Type, &pins, &PyDict_Type, &pline,
+                                     &PySet_Type, &disabled, &close_emits_nothing)) {
+        return NULL;
+    }
+    if (configured) {
+        PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was called already");
+        return NULL;
+    }
+    /* fill the offsets of our members (relative to our data) before making the types */
+    ri_members[0].offset = offsetof(RiData, rp);
+    ri_members[1].offset = offsetof(RiData, thread_id);
+    ri_members[2].offset = offsetof(RiData, entry_time_ns);
+    CtxType = make_subtype("pyprobes._speedups.ProbeContext", ctx_base, sizeof(CtxData),
+                           ctx_slots, ctx_members, &ctx_off, &ctx_base_nslots);
+    if (CtxType == NULL) {
+        return NULL;
+    }
+    RiType = make_subtype("pyprobes._speedups.KretprobeInstance", ri_base, sizeof(RiData),
+                          ri_slots, ri_members, &ri_off, &ri_base_nslots);
+    if (RiType == NULL) {
+        Py_CLEAR(CtxType);
+        return NULL;
+    }
+    g_DISABLE = Py_NewRef(disable);
+    g_fault = Py_NewRef(fault);
+    g_call_args = Py_NewRef(call_args);
+    g_read_args = Py_NewRef(read_args);
+    g_line_of = Py_NewRef(line_of);
+    g_pending_insn = Py_NewRef(pins);
+    g_pending_line = Py_NewRef(pline);
+    g_disabled_codes = Py_NewRef(disabled);
+    g_close_emits_nothing = close_emits_nothing;
+    g_watcher = PyDict_AddWatcher(probe_dict_changed);
+    if (g_watcher < 0) {
+        PyErr_Clear(); /* no watcher slot left: handlers are read from the dict at every hit */
+    }
+    configured = 1;
+    if (PyModule_AddObjectRef(mod, "ProbeContext", (PyObject *)CtxType) < 0 ||
+        PyModule_AddObjectRef(mod, "KretprobeInstance", (PyObject *)RiType) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_counters_of(PyObject *mod, PyObject *probe)
+{
+    return (PyObject *)counters_of(probe);
+}
+
+static PyObject *
+counters_values(PyObject *mod, PyObject *c)
+{
+    if (!Py_IS_TYPE(c, &CountersType)) {
+        PyErr_SetString(PyExc_TypeError, "not a Counters object");
+        return NULL;
+    }
+    Counters *k = (Counters *)c;
+    return Py_BuildValue("(LLL)", k->v[0], k->v[1], k->v[2]);
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
+     "Hand over the Python helpers and base classes (once, from ccore)."},
+    {"make_site", (PyCFunction)(void (*)(void))make_site, METH_VARARGS | METH_KEYWORDS,
+     "Build the dispatch table of one code object."},
+    {"set_site", (PyCFunction)(void (*)(void))set_site, METH_FASTCALL,
+     "set_site(code, site_or_None): publish or remove a code object's table."},
+    {"forget", forget_site, METH_O, "forget(id(code)): drop the table of a collected code."},
+    {"clear_sites", clear_sites, METH_NOARGS, "Drop every table (uninstall)."},
+    {"nsites", nsites, METH_NOARGS, "How many code objects have a table."},
+    {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},
+    {"counters_values", counters_values, METH_O, "(nhit, nmissed, nfault) of a Counters."},
+    {NULL},
+};
+
+static PyObject *
+callback_repr(PyObject *self)
+{
+    return PyUnicode_FromFormat("<pyprobes._speedups.%s>", ((Callback *)self)->name);
+}
+
+static PyTypeObject CallbackType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.Callback",
+    .tp_basicsize = sizeof(Callback),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A sys.monitoring callback of the C core.",
+    .tp_vectorcall_offset = offsetof(Callback, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = callback_repr,
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pyprobes._speedups",
+    .m_doc = "The C dispatch core of pyprobes (see pyprobes.engine.ccore).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text)                                                                     \
+    do {                                                                                      \
+        var = PyUnicode_InternFromString(text);                                               \
+        if (var == NULL) {                                                                    \
+            return NULL;                                                                      \
+        }                                                                                     \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    INTERN(s_pre_handler, "pre_handler");
+    INTERN(s_post_handler, "post_handler");
+    INTERN(s_entry, "entry");
+    INTERN(s_handler, "handler");
+    INTERN(s_entry_handler, "entry_handler");
+    INTERN(s_fault_handler, "fault_handler");
+    INTERN(s_kind, "kind");
+    INTERN(s_rstate, "_rstate");
+    INTERN(s_counters, "_counters");
+    INTERN(s_f_lasti, "f_lasti");
+    INTERN(s_f_lineno, "f_lineno");
+    INTERN(s_clear, "clear");
+    INTERN(s_co_qualname, "co_qualname");
+    INTERN(s_nhit, "nhit");
+    INTERN(s_nmissed, "nmissed");
+    INTERN(s_nfault, "nfault");
+    g_zero = PyLong_FromLong(0);
+    if (g_zero == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&CountersType) < 0 || PyType_Ready(&CounterFieldType) < 0 ||
+        PyType_Ready(&CallbackType) < 0 || PyType_Ready(&HandlerFieldType) < 0 ||
+        PyType_Ready(&RetStateType) < 0 || PyType_Ready(&SiteType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
+        PyModule_AddObjectRef(m, "CounterField", (PyObject *)&CounterFieldType) < 0 ||
+        PyModule_AddObjectRef(m, "HandlerField", (PyObject *)&HandlerFieldType) < 0 ||
+        PyModule_AddObjectRef(m, "RetState", (PyObject *)&RetStateType) < 0 ||
+        PyModule_AddObjectRef(m, "Site", (PyObject *)&SiteType) < 0 ||
+        PyModule_AddIntConstant(m, "HAVE_FRAME_TOKEN", HAVE_FRAME_TOKEN) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    static const struct {
+        const char *name;
+        vectorcallfunc fn;
+    } cbs[] = {{"on_start", on_start},   {"on_instruction", on_instruction},
+               {"on_line", on_line},     {"on_return", on_return},
+               {"on_yield", on_yield},   {"on_unwind", on_unwind}};
+    for (size_t i = 0; i < sizeof(cbs) / sizeof(cbs[0]); i++) {
+        Callback *cb = PyObject_New(Callback, &CallbackType);
+        if (cb == NULL) {
+            Py_DECREF(m);
+            return NULL;
+        }
+        cb->vectorcall = cbs[i].fn;
+        cb->name = cbs[i].name;
+        if (PyModule_AddObject(m, cbs[i].name, (PyObject *)cb) < 0) {
+            Py_DECREF(cb);
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
+}

@@ -1,0 +1,40 @@
+"""Attaching to a live process: an agent inside it, clients outside, JSON lines between.
+
+Kprobes are added to and removed from a running kernel, their state visible under debugfs;
+this package gives a running Python service the same. The pieces, each importing downward
+only (the engine and tracer know nothing of them):
+
+- ``paths``: the per-user socket directory (0700), one socket per pid (0600), stale ones
+  cleaned up;
+- ``protocol``: message schema, validation, limits and the version handshake;
+- ``agent``: the server thread in the target and one session per client (its own probes,
+  its own bounded event stream, removed when it disconnects);
+- ``client``: connect, handshake, requests and the event stream, for the CLI;
+- ``bootstrap``: starting an agent with ``sys.remote_exec`` on CPython 3.14+;
+- ``autostart``: the ``PYPROBES_AGENT=1`` start-up hook behind ``pyprobes_agent.pth``.
+
+The command line: ``pyprobes attach PID -e SPEC ...`` (same output and aggregation options
+as ``pyprobes run``), ``pyprobes list PID`` and ``pyprobes ps``.
+"""
+
+from __future__ import annotations
+
+from pyprobes.attach.errors import (
+    AgentGoneError,
+    AttachError,
+    AttachPermissionError,
+    NoAgentError,
+    NoSuchProcessError,
+    ProtocolError,
+    RemoteError,
+)
+
+__all__ = [
+    "AgentGoneError",
+    "AttachError",
+    "AttachPermissionError",
+    "NoAgentError",
+    "NoSuchProcessError",
+    "ProtocolError",
+    "RemoteError",
+]

@@ -1,0 +1,1117 @@
+"""The agent: a daemon thread in the probed process serving its Unix socket to clients.
+
+A client (``pyprobes attach``, ``pyprobes list``) connects, says hello, and adds probe specs;
+its probes belong to its connection and are removed when it detaches or disconnects, cleanly
+or not, as perf removes its kprobe events. Each client has its own probes and its own event
+stream; events are streamed and clients aggregate them themselves (the target keeps no
+per-client aggregation state, so its memory is bounded by the event queues).
+
+Threads (all daemon, so the agent never keeps the process alive):
+
+- ``pyprobes-agent`` accepts connections, checks the peer's credentials (SO_PEERCRED: our
+  uid or root) and starts the client's two threads;
+- ``pyprobes-agent-client-N`` reads, validates and answers that client's requests (it arms
+  and removes its probes);
+- ``pyprobes-agent-client-N-send`` is the only thread that writes to that client's socket:
+  replies, event batches, loss reports. A stalled client blocks only this thread.
+
+The probed program's threads only run ``_Client.push``: an O(1) append to the client's
+bounded queue (or a counted drop when it is full), never a lock the agent holds for long,
+never a syscall, never an exception. Probe hits on the agent's own threads are not reported:
+its JSON and socket work would otherwise trace itself in a loop (a probe on ``json:dumps``).
+
+Locks: the agent's ``_lock`` guards its client table; each client's ``_lock`` guards that
+client's probe table and its closed flag. Neither is taken on the hot path, and neither is
+ever held while taking the other (the agent copies its client list first).
+
+After ``os.fork()`` the child forgets the parent's agent: it closes its copies of the
+sockets (the parent keeps serving them; nothing is unlinked), removes the probes that the
+parent's clients own (they belong to connections the child does not have), and serves only
+if the agent was started with ``follow_fork=True``, then on a socket of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any
+
+import pyprobes
+from pyprobes.attach import paths
+from pyprobes.attach.errors import AttachError, ProtocolError
+from pyprobes.attach.protocol import (
+    BAD_SPEC,
+    HANDSHAKE,
+    HANDSHAKE_TIMEOUT,
+    INTERNAL,
+    LIMIT,
+    MAX_CLIENTS,
+    MAX_LINE,
+    MAX_PROBES_PER_CLIENT,
+    MAX_SPECS_PER_CLIENT,
+    NO_SUCH_PROBE,
+    PERMISSION,
+    PROBE_ERROR,
+    PROTOCOL_VERSION,
+    TOO_LARGE,
+    VERSION,
+    LineReader,
+    Request,
+    encode,
+    error,
+    parse_request,
+    request_id_of,
+)
+from pyprobes.engine import ProbeError, SymbolNotFoundError
+from pyprobes.engine import registry as _registry
+
+if TYPE_CHECKING:
+    from pyprobes.engine import Probe
+    from pyprobes.output import Event
+    from pyprobes.spec import ProbeSpec
+    from pyprobes.tracer import TraceSession
+
+AGENT_THREAD_NAME = "pyprobes-agent"
+EVENT_CAPACITY = 16384
+BATCH_EVENTS = 512
+BATCH_BYTES = 1 << 20
+BATCHES_PER_ROUND = 8
+LOSS_REPORT_INTERVAL = 0.5
+FLUSH_TIMEOUT = 10.0
+BYE_TIMEOUT = 0.5
+DETACH_GRACE = 4
+MAX_ARGV = 32
+MAX_QUEUED_REPLIES = 256
+MAX_ARG_CHARS = 256
+
+_log = logging.getLogger("pyprobes.agent")
+_ident = threading.get_ident
+
+# Idents of the agent's own threads. Replaced whole (never mutated) under _own_lock; read by
+# probe handlers without a lock.
+_own_threads: frozenset[int] = frozenset()
+_own_lock = threading.Lock()
+
+
+def _add_own(ident: int) -> None:
+    global _own_threads
+    with _own_lock:
+        _own_threads = _own_threads | {ident}
+
+
+def _remove_own(ident: int) -> None:
+    global _own_threads
+    with _own_lock:
+        _own_threads = _own_threads - {ident}
+
+
+# --- peer credentials -------------------------------------------------------------------------
+
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def peer_allowed(peer_uid: int, owner_uid: int) -> bool:
+    """Only the process's own user and root may attach."""
+    return peer_uid in (owner_uid, 0)
+
+
+def refusal_message(peer_uid: int, owner_uid: int) -> str:
+    """What a refused client is told."""
+    return (
+        f"refused: this process belongs to uid {owner_uid} and only that user or root may"
+        f" attach (you are uid {peer_uid}); run pyprobes as uid {owner_uid} or as root"
+    )
+
+
+def _send_now(sock: socket.socket, message: dict[str, object]) -> None:
+    with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
+        sock.sendall(encode(message), socket.MSG_NOSIGNAL)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# --- the program's __main__ -------------------------------------------------------------------
+
+
+def main_names() -> tuple[str, ...]:
+    """The names the program's main module runs under (``__main__``, and X for ``-m X``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name != "__main__":
+        return ("__main__", name)
+    return ("__main__",)
+
+
+def main_code() -> CodeType | None:
+    """The module-level code of ``__main__`` if it is still running on some thread."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return None
+    ns = main.__dict__
+    for top in sys._current_frames().values():
+        f: FrameType | None = top
+        while f is not None:
+            if f.f_code.co_name == "<module>" and f.f_globals is ns:
+                return f.f_code
+            f = f.f_back
+    return None
+
+
+def _targets_main(spec: ProbeSpec) -> bool:
+    from pyprobes.tracer.targets import module_matches
+
+    t = spec.target
+    if t.path is not None or t.module is None:
+        return False
+    return any(module_matches(t, n) for n in main_names())
+
+
+# --- one client ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Spec:
+    """One spec a client added: its handle, its tracing session, its switch."""
+
+    handle: int
+    spec: ProbeSpec
+    session: TraceSession | None = None
+    enabled: bool = True
+    listener: Callable[[str, str | None, CodeType], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Final:
+    """Queued by the reader: flush the events, send the last message, close."""
+
+    message: dict[str, object] | None
+    entries: list[_Spec] = field(default_factory=list)
+
+
+def _probe_count(entry: _Spec) -> int:
+    return len(entry.session.probes()) if entry.session is not None else 0
+
+
+def _disable_new(entry: _Spec) -> None:
+    """Import listener of a disabled wildcard spec: probes it placed on a new module are off."""
+    session = entry.session
+    if session is None or entry.enabled:
+        return
+    for p in session.probes():
+        if not p.disabled:
+            with contextlib.suppress(ProbeError):
+                pyprobes.disable_kprobe(p)
+
+
+class _Client:
+    """One connection: its probes, its bounded event queue, its reader and sender threads.
+
+    One of these is used across threads. Be careful. ``push()`` runs in probe handlers on
+    any thread of the program: O(1), no lock, no I/O, no exception. The reader thread handles
+    requests; the sender thread alone writes to the socket; ``close()`` may come from the
+    reader, the sender, the server or ``stop()`` on any thread. Drops are counted per
+    (producer thread, event) so that no two threads update one counter.
+    """
+
+    def __init__(self, agent: Agent, sock: socket.socket, n: int, peer: tuple[int, int, int]):
+        self.agent = agent
+        self.sock = sock
+        self.n = n
+        self.peer = peer
+        self.name = ""
+        self._lock = threading.Lock()
+        self._specs: dict[int, _Spec] = {}
+        self._next_handle = 1
+        self._events: deque[Event] = deque()
+        self._control: deque[bytes | _Final] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Event()  # set by the sender when it took a reply off the queue
+        self._capacity = EVENT_CAPACITY
+        self._accepting = True
+        self._closed = False
+        self._drops: dict[tuple[int, str], int] = {}
+        self._sender_lost: dict[str, int] = {}
+        self._reported_lost = 0
+        self.sent = 0
+        base = f"{AGENT_THREAD_NAME}-client-{n}"
+        self.reader = threading.Thread(target=self._read_loop, name=base, daemon=True)
+        self.sender = threading.Thread(target=self._send_loop, name=f"{base}-send", daemon=True)
+
+    def start(self) -> None:
+        self.sender.start()
+        self.reader.start()
+
+    # -- hot path: the program's threads -------------------------------------------------
+
+    def push(self, event: Event) -> None:
+        """Queue an event for this client, or drop and count it; never blocks or raises."""
+        try:
+            ident = _ident()
+            if ident in _own_threads:
+                return
+            q = self._events
+            if self._accepting and len(q) < self._capacity:
+                q.append(event)
+                wake = self._wake
+                if not wake.is_set():
+                    wake.set()
+                return
+            key = (ident, event.event)
+            drops = self._drops
+            drops[key] = drops.get(key, 0) + 1
+        except Exception:
+            pass
+
+    def _emitter(self, entry: _Spec) -> Callable[[Event], None]:
+        push = self.push
+
+        def emit(event: Event) -> None:
+            if entry.enabled:
+                push(event)
+
+        return emit
+
+    # -- counters -----------------------------------------------------------------------
+
+    def lost_by_event(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, name), n in self._drops.copy().items():
+            out[name] = out.get(name, 0) + n
+        for name, n in self._sender_lost.copy().items():
+            out[name] = out.get(name, 0) + n
+        return out
+
+    def _lose(self, name: str, n: int = 1) -> None:
+        self._sender_lost[name] = self._sender_lost.get(name, 0) + n
+
+    def specs(self) -> list[_Spec]:
+        return list(self._specs.values())
+
+    # -- replies ------------------------------------------------------------------------
+
+    def send(self, message: dict[str, object]) -> None:
+        """Queue a message for the sender thread."""
+        self._control.append(encode(message))
+        self._wake.set()
+
+    def _reply(self, req: Request, **fields: object) -> None:
+        self.send({"type": "ok", "re": req.id, **fields})
+
+    def _error(self, code: str, message: str, re: int | None) -> None:
+        self.send(error(code, message, re))
+
+    # -- reader thread ------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        ident = _ident()
+        _add_own(ident)
+        try:
+            self._serve()
+        except Exception:
+            _log.exception("pyprobes agent: client %d failed", self.n)
+        finally:
+            self.close()
+            self.agent._forget(self)
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            _remove_own(ident)
+
+    def _serve(self) -> None:
+        sock = self.sock
+        reader = LineReader(MAX_LINE)
+        greeted = False
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        while not self._closed:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                data = None
+            except OSError:
+                return
+            if data == b"":
+                return
+            for line in reader.feed(data or b""):
+                self._wait_for_room()
+                if line is None:
+                    self._error(TOO_LARGE, f"message longer than {MAX_LINE} bytes: ignored", None)
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    req = parse_request(line)
+                except ProtocolError as exc:
+                    self._error(exc.code, str(exc), request_id_of(line))
+                    continue
+                if not greeted:
+                    if req.type != "hello":
+                        self._error(
+                            HANDSHAKE,
+                            f'say hello first: {{"type": "hello", "version": {PROTOCOL_VERSION}}}',
+                            req.id,
+                        )
+                        continue
+                    version = req.fields["version"]
+                    if version != PROTOCOL_VERSION:
+                        self._finish(
+                            error(
+                                VERSION,
+                                f"protocol version {version} is not spoken here: this agent"
+                                f" (pyprobes {pyprobes.__version__}) speaks version"
+                                f" {PROTOCOL_VERSION}; use the same pyprobes version on both"
+                                " sides",
+                                req.id,
+                            )
+                        )
+                        return
+                    greeted = True
+                    self.name = str(req.fields.get("client", ""))
+                    sock.settimeout(None)
+                    self.send(self.agent.welcome(self, req.id))
+                    continue
+                if req.type == "detach":
+                    self._detach(req)
+                    return
+                self._dispatch(req)
+            if not greeted and time.monotonic() >= deadline:
+                self._finish(error(HANDSHAKE, "no hello within the handshake timeout", None))
+                return
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: a client that sends requests but reads no replies gets no more
+        answers queued (the target's memory stays bounded); its requests wait in its socket."""
+        while len(self._control) >= MAX_QUEUED_REPLIES and not self._closed:
+            self._room.clear()
+            if len(self._control) < MAX_QUEUED_REPLIES:
+                break
+            self._room.wait(0.5)
+
+    def _dispatch(self, req: Request) -> None:
+        try:
+            if req.type == "hello":
+                self._error(HANDSHAKE, "hello was said already", req.id)
+            elif req.type == "add":
+                self._add(req)
+            elif req.type in ("remove", "enable", "disable"):
+                self._switch(req)
+            elif req.type == "list":
+                self._reply(req, **self.agent.listing(self))
+            elif req.type == "status":
+                self._reply(req, probes=self._status_rows(), lost=self._lost_message())
+            elif req.type == "ping":
+                self._reply(req)
+        except ProtocolError as exc:
+            self._error(exc.code, str(exc), req.id)
+        except Exception as exc:
+            _log.exception("pyprobes agent: %s request of client %d failed", req.type, self.n)
+            self._error(INTERNAL, f"{req.type} failed inside the agent: {exc!r}", req.id)
+
+    def _add(self, req: Request) -> None:
+        from pyprobes.engine import SpecError
+        from pyprobes.spec import parse_spec
+
+        texts: list[str] = req.fields["specs"]
+        specs: list[ProbeSpec] = []
+        for i, text in enumerate(texts, 1):
+            try:
+                specs.append(parse_spec(text))
+            except SpecError as exc:
+                raise ProtocolError(BAD_SPEC, f"spec {i} ({text!r}): {exc}") from None
+            except Exception as exc:
+                raise ProtocolError(
+                    BAD_SPEC, f"spec {i} ({text!r}) cannot be parsed: {exc!r}"
+                ) from None
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._specs) + len(specs) > MAX_SPECS_PER_CLIENT:
+                raise ProtocolError(
+                    LIMIT,
+                    f"a client may hold {MAX_SPECS_PER_CLIENT} specs; it has {len(self._specs)}"
+                    f" and adds {len(specs)}: remove some first",
+                )
+            placed = sum(_probe_count(e) for e in self._specs.values())
+            new: list[_Spec] = []
+            try:
+                for i, spec in enumerate(specs, 1):
+                    entry = _Spec(self._next_handle + len(new), spec)
+                    self._arm(entry)
+                    new.append(entry)
+                    placed += _probe_count(entry)
+                    if placed > MAX_PROBES_PER_CLIENT:
+                        raise ProtocolError(
+                            LIMIT,
+                            f"spec {i} ({spec.text or spec}) takes the client past"
+                            f" {MAX_PROBES_PER_CLIENT} probes: narrow its wildcard",
+                        )
+            except ProbeError as exc:
+                self._stop_entries(new)
+                if isinstance(exc, ProtocolError):
+                    raise
+                raise ProtocolError(
+                    PROBE_ERROR, f"spec {i} ({spec.text or spec}): {exc} [{exc.slug}]"
+                ) from None
+            except BaseException:
+                self._stop_entries(new)
+                raise
+            for entry in new:
+                self._specs[entry.handle] = entry
+            self._next_handle += len(new)
+        self._reply(req, probes=[self._describe(e) for e in new])
+
+    def _arm(self, entry: _Spec) -> None:
+        from pyprobes.tracer import TraceSession
+
+        spec = entry.spec
+        session = TraceSession([spec], self._emitter(entry))
+        entry.session = session
+        session.arm()
+        if _targets_main(spec):
+            code = main_code()
+            if code is None:
+                session.stop()
+                raise SymbolNotFoundError(
+                    "the program's __main__ module code is no longer running, so its functions"
+                    " cannot be found: probe them by file and line (path/to/script.py:LINE)"
+                )
+            session.arm_main(code, main_names())
+
+    def _describe(self, entry: _Spec) -> dict[str, object]:
+        probes = entry.session.probes() if entry.session is not None else []
+        return {
+            "handle": entry.handle,
+            "spec": str(entry.spec),
+            "event": entry.spec.event,
+            "enabled": entry.enabled,
+            "probes": len(probes),
+            "pending": sum(1 for p in probes if p.pending),
+        }
+
+    def _status_rows(self) -> list[dict[str, object]]:
+        rows = []
+        for entry in self.specs():
+            row = self._describe(entry)
+            probes = entry.session.probes() if entry.session is not None else []
+            row["hits"] = sum(p.nhit for p in probes)
+            row["misses"] = sum(p.nmissed for p in probes)
+            rows.append(row)
+        return rows
+
+    def _switch(self, req: Request) -> None:
+        handles: list[int] = list(dict.fromkeys(req.fields["handles"]))
+        with self._lock:
+            missing = [h for h in handles if h not in self._specs]
+            if missing:
+                mine = ", ".join(map(str, self._specs)) or "none"
+                raise ProtocolError(
+                    NO_SUCH_PROBE,
+                    f"no probe with handle {missing[0]} in this session (its handles: {mine})",
+                )
+            for h in handles:
+                entry = self._specs[h]
+                if req.type == "remove":
+                    del self._specs[h]
+                    self._stop_entries([entry])
+                elif req.type == "enable":
+                    self._enable(entry)
+                else:
+                    self._disable(entry)
+        self._reply(req, handles=handles)
+
+    def _enable(self, entry: _Spec) -> None:
+        if entry.listener is not None:
+            pyprobes.remove_import_listener(entry.listener)
+            entry.listener = None
+        entry.enabled = True
+        if entry.session is not None:
+            for p in entry.session.probes():
+                if p.disabled:
+                    with contextlib.suppress(ProbeError):  # a GONE probe stays off
+                        pyprobes.enable_kprobe(p)
+
+    def _disable(self, entry: _Spec) -> None:
+        entry.enabled = False
+        if entry.session is None:
+            return
+        for p in entry.session.probes():
+            if not p.disabled:
+                pyprobes.disable_kprobe(p)
+        if entry.spec.target.has_wildcards and entry.listener is None:
+            # Runs after the session's own listener, which placed the new probes.
+            entry.listener = lambda _name, _origin, _code: _disable_new(entry)
+            pyprobes.add_import_listener(entry.listener)
+
+    def _stop_entries(self, entries: list[_Spec]) -> None:
+        for entry in entries:
+            if entry.listener is not None:
+                pyprobes.remove_import_listener(entry.listener)
+                entry.listener = None
+            if entry.session is not None:
+                try:
+                    entry.session.stop()
+                except Exception:
+                    _log.exception("pyprobes agent: removing the probes of %s failed", entry.spec)
+
+    def _detach(self, req: Request) -> None:
+        with self._lock:
+            entries = list(self._specs.values())
+            self._stop_entries(entries)
+        # A handler that was already running when its probe went may still emit: give it a
+        # few thread switch intervals to finish, so that the summary counts its event.
+        time.sleep(DETACH_GRACE * sys.getswitchinterval())
+        self._accepting = False
+        self._finish({"type": "detached", "re": req.id}, entries)
+
+    def _finish(
+        self, message: dict[str, object] | None, entries: list[_Spec] | None = None
+    ) -> None:
+        """Have the sender flush what is queued, send ``message`` and close; wait for it."""
+        self._control.append(_Final(message, entries or []))
+        self._wake.set()
+        if threading.current_thread() is not self.sender:
+            self.sender.join(FLUSH_TIMEOUT)
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self, bye: str | None = None) -> None:
+        """Remove the client's probes and end its connection (idempotent, any thread)."""
+        if self.begin_close(bye):
+            self.sender.join(BYE_TIMEOUT)
+        self.end_close()
+
+    def begin_close(self, bye: str | None = None) -> bool:
+        """Remove the probes; queue ``bye`` last. True if the sender should be waited for."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._accepting = False
+            self._stop_entries(list(self._specs.values()))
+        wait = bye is not None and self.sender.is_alive()
+        if wait:
+            self._control.append(_Final({"type": "bye", "reason": bye}))
+        self._wake.set()
+        return wait and threading.current_thread() is not self.sender
+
+    def end_close(self) -> None:
+        """Shut the connection down: wakes the reader and a sender blocked on a stalled peer."""
+        self._wake.set()
+        self._room.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def forget_in_child(self) -> None:
+        """After fork, in the child: drop the connection (the parent's) and its probes."""
+        self._lock = threading.Lock()
+        self._closed = True
+        self._accepting = False
+        self._events = deque()
+        self._control = deque()
+        self._wake = threading.Event()
+        self._room = threading.Event()
+        with contextlib.suppress(OSError):
+            self.sock.close()  # our copy of the descriptor only: no shutdown, the parent serves it
+        for entry in list(self._specs.values()):
+            if entry.listener is not None:
+                pyprobes.remove_import_listener(entry.listener)
+            if entry.session is not None:
+                _unregister_in_child(entry.session)
+
+    # -- sender thread ------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data, socket.MSG_NOSIGNAL)
+
+    def _send_events(self, drain: bool) -> None:
+        from pyprobes.output.sanitize import dumps
+
+        q = self._events
+        rounds = 0
+        while q and (drain or rounds < BATCHES_PER_ROUND):
+            rounds += 1
+            parts: list[str] = []
+            names: list[str] = []
+            size = 0
+            while q and len(parts) < BATCH_EVENTS and size < BATCH_BYTES:
+                event = q.popleft()
+                try:
+                    text = dumps(event.to_json_dict())
+                except Exception:
+                    self._lose(getattr(event, "event", "?"))
+                    continue
+                parts.append(text)
+                names.append(event.event)
+                size += len(text)
+            if not parts:
+                continue
+            line = '{"type":"events","events":[' + ",".join(parts) + "]}\n"
+            try:
+                self._send(line.encode("utf-8", "backslashreplace"))
+            except OSError:
+                for name in names:
+                    self._lose(name)
+                raise
+            self.sent += len(parts)
+        if q:
+            self._wake.set()
+
+    def _lost_message(self) -> dict[str, object]:
+        by_event = self.lost_by_event()
+        return {"total": sum(by_event.values()), "by_event": by_event}
+
+    def _report_losses(self) -> None:
+        lost = self._lost_message()
+        total = lost["total"]
+        if total != self._reported_lost:
+            assert isinstance(total, int)
+            self._reported_lost = total
+            self._send(encode({"type": "lost", **lost}))
+
+    def _send_final(self, final: _Final) -> None:
+        message = final.message
+        if message is not None and message.get("type") == "detached":
+            lost = self.lost_by_event()
+            rows = []
+            for entry in final.entries:
+                if entry.session is None:
+                    continue
+                for row in entry.session.summary_rows(lost):
+                    rows.append(
+                        {
+                            "event": row.event,
+                            "hits": row.hits,
+                            "misses": row.misses,
+                            "lost": row.lost,
+                        }
+                    )
+            message = {**message, "summary": rows, "lost": self._lost_message()}
+        if message is not None:
+            self._send(encode(message))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def _send_loop(self) -> None:
+        ident = _ident()
+        _add_own(ident)
+        try:
+            while True:
+                self._wake.wait(LOSS_REPORT_INTERVAL)
+                self._wake.clear()
+                final: _Final | None = None
+                control = self._control
+                while control:
+                    item = control.popleft()
+                    if isinstance(item, _Final):
+                        final = item
+                        break
+                    self._send(item)
+                    self._room.set()
+                self._send_events(drain=final is not None)
+                self._report_losses()
+                if final is not None:
+                    self._send_final(final)
+                    return
+                if self._closed and not control:
+                    return
+        except OSError:
+            pass  # the client is gone: the reader sees it too and cleans up
+        except Exception:
+            _log.exception("pyprobes agent: sending to client %d failed", self.n)
+        finally:
+            self._accepting = False
+            _remove_own(ident)
+            if self.reader.is_alive() and not self._closed:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _unregister_in_child(session: TraceSession) -> None:
+    # Not session.stop(): its lock may have been held by a thread that does not exist in the
+    # child. The engine's registry lock is re-created after fork, so unregistering is safe.
+    with contextlib.suppress(Exception):
+        pyprobes.remove_import_listener(session._on_import)
+    probes: list[Probe] = session.probes()
+    for p in probes:
+        with contextlib.suppress(Exception):
+            _registry._unregister(p)
+
+
+# --- the agent ---------------------------------------------------------------------------------
+
+
+class Agent:
+    """The socket server of one process. Use ``start()``/``stop()`` of this module."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        follow_fork: bool = False,
+        idle_exit: bool = False,
+    ):
+        self.directory_arg = directory
+        self.follow_fork = follow_fork
+        self.idle_exit = idle_exit
+        self.pid = os.getpid()
+        self.path: Path | None = None
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._clients: dict[int, _Client] = {}
+        self._next_client = 1
+        self._stopping = False
+        self._listener: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server thread is serving."""
+        return not self._stopping and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Path:
+        """Bind the socket (0600, in a private directory) and start the server thread."""
+        directory = (
+            Path(self.directory_arg) if self.directory_arg is not None else paths.runtime_dir()
+        )
+        paths.ensure_private_dir(directory)
+        paths.clean_stale(directory, keep=self.pid)
+        path = paths.socket_path(self.pid, directory)
+        paths.check_path_length(path)
+        tmp = directory / f".{self.pid}-{secrets.token_hex(4)}.tmp"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.fspath(tmp))
+            os.chmod(tmp, 0o600)
+            listener.listen(MAX_CLIENTS)
+            os.replace(tmp, path)  # appears whole, already 0600 and listening
+            st = os.stat(path)
+        except OSError as exc:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise AttachError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+        self._inode = (st.st_dev, st.st_ino)
+        self._listener = listener
+        self.path = path
+        self._thread = threading.Thread(target=self._serve, name=AGENT_THREAD_NAME, daemon=True)
+        self._thread.start()
+        return path
+
+    def _serve(self) -> None:
+        ident = _ident()
+        _add_own(ident)
+        try:
+            listener = self._listener
+            assert listener is not None
+            while not self._stopping:
+                try:
+                    conn, _ = listener.accept()
+                except OSError as exc:
+                    if self._stopping:
+                        return
+                    _log.warning("pyprobes agent: accept failed: %s", exc)
+                    time.sleep(0.1)
+                    continue
+                try:
+                    self._admit(conn)
+                except Exception:
+                    _log.exception("pyprobes agent: admitting a client failed")
+                    _close_quietly(conn)
+        finally:
+            _remove_own(ident)
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            peer = peer_credentials(conn)
+        except OSError:
+            _close_quietly(conn)
+            return
+        owner = os.geteuid()
+        if not peer_allowed(peer[1], owner):
+            self.refused += 1
+            _log.warning(
+                "pyprobes agent: refused a connection from uid %d (pid %d): only uid %d and"
+                " root may attach to this process",
+                peer[1],
+                peer[0],
+                owner,
+            )
+            _send_now(conn, error(PERMISSION, refusal_message(peer[1], owner)))
+            _close_quietly(conn)
+            return
+        full = False
+        client = None
+        with self._lock:
+            if len(self._clients) >= MAX_CLIENTS:
+                full = True
+            elif not self._stopping:
+                n = self._next_client
+                self._next_client += 1
+                client = _Client(self, conn, n, peer)
+                self._clients[n] = client
+        if full:
+            message = f"this agent serves {MAX_CLIENTS} clients already: detach one first"
+            _send_now(conn, error(LIMIT, message))
+        if client is None:
+            _close_quietly(conn)
+            return
+        client.start()
+
+    def _forget(self, client: _Client) -> None:
+        with self._lock:
+            if self._clients.get(client.n) is client:
+                del self._clients[client.n]
+            idle = self.idle_exit and not self._clients and not self._stopping
+        if idle:
+            _stop_agent(self)  # started by a bootstrap: leave no thread behind once unused
+
+    def clients(self) -> list[_Client]:
+        """The connected clients."""
+        with self._lock:
+            return list(self._clients.values())
+
+    def welcome(self, client: _Client, re: int | None) -> dict[str, object]:
+        """The answer to hello: who this process is."""
+        argv = [str(a)[:MAX_ARG_CHARS] for a in sys.argv[:MAX_ARGV]]
+        return {
+            "type": "welcome",
+            "re": re,
+            "version": PROTOCOL_VERSION,
+            "pid": self.pid,
+            "uid": os.geteuid(),
+            "python": platform.python_version(),
+            "implementation": sys.implementation.name,
+            "executable": sys.executable,
+            "argv": argv,
+            "pyprobes": pyprobes.__version__,
+            "client": client.n,
+            "clients": sum(1 for c in self.clients() if c is not client),
+            "probes": len(pyprobes.registered_probes()),
+        }
+
+    def listing(self, asking: _Client | None = None) -> dict[str, Any]:
+        """The process's probe listing, each probe with the client that owns it (if any);
+        ``clients`` counts the clients other than ``asking``."""
+        from pyprobes.engine.listing import _record
+
+        owners: dict[int, dict[str, object]] = {}
+        for c in self.clients():
+            for entry in c.specs():
+                if entry.session is None:
+                    continue
+                for p in entry.session.probes():
+                    owners[id(p)] = {
+                        "client": c.n,
+                        "handle": entry.handle,
+                        "event": entry.spec.event,
+                    }
+        records = []
+        for p in pyprobes.registered_probes():
+            r = _record(p)
+            records.append(
+                {
+                    "address": r.address,
+                    "kind": r.kind,
+                    "symbol": r.symbol,
+                    "offset": r.offset,
+                    "line": r.line,
+                    "module": r.module,
+                    "flags": list(r.flags),
+                    "hits": r.nhit,
+                    "misses": r.nmissed,
+                    "faults": r.nfault,
+                    "where": r.where,
+                    "owner": owners.get(id(p)),
+                }
+            )
+        return {
+            "pid": self.pid,
+            "core": pyprobes.core_name(),
+            "enabled": pyprobes.is_enabled(),
+            "tool_id": pyprobes.tool_id(),
+            "clients": sum(1 for c in self.clients() if c is not asking),
+            "probes": records,
+        }
+
+    def stop(self, reason: str = "its agent was stopped") -> None:
+        """Stop serving: every client's probes removed, the socket closed and unlinked;
+        clients are told ``reason`` (a ``bye``)."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            clients = list(self._clients.values())
+        listener = self._listener
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                listener.close()
+        self._unlink()
+        waits = [c for c in clients if c.begin_close(bye=reason)]
+        deadline = time.monotonic() + BYE_TIMEOUT
+        for c in waits:
+            c.sender.join(max(0.0, deadline - time.monotonic()))
+        for c in clients:
+            c.end_close()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+
+    def _unlink(self) -> None:
+        path = self.path
+        if path is None or os.getpid() != self.pid:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._inode:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def forget_in_child(self) -> None:
+        """After fork, in the child: serve nothing, unlink nothing, keep none of the probes."""
+        self._stopping = True
+        self._lock = threading.Lock()
+        listener = self._listener
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()  # our descriptor only: the parent keeps listening
+        for c in list(self._clients.values()):
+            c.forget_in_child()
+        self._clients = {}
+
+
+# --- module API --------------------------------------------------------------------------------
+
+_state_lock = threading.Lock()
+_agent: Agent | None = None
+
+
+def start(
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    follow_fork: bool = False,
+    idle_exit: bool = False,
+) -> str:
+    """Start this process's agent (idempotent); returns its socket path.
+
+    ``directory`` overrides the per-user socket directory. With ``follow_fork`` a child made
+    by ``os.fork()`` starts an agent of its own (on its own socket) right after the fork;
+    otherwise children do not serve. With ``idle_exit`` the agent stops once its last client
+    has gone (the 3.14 bootstrap uses it). Raises AttachError saying what to do when it
+    cannot listen.
+    """
+    global _agent
+    with _state_lock:
+        agent = _agent
+        if agent is not None and agent.running and agent.path is not None:
+            return os.fspath(agent.path)
+        agent = Agent(directory, follow_fork=follow_fork, idle_exit=idle_exit)
+        path = agent.start()
+        _agent = agent
+        return os.fspath(path)
+
+
+def stop(reason: str = "its agent was stopped") -> None:
+    """Stop the agent: every client's probes removed, the socket unlinked (idempotent)."""
+    global _agent
+    with _state_lock:
+        agent, _agent = _agent, None
+    if agent is not None:
+        agent.stop(reason)
+
+
+def _stop_agent(agent: Agent) -> None:
+    global _agent
+    with _state_lock:
+        if _agent is agent:
+            _agent = None
+    agent.stop()
+
+
+def is_running() -> bool:
+    """Whether this process serves an agent socket."""
+    agent = _agent
+    return agent is not None and agent.running
+
+
+def socket_path() -> str | None:
+    """The socket this process's agent listens on, if it runs."""
+    agent = _agent
+    return os.fspath(agent.path) if agent is not None and agent.path is not None else None
+
+
+def current() -> Agent | None:
+    """The running agent object, if any (for tests and tools)."""
+    return _agent
+
+
+def _at_exit() -> None:
+    with contextlib.suppress(Exception):
+        stop("the process is exiting")
+
+
+def _after_fork_in_child() -> None:
+    global _agent, _state_lock, _own_threads, _own_lock
+    _state_lock = threading.Lock()
+    _own_lock = threading.Lock()
+    _own_threads = frozenset()
+    agent, _agent = _agent, None
+    if agent is None:
+        return
+    with contextlib.suppress(Exception):
+        agent.forget_in_child()
+    if agent.follow_fork:
+        try:
+            start(agent.directory_arg, follow_fork=True)
+        except Exception as exc:
+            _log.warning("pyprobes agent: the forked child could not start its agent: %s", exc)
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = [
+    "AGENT_THREAD_NAME",
+    "EVENT_CAPACITY",
+    "Agent",
+    "current",
+    "is_running",
+    "main_code",
+    "main_names",
+    "peer_allowed",
+    "peer_credentials",
+    "refusal_message",
+    "socket_path",
+    "start",
+    "stop",
+]

@@ -1,0 +1,329 @@
+"""The client side of the attach protocol: find the agent, connect, handshake, talk.
+
+``AgentConnection.open(pid)`` finds the agent's socket (or, on CPython 3.14+, starts an
+agent with ``sys.remote_exec``), connects and says hello; every failure is an AttachError
+whose message says what to do. ``request()`` sends one request and returns its reply,
+keeping the events and notices that arrive meanwhile for ``receive()``. Single-threaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyprobes
+from pyprobes.attach import bootstrap, paths
+from pyprobes.attach.errors import (
+    AgentGoneError,
+    AttachError,
+    AttachPermissionError,
+    NoAgentError,
+    NoSuchProcessError,
+    ProtocolError,
+    RemoteError,
+)
+from pyprobes.attach.protocol import (
+    BAD_MESSAGE,
+    MAX_AGENT_LINE,
+    PERMISSION,
+    VERSION,
+    LineReader,
+    encode,
+    hello,
+)
+from pyprobes.output import Event
+
+CONNECT_TIMEOUT = 5.0
+REPLY_TIMEOUT = 30.0
+
+Message = dict[str, Any]
+
+
+def _no_agent(pid: int) -> NoAgentError:
+    return NoAgentError(
+        f"process {pid} runs no pyprobes agent: {bootstrap.how_to_start_agent(pid)}"
+    )
+
+
+def _check_reachable(pid: int) -> None:
+    if not paths.pid_alive(pid):
+        raise NoSuchProcessError(f"no process {pid}")
+    owner = paths.process_uid(pid)
+    me = os.geteuid()
+    if owner is not None and me not in (owner, 0):
+        raise AttachPermissionError(
+            f"process {pid} belongs to uid {owner} and you are uid {me}: run pyprobes as that"
+            " user or as root"
+        )
+
+
+def locate(pid: int, *, start_agent: bool = True) -> Path:
+    """The socket of the agent of ``pid``; on 3.14+ start one if there is none."""
+    if pid <= 0:
+        raise NoSuchProcessError(f"{pid} is not a process id")
+    path = paths.find_socket(pid)
+    if path is not None:
+        return path
+    _check_reachable(pid)
+    if start_agent and hasattr(sys, "remote_exec"):
+        return bootstrap.inject(pid)
+    raise _no_agent(pid)
+
+
+def connect_socket(pid: int, path: Path, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """A connected socket to the agent at ``path``; errors say what to do."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(os.fspath(path))
+    except PermissionError:
+        sock.close()
+        owner = paths.process_uid(pid)
+        who = f" (the process belongs to uid {owner})" if owner is not None else ""
+        raise AttachPermissionError(
+            f"permission denied on the agent socket {path}{who}: run pyprobes as the"
+            " process's user or as root"
+        ) from None
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        if not paths.pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise NoSuchProcessError(f"no process {pid} (its agent socket was stale)") from None
+        if exc.errno == errno.ECONNREFUSED:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # nobody listens: left by an earlier process with this pid
+        raise _no_agent(pid) from None
+    except OSError as exc:
+        sock.close()
+        raise AttachError(
+            f"cannot connect to the agent of process {pid} at {path}: {exc}"
+        ) from None
+    return sock
+
+
+def event_from_json(d: Mapping[str, Any]) -> Event | None:
+    """An Event from its JSON record, or None if the record is malformed."""
+    try:
+        args = d["args"]
+        if not isinstance(args, dict):
+            return None
+        event = Event(
+            event=str(d["event"]),
+            group=str(d["group"]),
+            kind=str(d["kind"]),
+            probe=str(d["probe"]),
+            location=str(d["location"]),
+            time_ns=int(d["time_ns"]),
+            pid=int(d["pid"]),
+            thread_id=int(d["thread_id"]),
+            thread_name=str(d["thread_name"]),
+            args=args,
+            retval=d.get("retval"),
+            exception=d.get("exception"),
+            duration_ns=d.get("duration_ns"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if event.duration_ns is not None and not isinstance(event.duration_ns, int):
+        return None
+    return event
+
+
+class AgentConnection:
+    """One connection to an agent. Not thread-safe: one thread uses it."""
+
+    def __init__(self, sock: socket.socket, pid: int, path: Path) -> None:
+        self.sock = sock
+        self.pid = pid
+        self.path = path
+        self.welcome: Message = {}
+        self._reader = LineReader(MAX_AGENT_LINE)
+        self._lines: deque[bytes | None] = deque()
+        self._pending: deque[Message] = deque()
+        self._next_id = 1
+        self._eof = False
+        self.closed = False
+
+    @classmethod
+    def open(
+        cls, pid: int, *, client: str = "", start_agent: bool = True, timeout: float = REPLY_TIMEOUT
+    ) -> AgentConnection:
+        """Find, connect and greet the agent of ``pid``."""
+        path = locate(pid, start_agent=start_agent)
+        conn = cls(connect_socket(pid, path), pid, path)
+        try:
+            conn.handshake(client or f"pyprobes {pyprobes.__version__}", timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- low level ----------------------------------------------------------------------
+
+    def send(self, message: Mapping[str, object]) -> None:
+        """Send one message."""
+        try:
+            self.sock.sendall(encode(message), socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            raise AgentGoneError(self._gone_text(f"sending failed: {exc}")) from None
+
+    def _gone_text(self, detail: str = "") -> str:
+        alive = paths.pid_alive(self.pid)
+        what = "its agent stopped" if alive else "the process exited"
+        return f"lost the connection to process {self.pid}: {what}" + (
+            f" ({detail})" if detail else ""
+        )
+
+    def _fill(self, timeout: float | None) -> bool:
+        """Read what arrives within ``timeout``; False on timeout. Raises AgentGoneError at EOF."""
+        if self._eof:
+            raise AgentGoneError(self._gone_text())
+        if timeout is not None:
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+            if not ready:
+                return False
+        try:
+            self.sock.settimeout(None)
+            data = self.sock.recv(1 << 20)
+        except OSError as exc:
+            self._eof = True
+            raise AgentGoneError(self._gone_text(str(exc))) from None
+        if not data:
+            self._eof = True
+            raise AgentGoneError(self._gone_text())
+        self._lines.extend(self._reader.feed(data))
+        return True
+
+    def _next_line_message(self) -> Message | None:
+        while self._lines:
+            line = self._lines.popleft()
+            if line is None:
+                raise ProtocolError(
+                    BAD_MESSAGE, f"the agent sent a line longer than {MAX_AGENT_LINE} bytes"
+                )
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                raise ProtocolError(BAD_MESSAGE, "the agent sent a line that is not JSON") from None
+            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+                raise ProtocolError(BAD_MESSAGE, "the agent sent a message without a type")
+            return msg
+        return None
+
+    def read_message(self, timeout: float | None) -> Message | None:
+        """The next message from the socket (None on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            msg = self._next_line_message()
+            if msg is not None:
+                return msg
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            if not self._fill(remaining):
+                return None
+
+    # -- protocol -----------------------------------------------------------------------
+
+    def handshake(self, client: str, timeout: float = REPLY_TIMEOUT) -> Message:
+        """Say hello; the agent's welcome (who the process is)."""
+        try:
+            self.send(hello(client))
+        except AgentGoneError:
+            # A refusing agent answers and closes at once: its reason may be waiting unread.
+            msg: Message | None = None
+            with contextlib.suppress(AttachError):
+                msg = self.read_message(1.0)
+            if msg is not None and msg["type"] == "error":
+                raise self._error(msg) from None
+            raise
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.read_message(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                raise AttachError(
+                    f"the agent of process {self.pid} did not answer within {timeout:g}s: is"
+                    " the process stopped or hung?"
+                )
+            if msg["type"] == "welcome":
+                self.welcome = msg
+                return msg
+            if msg["type"] == "error":
+                raise self._error(msg)
+
+    def _error(self, msg: Message) -> AttachError:
+        code = str(msg.get("code", ""))
+        text = f"process {self.pid}: {msg.get('message', 'error')}"
+        if code == PERMISSION:
+            return AttachPermissionError(text)
+        if code == VERSION:
+            return ProtocolError(VERSION, text)
+        return RemoteError(code, text)
+
+    def request(self, rtype: str, timeout: float = REPLY_TIMEOUT, **fields: object) -> Message:
+        """Send a request and return its reply; RemoteError if the agent refused it.
+
+        Events and notices that arrive before the reply are kept for ``receive()``.
+        """
+        rid = self._next_id
+        self._next_id += 1
+        self.send({"type": rtype, "id": rid, **fields})
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.read_message(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                raise AttachError(
+                    f"the agent of process {self.pid} did not answer {rtype!r} within {timeout:g}s"
+                )
+            if msg.get("re") == rid and msg["type"] in ("ok", "error", "detached"):
+                if msg["type"] == "error":
+                    raise self._error(msg)
+                return msg
+            if msg["type"] == "error" and msg.get("re") is None:
+                raise self._error(msg)
+            self._pending.append(msg)
+
+    def receive(self, timeout: float | None) -> Message | None:
+        """The next unasked message (events, lost, bye), or None after ``timeout``."""
+        if self._pending:
+            return self._pending.popleft()
+        return self.read_message(timeout)
+
+    def close(self) -> None:
+        """Close the connection (the agent removes this session's probes)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> AgentConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "REPLY_TIMEOUT",
+    "AgentConnection",
+    "connect_socket",
+    "event_from_json",
+    "locate",
+]

@@ -1,0 +1,205 @@
+"""``pyprobes attach PID``: probe a running process, stream its events, leave it as it was.
+
+The probes are added through the process's agent and belong to this connection: they are
+removed when it ends, by Ctrl-C, ``--duration``, or this command dying. Events are streamed
+and aggregated here (the target only queues them), printed as ``pyprobes run`` prints them:
+events to stderr or ``-o``, aggregations and the summary to stderr at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from pyprobes.attach.client import AgentConnection, Message, event_from_json
+from pyprobes.attach.errors import AgentGoneError
+from pyprobes.cli.options import (
+    UsageError,
+    add_tracing_options,
+    load_specs,
+    make_aggregator,
+    open_output,
+)
+from pyprobes.output import Aggregator, EventWriter, SummaryRow, format_summary
+from pyprobes.spec import ProbeSpec
+
+DETACH_TIMEOUT = 15.0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``attach`` subcommand."""
+    p = sub.add_parser(
+        "attach",
+        help="probe a running process",
+        description="Add probes to the running process PID through its pyprobes agent, print"
+        " their events until Ctrl-C or --duration, then the aggregations and a summary; the"
+        " probes are removed when this command ends, however it ends. The process needs an"
+        " agent: PYPROBES_AGENT=1 in its environment, 'pyprobes run --listen', or"
+        " pyprobes.agent.start(); on CPython 3.14+ attach starts one through sys.remote_exec.",
+    )
+    p.add_argument("pid", type=int, nargs="?", metavar="PID", help="the process to attach to")
+    add_tracing_options(p)
+    p.set_defaults(func=attach)
+
+
+def _err(text: str) -> None:
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+class _Stream:
+    """Feeds the agent's messages to the writer and the aggregator; keeps the counts."""
+
+    def __init__(self, conn: AgentConnection, writer: EventWriter, agg: Aggregator | None):
+        self.conn = conn
+        self.writer = writer
+        self.agg = agg
+        self.received: dict[str, int] = {}
+        self.bad = 0
+        self.remote_lost: dict[str, int] = {}
+        self.summary: list[SummaryRow] | None = None
+        self.gone: str | None = None
+
+    def handle(self, msg: Message) -> None:
+        kind = msg["type"]
+        if kind == "events":
+            events = msg.get("events")
+            for d in events if isinstance(events, list) else ():
+                event = event_from_json(d) if isinstance(d, dict) else None
+                if event is None:
+                    self.bad += 1
+                    continue
+                self.received[event.event] = self.received.get(event.event, 0) + 1
+                self.writer.emit(event)
+                if self.agg is not None:
+                    self.agg.add(event)
+        elif kind in ("lost", "detached"):
+            lost = msg.get("lost", msg) if kind == "detached" else msg
+            by_event = lost.get("by_event") if isinstance(lost, dict) else None
+            if isinstance(by_event, dict):
+                self.remote_lost = {str(k): int(v) for k, v in by_event.items()}
+            if kind == "detached":
+                rows = msg.get("summary")
+                self.summary = [
+                    SummaryRow(str(r["event"]), int(r["hits"]), int(r["misses"]), int(r["lost"]))
+                    for r in (rows if isinstance(rows, list) else ())
+                    if isinstance(r, dict)
+                ]
+        elif kind == "bye":
+            self.gone = f"process {self.conn.pid}: {msg.get('reason', 'its agent stopped')}"
+            raise AgentGoneError(self.gone)
+
+    def pump(self, until: float | None, interval: float | None) -> None:
+        """Handle messages until ``until`` (monotonic) or forever; print every ``interval``."""
+        next_print = None if interval is None else time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            if until is not None and now >= until:
+                return
+            if next_print is not None and now >= next_print:
+                if self.agg is not None:
+                    _err(self.agg.snapshot_and_reset().render())
+                next_print += interval or 0
+            wake = min(t for t in (until, next_print, now + 1.0) if t is not None)
+            msg = self.conn.receive(max(0.0, wake - now))
+            if msg is not None:
+                self.handle(msg)
+
+    def detach(self) -> None:
+        """Ask the agent to remove the probes and send what it still holds, then the summary."""
+        reply = self.conn.request("detach", timeout=DETACH_TIMEOUT)
+        while True:
+            msg = self.conn.receive(0)
+            if msg is None:
+                break
+            self.handle(msg)
+        self.handle(reply)
+
+    def rows(self) -> list[SummaryRow]:
+        local = self.writer.lost_by_event()
+        if self.summary is not None:
+            rows = self.summary
+        else:  # the process went away: what arrived is all we know
+            rows = [
+                SummaryRow(e, n, 0, self.remote_lost.get(e, 0)) for e, n in self.received.items()
+            ]
+        out = []
+        seen: set[str] = set()
+        for r in rows:
+            extra = local.get(r.event, 0) if r.event not in seen else 0
+            seen.add(r.event)
+            out.append(SummaryRow(r.event, r.hits, r.misses, r.lost + extra))
+        return out
+
+    def lost_total(self) -> int:
+        return sum(self.remote_lost.values()) + sum(self.writer.lost_by_event().values()) + self.bad
+
+
+def attach(args: argparse.Namespace) -> int:
+    """Attach, stream until Ctrl-C or --duration, detach; print aggregations and the summary."""
+    if args.pid is None:  # `--hist PID`: the PID was taken for --hist's optional FIELD
+        if args.hist is None or not args.hist.isdigit():
+            raise UsageError("give the PID of the process to attach to")
+        args.pid, args.hist = int(args.hist), "$duration"
+    specs = load_specs(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends it as Ctrl-C does
+    try:
+        return _attach(args, specs)
+    except KeyboardInterrupt:  # before streaming began: the connection's end removes the probes
+        _err("pyprobes: interrupted")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
+    aggregator = make_aggregator(args)
+    conn = AgentConnection.open(args.pid, client=f"pyprobes attach (pid {os.getpid()})")
+    try:
+        reply = conn.request("add", specs=[str(s) for s in specs])
+        welcome = conn.welcome
+        placed = reply.get("probes", [])
+        pending = sum(int(p.get("pending", 0)) for p in placed if isinstance(p, dict))
+        argv = welcome.get("argv") or []
+        what = " ".join(str(a) for a in argv[:4]) if isinstance(argv, list) else ""
+        _err(
+            f"pyprobes: attached to {args.pid} (Python {welcome.get('python', '?')}: {what}):"
+            f" {len(placed)} spec{'s' if len(placed) != 1 else ''}"
+            + (f", {pending} pending" if pending else "")
+            + ("; Ctrl-C to detach" if not args.duration else f"; detaching in {args.duration:g}s")
+        )
+        with open_output(args) as writer:
+            stream = _Stream(conn, writer, aggregator)
+            until = time.monotonic() + args.duration if args.duration else None
+            try:
+                stream.pump(until, args.interval)
+            except KeyboardInterrupt:
+                pass
+            except AgentGoneError as exc:
+                stream.gone = stream.gone or str(exc)
+            if stream.gone is None:
+                try:
+                    stream.detach()
+                except AgentGoneError as exc:
+                    stream.gone = str(exc)
+                except KeyboardInterrupt:  # a second Ctrl-C: go now; closing removes the probes
+                    stream.gone = "detached without waiting for the last events"
+            writer.close()
+        if stream.gone is not None:
+            _err(f"pyprobes: {stream.gone}")
+        if aggregator is not None:
+            _err(aggregator.render())
+        _err(format_summary(stream.rows(), stream.lost_total()))
+    finally:
+        conn.close()
+    return 0

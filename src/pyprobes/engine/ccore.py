@@ -1,0 +1,257 @@
+"""The C dispatch core: pycore's interface, with the hot path in ``pyprobes._speedups``.
+
+Like coverage.py's CTracer beside its PyTracer, this core does exactly what ``pycore`` does
+(the readable reference, held equal by the same test suite, run once per core, and by a
+differential test), faster. What runs per event is C: the callbacks, the lookup from code
+object and offset or line to the probes there, the context object (its costly fields read
+lazily), the handler calls with fault containment, the counters and the return-probe pools.
+What is cold stays here, in Python, and is pycore's own code wherever it can be: building a
+code object's ``Site`` (``pycore.build_site``), ``set_local_events``, PY_UNWIND and restarts,
+the fault report (``pycore._fault``), the jprobe argument mapping (``pycore.call_args``), the
+pending post handlers (pycore's two dicts, which the C callbacks fill and drain), and the gc
+and fork hooks (pycore's, over pycore's set of pools, which holds this core's pools too).
+
+Counters: a probe's ``nhit``, ``nmissed`` and ``nfault`` are kept in C (one increment per hit
+instead of an int allocation) and read through ``CounterField`` descriptors, which importing
+this module installs on ``Probe``: ``p.nhit`` stays a plain readable (and assignable) int.
+Handlers: read at every hit, as pycore reads them, from a cache that is refreshed whenever a
+probe's ``__dict__`` changes (a dict watcher, plus ``HandlerField`` descriptors, installed on
+the probe classes, for the attribute stores that 3.13 does not report to dict watchers).
+
+Threads: as in pycore, callbacks take no lock. A C ``Site`` is built whole and swapped into the
+C table in one step under the GIL, and the C code gives the GIL up only where Python code runs
+(handlers, helpers, destructors), holding strong references across those points.
+
+Where the C core differs from pycore, on purpose (none of it changes what a handler sees):
+
+- A plain function's return-probe activation is keyed by its interpreter frame instead of a
+  frame object, so no frame object is made per call (``ri.frame`` stays None); generators and
+  coroutines are keyed by frame object, as in pycore. An activation whose end went unseen is
+  reclaimed when its interpreter frame is reused or is on no thread's stack (pycore: when its
+  frame object is referenced by the pool alone).
+- ``publish`` turns new local events on before it installs the table that needs them (pycore
+  installs first: a thread entering in between starts an activation whose return it does not
+  see, which pycore's reclaim later frees).
+- A kept context's ``frame`` is resolved at the end of the hit (the return context: as pycore's,
+  which always holds its frame) or is None (the others: as pycore's sealed context).
+- Exceptions pycore lets escape into the program are faults here: ``bool()`` of an entry
+  handler's result raising, a handler attribute deleted from the probe. An internal error of
+  the core (out of memory) is reported as unraisable, never raised into the program.
+- A KeyboardInterrupt from a fault handler during a return probe's entry puts the instance
+  back in the pool (pycore loses it).
+- A kretprobe's pool is the one the site was built with (pycore reads ``rp._rstate`` at each
+  hit); a dropped pool is marked dead, which the callbacks read as pycore reads None.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from types import CodeType
+
+from pyprobes import _speedups
+from pyprobes.engine import pycore
+from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of, read_args
+from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
+from pyprobes.engine.pycore import (
+    Site,
+    build_site,
+    call_args,
+    live_states,
+    nactive,
+    track_ret_state,
+    wants_restart,
+)
+from pyprobes.engine.pycore import (
+    drop_ret_state as _py_drop_ret_state,
+)
+from pyprobes.engine.resolve import Location
+
+__all__ = [
+    "NAME",
+    "call_args",
+    "commit",
+    "current_tool",
+    "drop_ret_state",
+    "forget",
+    "install",
+    "live_states",
+    "nactive",
+    "new_ret_state",
+    "publish",
+    "uninstall",
+]
+
+NAME = "c"
+
+_M = sys.monitoring
+_E = _M.events
+
+# --- state (the cold twin of pycore's; the hot tables live in C) ---------------------------
+
+_tool = -1
+_sites: dict[int, Site] = {}  # pycore Sites, for the cold decisions (events, restarts)
+_exit_codes: set[int] = set()
+_disabled_codes: set[int] = set()  # filled by the C callbacks when they return DISABLE
+_restart_needed = False
+_global_events = 0
+
+_speedups.setup(
+    ProbeContext=ProbeContext,
+    KretprobeInstance=KretprobeInstance,
+    DISABLE=_M.DISABLE,
+    fault=pycore._fault,
+    call_args=call_args,
+    read_args=read_args,
+    line_of=_line_of,
+    pending_insn=pycore._pending_insn,
+    pending_line=pycore._pending_line,
+    disabled_codes=_disabled_codes,
+    close_emits_nothing=pycore._CLOSE_EMITS_NOTHING,
+)
+
+for _i, _name in enumerate(("nhit", "nmissed", "nfault")):
+    setattr(Probe, _name, _speedups.CounterField(_i))
+# Handler attributes: stored in the instance __dict__ as before, through descriptors that tell
+# the C core's handler cache when one changes (it is read at every hit, as pycore reads it).
+for _cls, _names in (
+    (Kprobe, ("pre_handler", "post_handler")),
+    (Jprobe, ("entry",)),
+    (Kretprobe, ("handler", "entry_handler")),
+):
+    for _name in _names:
+        setattr(_cls, _name, _speedups.HandlerField(_name))
+
+_CALLBACKS: dict[int, Callable[..., object]] = {
+    _E.PY_START: _speedups.on_start,
+    _E.INSTRUCTION: _speedups.on_instruction,
+    _E.LINE: _speedups.on_line,
+    _E.PY_RETURN: _speedups.on_return,
+    _E.PY_YIELD: _speedups.on_yield,
+    _E.PY_UNWIND: _speedups.on_unwind,
+}
+
+
+# --- the interface the registry uses -----------------------------------------------------
+
+
+def install(tool_id: int) -> None:
+    """Register the callbacks on a tool id the registry holds."""
+    global _tool, _global_events
+    _tool = tool_id
+    _global_events = 0
+    for event, cb in _CALLBACKS.items():
+        _M.register_callback(tool_id, event, cb)
+
+
+def uninstall() -> None:
+    """Remove callbacks and global events; every site must have been unpublished before."""
+    global _tool, _global_events
+    if _tool < 0:
+        return
+    _M.set_events(_tool, 0)
+    for event in _CALLBACKS:
+        _M.register_callback(_tool, event, None)
+    _sites.clear()
+    _speedups.clear_sites()
+    _exit_codes.clear()
+    _disabled_codes.clear()
+    pycore._pending_insn.clear()
+    pycore._pending_line.clear()
+    _tool = -1
+    _global_events = 0
+
+
+def _c_site(site: Site) -> _speedups.Site:
+    return _speedups.make_site(
+        entry=site.entry,
+        offsets=site.offsets,
+        lines=site.lines,
+        returns=site.returns,
+        post_insn=site.post_insn,
+        post_line=site.post_line,
+        watches_exit=site.watches_exit,
+    )
+
+
+def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
+    """Arm exactly ``items`` (enabled probes, in registration order) on ``code``."""
+    global _restart_needed
+    cid = id(code)
+    old = _sites.get(cid)
+    if not items:
+        if old is None:
+            return
+        _M.set_local_events(_tool, code, 0)
+        _sites.pop(cid, None)
+        _speedups.set_site(code, None)
+        _exit_codes.discard(cid)
+        pycore._drop_posts_of(code)
+        return
+    site = build_site(items)
+    if cid in _disabled_codes and wants_restart(old, site):
+        _restart_needed = True  # a location we returned DISABLE for is wanted again
+    events = site.events
+    before = old.events if old is not None else 0
+    if events & ~before:
+        # New events first, then the table that uses them: a thread entering the function in
+        # between must not start an activation whose PY_RETURN is not reported yet (pycore
+        # has that window; its reclaim of unreferenced frames hides it).
+        _M.set_local_events(_tool, code, before | events)
+    _sites[cid] = site
+    _speedups.set_site(code, _c_site(site))
+    if site.watches_exit:
+        _exit_codes.add(cid)
+    else:
+        _exit_codes.discard(cid)
+        pycore._drop_posts_of(code)
+    if not events & ~before or before & ~events:
+        _M.set_local_events(_tool, code, events)
+
+
+def forget(cid: int) -> None:
+    """Drop what is kept for a code object that was collected."""
+    _sites.pop(cid, None)
+    _speedups.forget(cid)
+    _exit_codes.discard(cid)
+    _disabled_codes.discard(cid)
+
+
+def commit() -> None:
+    """Apply what a batch of ``publish`` calls needs globally (PY_UNWIND, restarts)."""
+    global _restart_needed, _global_events
+    if _tool < 0:
+        return
+    want = _E.PY_UNWIND if _exit_codes else 0
+    if want != _global_events:
+        _M.set_events(_tool, want)
+        _global_events = want
+    if _restart_needed:
+        _restart_needed = False
+        _disabled_codes.clear()
+        _M.restart_events()
+
+
+def new_ret_state(rp: Kretprobe, maxactive: int) -> _speedups.RetState:
+    """A fresh pool for a kretprobe being armed (under pycore's gc and fork hooks)."""
+    state = _speedups.RetState(rp, maxactive)
+    track_ret_state(state)
+    return state
+
+
+def drop_ret_state(state: _speedups.RetState | None) -> None:
+    """Forget a pool: its activations end without handlers (unregister, disable)."""
+    if state is None:
+        return
+    state.kill()  # the callbacks read a dead state as pycore reads ``rp._rstate is None``
+    _py_drop_ret_state(state)
+
+
+def current_tool() -> int:
+    """The tool id whose callbacks are installed, or -1."""
+    return _tool
+
+
+def counters(p: Probe) -> tuple[int, int, int]:
+    """(nhit, nmissed, nfault) straight from C (for tests)."""
+    return _speedups.counters_values(_speedups.counters_of(p))

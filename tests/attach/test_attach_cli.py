@@ -1,0 +1,276 @@
+"""``pyprobes attach``, ``list`` and ``ps`` against real running programs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from attach_helpers import LOOP, TIMEOUT, Child
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+Spawn = Callable[..., Child]
+
+
+def listing(cli: Cli, pid: int) -> dict[str, object]:
+    r = cli("list", str(pid), "--json")
+    assert r.returncode == 0, r.stderr
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+def wait_no_probes(cli: Cli, pid: int, timeout: float = TIMEOUT) -> dict[str, object]:
+    """Poll the listing until the process holds no probe (the agent saw a client go)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = listing(cli, pid)
+        if not data["probes"] or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
+
+
+def check_progress(lines: list[str]) -> None:
+    """The loop's own output: every progress line is ``i i*(i-1)``; values unchanged."""
+    numbers = [line.split() for line in lines if line[:1].isdigit()]
+    assert numbers
+    for i, total in numbers:
+        assert int(total) == int(i) * (int(i) - 1)
+
+
+def test_attach_streams_aggregates_and_leaves_nothing(
+    cli: Cli, spawn: Spawn, tmp_path: Path, runtime: Path
+) -> None:
+    child = spawn(LOOP)
+    pid = child.ready()
+    assert pid == child.pid  # run --listen runs the program in its own process
+    before = listing(cli, pid)
+    assert before["probes"] == [] and before["tool_id"] is None
+    out = tmp_path / "events.jsonl"
+    r = cli(
+        "attach", str(pid),
+        "-e", "p:w __main__:work n",
+        "-e", "r:wr __main__:work n $retval",
+        "--hist", "--by", "$thread", "--format", "json", "-o", str(out),
+        "--duration", "1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    entries = [e for e in events if e["event"] == "w"]
+    returns = [e for e in events if e["event"] == "wr"]
+    assert entries and returns
+    assert all(e["pid"] == pid and e["kind"] == "p" for e in entries)
+    for e in returns[:50]:
+        assert e["kind"] == "r" and e["retval"] == e["args"]["$retval"] == 2 * e["args"]["n"]
+        assert isinstance(e["duration_ns"], int) and e["duration_ns"] >= 0
+    for e in entries[:50]:
+        assert isinstance(e["args"]["n"], int)
+    # aggregations and the summary, as pyprobes run prints them
+    assert f"attached to {pid}" in r.stderr
+    assert "wr $duration:" in r.stderr and "distribution" in r.stderr
+    assert "@wr['MainThread']:" in r.stderr or "['MainThread']" in r.stderr
+    assert "EVENT" in r.stderr and "HITS" in r.stderr and "events lost" in r.stderr
+    summary = {
+        line.split()[0]: line.split()[1:]
+        for line in r.stderr.splitlines()
+        if line.split() and line.split()[0] in ("w", "wr") and len(line.split()) == 4
+    }
+    assert int(summary["w"][0]) >= len(entries) > 0
+    # nothing left in the target: no probe, tool id free
+    after = listing(cli, pid)
+    assert after["probes"] == [] and after["tool_id"] is None
+    # and the program did not notice: its output is intact, it goes on and exits cleanly
+    n = len(child.lines)
+    child.progress_after(n)
+    assert child.finish() == 0
+    check_progress(child.lines)
+    assert child.lines[-1].startswith("done ")
+    assert child.err_lines == []
+    assert not (runtime / "pyprobes" / f"{pid}.sock").exists()  # unlinked at exit
+
+
+def test_list_shows_probes_with_owner_and_counters(
+    cli: Cli, spawn: Spawn, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyprobes.attach.client import AgentConnection
+
+    child = spawn(LOOP)
+    pid = child.ready()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with AgentConnection.open(pid) as conn:
+        reply = conn.request("add", specs=["p:mine __main__:work n", "r __main__:work"])
+        handles = [p["handle"] for p in reply["probes"]]
+        assert len(handles) == 2
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            msg = conn.receive(1.0)
+            if msg and msg["type"] == "events":
+                break
+        r = cli("list", str(pid))
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"# pyprobes pid={pid} python=")
+        assert "clients=1" in lines[0]
+        probe_lines = lines[1:]
+        assert len(probe_lines) == 2
+        kinds = sorted(line.split()[1] for line in probe_lines)
+        assert kinds == ["k", "r"]
+        for line in probe_lines:
+            assert line.startswith("0x")
+            assert "__main__:work+0 [__main__]" in line
+            assert "hits=" in line and "misses=0" in line
+            assert "client=" in line
+        assert "event=mine" in r.stdout and "event=r_work_0" in r.stdout
+        hits = [int(part.split("=")[1]) for part in r.stdout.split() if part.startswith("hits=")]
+        assert all(h > 0 for h in hits)
+        # disable, enable, remove through the protocol
+        conn.request("disable", handles=[handles[0]])
+        data = listing(cli, pid)
+        flags = {p["kind"]: p["flags"] for p in data["probes"]}  # type: ignore[union-attr]
+        assert flags["k"] == ["DISABLED"] and flags["r"] == []
+        conn.request("enable", handles=[handles[0]])
+        conn.request("remove", handles=[handles[1]])
+        data = listing(cli, pid)
+        assert [p["kind"] for p in data["probes"]] == ["k"]  # type: ignore[union-attr]
+        status = conn.request("status")
+        assert [p["handle"] for p in status["probes"]] == [handles[0]]
+    assert wait_no_probes(cli, pid)["probes"] == []
+    assert child.finish() == 0
+
+
+def test_killed_client_leaves_no_probe(cli: Cli, spawn: Spawn, env: dict[str, str]) -> None:
+    child = spawn(LOOP)
+    pid = child.ready()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "pyprobes", "attach", str(pid), "-e", "r:wr __main__:work $retval",
+         "--format", "json"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert client.stderr is not None
+        for line in client.stderr:
+            if line.startswith("{"):
+                assert json.loads(line)["event"] == "wr"
+                break
+        assert listing(cli, pid)["probes"]
+        client.kill()  # no detach: the agent sees the connection drop
+        client.wait(TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert wait_no_probes(cli, pid)["probes"] == []
+    n = len(child.lines)
+    child.progress_after(n)
+    assert child.finish() == 0
+    check_progress(child.lines)
+    assert child.err_lines == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_detaches_with_summary(
+    cli: Cli, spawn: Spawn, env: dict[str, str], sig: signal.Signals
+) -> None:
+    child = spawn(LOOP)
+    pid = child.ready()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "pyprobes", "attach", "-e", "p:w __main__:work n",
+         "--count", "--hist", str(pid)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert client.stderr is not None
+        for line in client.stderr:
+            if ": w: (__main__:work+0) n=" in line:
+                break
+        client.send_signal(sig)
+        rest = client.stderr.read()
+        assert client.wait(TIMEOUT) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert "@w: " in rest or "@w:" in rest
+    assert "EVENT" in rest and "events lost" in rest
+    assert listing(cli, pid)["probes"] == []
+    assert child.finish() == 0
+
+
+def test_errors_are_one_actionable_line(cli: Cli, spawn: Spawn) -> None:
+    # a dead pid
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    r = cli("attach", str(dead.pid), "-e", "p json:loads")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"pyprobes: error: no process {dead.pid}"]
+    # a live process without an agent
+    plain = spawn(LOOP, listen=False)
+    pid = plain.ready()
+    r = cli("list", str(pid))
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert f"process {pid} runs no pyprobes agent" in line
+    assert "PYPROBES_AGENT=1" in line and "pyprobes run --listen" in line
+    # a spec the parser rejects (client side), a function the target does not have
+    child = spawn(LOOP)
+    pid = child.ready()
+    r = cli("attach", str(pid), "-e", "p:bad event __main__:work")
+    assert r.returncode == 2 and r.stderr.startswith("pyprobes: error:")
+    r = cli("attach", str(pid), "-e", "p __main__:work", "-e", "p __main__:nope", "--duration", "5")
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"pyprobes: error: process {pid}: spec 2")
+    assert "nope" in line
+    assert listing(cli, pid)["probes"] == []  # all or none: spec 1 is gone too
+    assert child.finish() == 0
+
+
+def test_ps_lists_agents_and_cleans_stale_sockets(cli: Cli, spawn: Spawn, runtime: Path) -> None:
+    import socket
+
+    child = spawn(LOOP, "extra-arg")
+    pid = child.ready()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = runtime / "pyprobes" / f"{dead.pid}.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    r = cli("ps")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["PID", "PYTHON", "CLIENTS", "PROBES", "COMMAND"]
+    (row,) = [line for line in lines[1:] if line.split()[0] == str(pid)]
+    assert row.split()[1] == ".".join(map(str, sys.version_info[:3]))
+    assert row.endswith("loop_prog.py extra-arg")
+    assert not stale.exists()
+    r = cli("ps", "--json")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    ours = [row for row in rows if row["socket"].startswith(str(runtime))]
+    assert [row["pid"] for row in ours] == [pid]  # (root also sees other users' agents)
+    assert ours[0]["clients"] == 0 and ours[0]["probes"] == 0
+    assert child.finish() == 0
+    # the agent unlinked its socket at exit
+    assert not (runtime / "pyprobes" / f"{pid}.sock").exists()
+
+
+def test_run_listen_with_its_own_probes_and_an_attached_client(
+    cli: Cli, spawn: Spawn, tmp_path: Path, env: dict[str, str]
+) -> None:
+    own = tmp_path / "own.jsonl"
+    child = spawn("-e", "p:own __main__:work n", "--format", "json", "-o", str(own), LOOP)
+    pid = child.ready()
+    r = cli(
+        "attach", str(pid), "-e", "p:theirs __main__:work n", "--count",
+        "--interval", "0.3", "--duration", "1.2",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("@theirs: ") >= 3  # every --interval, and once at the end
+    data = listing(cli, pid)
+    assert [p["owner"] for p in data["probes"]] == [None]  # type: ignore[index]  # run's own
+    assert child.finish() == 0
+    assert {json.loads(line)["event"] for line in own.read_text().splitlines()} == {"own"}
+    summary = "\n".join(child.err_lines)
+    assert "own" in summary and "theirs" not in summary  # run reports only its probes

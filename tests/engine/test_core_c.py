@@ -1,0 +1,208 @@
+"""The C core's own edges: its context and instance objects behave like pycore's after the
+handler returned, its callbacks refuse bad calls, its spare context survives being found by
+the garbage collector, and its counters and handler attributes stay plain attributes."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pyprobes
+from pyprobes import Kprobe, Kretprobe
+from pyprobes.engine import core, pycore, registry
+
+pytestmark = pytest.mark.skipif(
+    not core.c_core_available(), reason="the C core (pyprobes._speedups) is not built"
+)
+
+
+@pytest.fixture(params=["python", "c"])
+def on_core(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on each core (swapped in while nothing is registered)."""
+    from pyprobes.engine import ccore
+
+    original = registry._core
+    registry._core = ccore if request.param == "c" else pycore
+    try:
+        yield request.param
+    finally:
+        registry._core = original
+
+
+def target(a: int, b: int = 1) -> int:
+    return a + b
+
+
+def test_a_kept_context_is_detached_after_the_handler(on_core: str) -> None:
+    kept: list[Any] = []
+
+    def pre(p: Any, ctx: Any) -> None:
+        kept.append(ctx)
+        if len(kept) == 2:
+            ctx.args  # read during the handler: kept (and so is the frame it needed)
+
+    p = Kprobe(addr=target, pre_handler=pre)
+    pyprobes.register_kprobe(p)
+    try:
+        target(2)
+        target(3)
+    finally:
+        pyprobes.unregister_kprobe(p)
+    c1, c2 = kept
+    assert c1 is not c2  # a context someone kept is never reused
+    assert c1.frame is None and c1.args == {}  # not read during the handler: gone
+    assert c2.args == {"a": 3, "b": 1}
+    assert c2.frame is not None and c2.frame.f_code is target.__code__
+    assert c1.code is target.__code__ and c1.offset == 0
+    assert c1.lineno == target.__code__.co_firstlineno  # from the code object, no frame
+    assert repr(c1) == f"<ProbeContext target offset=0 line={target.__code__.co_firstlineno}>"
+    assert c1.retval is None and c1.exception is None
+    assert isinstance(c1, pyprobes.ProbeContext)
+
+
+def test_return_context_fields_and_instance(on_core: str) -> None:
+    seen: list[Any] = []
+
+    def handler(ri: Any, ctx: Any) -> None:
+        seen.append(
+            (
+                ctx.retval,
+                pyprobes.regs_return_value(ctx),
+                ctx.exception,
+                ctx.frame is not None and ctx.frame.f_code is target.__code__,
+                ctx.offset > 0,
+                dict(ri.data),
+                ri.rp is rp,
+                isinstance(ri, pyprobes.KretprobeInstance),
+                repr(ri).startswith(f"<KretprobeInstance of {rp!r} thread="),
+            )
+        )
+        ctx.retval = "changed"  # a handler may write the context's fields, as in pycore
+        ctx.exception = KeyError()
+        kept.append(ctx)
+
+    kept: list[Any] = []
+
+    rp = Kretprobe(addr=target, handler=handler, entry_handler=lambda ri, ctx: ri.data.update(x=1))
+    pyprobes.register_kretprobe(rp)
+    try:
+        assert target(1) == 2  # the program's own return value is untouched
+    finally:
+        pyprobes.unregister_kretprobe(rp)
+    assert seen == [(2, 2, None, True, True, {"x": 1}, True, True, True)]
+    # a kept return context holds its frame, as pycore's does (it was never read above on
+    # purpose: the C core resolves it lazily)
+    [ctx] = kept
+    assert ctx.retval == "changed" and isinstance(ctx.exception, KeyError)
+    assert ctx.frame is not None and ctx.frame.f_code is target.__code__
+
+
+def test_kept_return_context_without_reading_the_frame(on_core: str) -> None:
+    kept: list[Any] = []
+    rp = Kretprobe(addr=target, handler=lambda ri, ctx: kept.append(ctx))
+    pyprobes.register_kretprobe(rp)
+    try:
+        target(1)
+        target(2)  # same stack depth: a stale frame reference would point here
+    finally:
+        pyprobes.unregister_kretprobe(rp)
+    assert [c.frame.f_locals["a"] for c in kept] == [1, 2]
+    assert [c.retval for c in kept] == [2, 3]
+
+
+def test_counters_and_handlers_are_plain_attributes(on_core: str) -> None:
+    p = Kprobe(addr=target, pre_handler=None)
+    pyprobes.register_kprobe(p)
+    try:
+        target(1)
+        assert p.nhit == 1
+        p.pre_handler = lambda p, ctx: calls.append(1)
+        calls: list[int] = []
+        target(1)
+        vars(p)["pre_handler"] = None  # a direct __dict__ write is seen too
+        target(1)
+        assert calls == [1]
+        assert (p.nhit, p.nmissed, p.nfault) == (3, 0, 0)
+        assert isinstance(p.nhit, int)
+    finally:
+        pyprobes.unregister_kprobe(p)
+
+
+def test_spare_context_found_by_the_gc_is_not_reused() -> None:
+    from pyprobes import _speedups
+    from pyprobes.engine import ccore
+
+    original = registry._core
+    registry._core = ccore
+    grabbed: list[Any] = []
+    p = Kprobe(addr=target, pre_handler=lambda p, ctx: None)
+    pyprobes.register_kprobe(p)
+    try:
+        target(1)  # leaves a spare context
+        grabbed = [o for o in gc.get_objects() if type(o) is _speedups.ProbeContext]
+        for _ in range(3):
+            target(1)
+        assert p.nhit == 4
+        for o in grabbed:
+            assert o.frame is None or o.frame is not None  # still a valid object
+    finally:
+        pyprobes.unregister_kprobe(p)
+        registry._core = original
+
+
+def test_callbacks_refuse_bad_calls() -> None:
+    from pyprobes import _speedups
+
+    code = target.__code__
+    with pytest.raises(TypeError, match="exactly 2"):
+        _speedups.on_start(code)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="exactly 3"):
+        _speedups.on_return(code, 0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _speedups.on_line(code, 1, x=2)  # type: ignore[call-arg]
+    # a code object without a table: nothing happens (INSTRUCTION and LINE answer DISABLE)
+    assert _speedups.on_start(code, 0) is None
+    assert _speedups.on_instruction(code, 2) is sys.monitoring.DISABLE
+    assert _speedups.on_return(code, 2, None) is None
+    assert _speedups.on_unwind(code, 2, KeyError()) is None
+
+
+def loses_its_return(tamper: bool) -> int:
+    """Returns with PY_RETURN switched off behind the engine's back when ``tamper`` (standing
+    for any end the engine does not see): its activation is left in the pool."""
+    if tamper:
+        tid = pyprobes.tool_id()
+        assert tid is not None
+        code = loses_its_return.__code__
+        ev = sys.monitoring.get_local_events(tid, code)
+        sys.monitoring.set_local_events(tid, code, ev & ~sys.monitoring.events.PY_RETURN)
+    return 1
+
+
+@pytest.mark.parametrize("maxactive", [1, 2])
+def test_activations_whose_end_went_unseen_are_reclaimed(on_core: str, maxactive: int) -> None:
+    rp = Kretprobe(addr=loses_its_return, maxactive=maxactive)
+    pyprobes.register_kretprobe(rp)
+    try:
+        for _ in range(3):
+            loses_its_return(True)
+            pyprobes.disable_kprobe(rp)  # (republish: PY_RETURN back on)
+            pyprobes.enable_kprobe(rp)
+        loses_its_return(True)
+        tid = pyprobes.tool_id()
+        assert tid is not None
+        code = loses_its_return.__code__
+        sys.monitoring.set_local_events(
+            tid, code, sys.monitoring.get_local_events(tid, code) | sys.monitoring.events.PY_RETURN
+        )
+        # one activation left behind; the next calls reuse or reclaim its instance
+        for _ in range(5):
+            assert loses_its_return(False) == 1
+        assert rp.nmissed == 0
+        assert rp.nactive == 0
+    finally:
+        pyprobes.unregister_kretprobe(rp)
