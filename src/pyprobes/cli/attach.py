@@ -96,9 +96,26 @@ class _Stream:
             raise AgentGoneError(self.gone)
 
     def pump(self, until: float | None, interval: float | None) -> None:
-        """Handle messages until ``until`` (monotonic) or forever; print every ``interval``."""
+        """Handle messages until ``until`` (monotonic), Ctrl-C or SIGTERM; print every
+        ``interval``. While streaming, the signals only set a flag, checked at least every
+        0.2 s: an exception raised inside a socket read would lose a piece of the stream."""
+        stop: list[int] = []
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop.append(signum)
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._pump(until, interval, stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _pump(self, until: float | None, interval: float | None, stop: list[int]) -> None:
         next_print = None if interval is None else time.monotonic() + interval
-        while True:
+        while not stop:
             now = time.monotonic()
             if until is not None and now >= until:
                 return
@@ -106,7 +123,7 @@ class _Stream:
                 if self.agg is not None:
                     _err(self.agg.snapshot_and_reset().render())
                 next_print += interval or 0
-            wake = min(t for t in (until, next_print, now + 1.0) if t is not None)
+            wake = min(t for t in (until, next_print, now + 0.2) if t is not None)
             msg = self.conn.receive(max(0.0, wake - now))
             if msg is not None:
                 self.handle(msg)
