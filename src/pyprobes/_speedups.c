@@ -49,10 +49,13 @@ typedef struct {
     void *f_frame;
 } FramePrefix;
 #if PY_VERSION_HEX < 0x030D0000
-#define CURRENT_TOKEN() ((void *)_PyThreadState_UncheckedGet()->cframe->current_frame)
+#define CURRENT_TSTATE() _PyThreadState_UncheckedGet()
+#define TOKEN_OF(ts) ((void *)(ts)->cframe->current_frame)
 #else
-#define CURRENT_TOKEN() ((void *)PyThreadState_GetUnchecked()->current_frame)
+#define CURRENT_TSTATE() PyThreadState_GetUnchecked()
+#define TOKEN_OF(ts) ((void *)(ts)->current_frame)
 #endif
+#define CURRENT_TOKEN() TOKEN_OF(CURRENT_TSTATE())
 #else
 #define HAVE_FRAME_TOKEN 0
 #define CURRENT_TOKEN() ((void *)NULL)
@@ -77,8 +80,6 @@ enum { KIND_K = 1, KIND_J = 2, KIND_R = 3 };
 static int configured = 0;
 static PyObject *g_DISABLE;        /* sys.monitoring.DISABLE */
 static PyObject *g_fault;          /* pycore._fault(probe, ctx, exc) */
-static PyObject *g_call_args;      /* pycore.call_args(code, args) -> (pos, kw) */
-static PyObject *g_read_args;      /* context.read_args(frame) -> dict */
 static PyObject *g_line_of;        /* context._line_of(code, offset) -> int | None */
 static PyObject *g_pending_insn;   /* pycore._pending_insn: id(frame) -> (frame, posts, ctx) */
 static PyObject *g_pending_line;   /* pycore._pending_line */
@@ -95,6 +96,16 @@ static PyObject *s_kind, *s_rstate, *s_counters, *s_f_lasti, *s_f_lineno, *s_cle
 static PyObject *s_co_qualname, *s_nhit, *s_nmissed, *s_nfault, *s_fault_handler;
 static PyObject *g_zero; /* the int 0, the flags of a post handler */
 
+/* PyLong_AsLong, inline for the small ints the monitoring callbacks get (offsets, lines). */
+HOT long
+as_long(PyObject *v)
+{
+    if (PyLong_CheckExact(v) && PyUnstable_Long_IsCompact((PyLongObject *)v)) {
+        return (long)PyUnstable_Long_CompactValue((PyLongObject *)v);
+    }
+    return PyLong_AsLong(v);
+}
+
 static inline long long
 now_ns(void)
 {
@@ -106,6 +117,102 @@ now_ns(void)
 #else
 #error "no CLOCK_MONOTONIC"
 #endif
+}
+
+/* --- ENTRY CLOCK ---------------------------------------------------------------------------
+ * Every kretprobe entry stamps its instance (ri.entry_time_ns, in time.perf_counter_ns()'s
+ * clock). clock_gettime(CLOCK_MONOTONIC) costs 12-25 ns a call on the machines we measure, a
+ * sixth of a kretprobe hit. Where the kernel itself keeps CLOCK_MONOTONIC on the TSC (its
+ * clocksource is "tsc" and the CPU says constant_tsc and nonstop_tsc: the TSC ticks at one
+ * rate, in sync on every CPU; ccore decides, PYPROBES_ENTRY_CLOCK=monotonic vetoes), the
+ * entry reads the TSC instead (~6 ns) and ri.entry_time_ns converts the ticks when first read:
+ *   ns = anchor_ns + (ticks - anchor_ticks) * rate
+ * rate = ns per tick between the first (ticks, ns) pair, taken at enabling, and the anchor,
+ * a pair retaken when older than ~1 ms. A pair is the tightest of a few (rdtsc, clock_gettime,
+ * rdtsc) reads, so its skew is a few ns; the error of a conversion stays within a few skews
+ * (the rate's error shrinks as fast as the distances it multiplies grow). Everything here
+ * runs with the GIL held. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_TSC 1
+#define read_tsc() ((unsigned long long)__builtin_ia32_rdtsc())
+#else
+#define HAVE_TSC 0
+#define read_tsc() 0ULL
+#endif
+
+static struct {
+    int on;
+    unsigned long long t0, ta; /* ticks of the first pair and of the anchor */
+    long long n0, na;          /* their CLOCK_MONOTONIC ns */
+    double rate;               /* ns per tick */
+    unsigned long long refresh_ticks;
+} tsc;
+
+static inline long long now_ns(void);
+
+static void
+tsc_pair(unsigned long long *t, long long *n)
+{
+    unsigned long long best = ~0ULL;
+    for (int i = 0; i < 5; i++) {
+        unsigned long long a = read_tsc();
+        long long m = now_ns();
+        unsigned long long b = read_tsc();
+        if (b >= a && b - a < best) {
+            best = b - a;
+            *t = a + (b - a) / 2;
+            *n = m;
+        }
+    }
+}
+
+static void
+tsc_anchor(void)
+{
+    unsigned long long t = 0;
+    long long n = 0;
+    tsc_pair(&t, &n);
+    if (t > tsc.t0 && n > tsc.n0) {
+        tsc.ta = t;
+        tsc.na = n;
+        tsc.rate = (double)(n - tsc.n0) / (double)(t - tsc.t0);
+        tsc.refresh_ticks = (unsigned long long)(1e6 / tsc.rate); /* ~1 ms */
+    }
+}
+
+/* Turn the TSC entry clock on (if this build and machine allow it; returns whether it is on)
+ * or off. Turning it on measures a first rate over ~50 us. */
+static int
+tsc_enable(int on)
+{
+    if (!on || !HAVE_TSC) {
+        tsc.on = 0;
+        return 0;
+    }
+    if (!tsc.on) {
+        tsc_pair(&tsc.t0, &tsc.n0);
+        long long until = tsc.n0 + 50000;
+        while (now_ns() < until) {
+        }
+        tsc.rate = 0.0;
+        tsc_anchor();
+        if (tsc.rate <= 0.0) {
+            return 0; /* the TSC did not move forward: keep the system clock */
+        }
+        tsc.on = 1;
+    }
+    return 1;
+}
+
+/* CLOCK_MONOTONIC ns of a TSC reading taken since tsc_enable(). */
+static long long
+tsc_to_ns(unsigned long long ticks)
+{
+    if (read_tsc() - tsc.ta > tsc.refresh_ticks) {
+        tsc_anchor();
+    }
+    double d = (double)(long long)(ticks - tsc.ta) * tsc.rate;
+    return tsc.na + (long long)d;
 }
 
 /* --- Counters: nhit, nmissed, nfault of one probe ------------------------------------------
@@ -488,8 +595,23 @@ ctx_new_tok(PyObject *code, long offset, long lineno, PyObject *frame, void *tok
     return o;
 }
 
-#define ctx_new(code, offset, lineno, frame)                                                  \
-    ctx_new_tok((code), (offset), (lineno), (frame), CURRENT_TOKEN())
+/* A context for the running thread. One thread-state read gives both the token and the
+ * thread id (tstate->thread_id is threading.get_ident() of the thread the state is bound to:
+ * set when a thread binds it and again in a child after fork). */
+HOT PyObject *
+ctx_new(PyObject *code, long offset, long lineno, PyObject *frame)
+{
+#if HAVE_FRAME_TOKEN
+    PyThreadState *ts = CURRENT_TSTATE();
+    PyObject *o = ctx_new_tok(code, offset, lineno, frame, TOKEN_OF(ts));
+    if (o != NULL) {
+        CTX(o)->thread_id = ts->thread_id;
+    }
+    return o;
+#else
+    return ctx_new_tok(code, offset, lineno, frame, NULL);
+#endif
+}
 
 static void
 ctx_clear_fields(CtxData *c)
@@ -674,6 +796,142 @@ ctx_get_lineno(PyObject *self, void *closure)
     return PyLong_FromLong(c->lineno);
 }
 
+/* --- arguments: context.read_args and pycore.call_args in C ------------------------------
+ * The parameters of a code object, in signature order: co_varnames[:argcount], then *args,
+ * then the keyword-only ones, then **kwargs (co_varnames keeps *args and **kwargs after the
+ * keyword-only names). Index i of that order, as an index into co_varnames: */
+static inline Py_ssize_t
+param_index(PyCodeObject *co, Py_ssize_t i, Py_ssize_t *count)
+{
+    Py_ssize_t n_pos = co->co_argcount, n_kw = co->co_kwonlyargcount;
+    int star = (co->co_flags & CO_VARARGS) != 0, dstar = (co->co_flags & CO_VARKEYWORDS) != 0;
+    *count = n_pos + star + n_kw + dstar;
+    if (i < n_pos) {
+        return i;
+    }
+    if (star && i == n_pos) {
+        return n_pos + n_kw;
+    }
+    i -= star;
+    if (i < n_pos + n_kw) {
+        return i;
+    }
+    return n_pos + n_kw + star; /* **kwargs */
+}
+
+/* context.read_args(frame): a new dict of the parameters' current values (a parameter the
+ * function deleted is left out), read through frame.f_locals (a snapshot dict on 3.12, a
+ * write-through proxy on 3.13 and later). */
+static PyObject *
+c_read_args(PyObject *frame)
+{
+    PyCodeObject *co = PyFrame_GetCode((PyFrameObject *)frame);
+    PyObject *names = PyCode_GetVarnames(co);
+    PyObject *locals = names ? PyFrame_GetLocals((PyFrameObject *)frame) : NULL;
+    PyObject *out = locals ? PyDict_New() : NULL;
+    if (out == NULL) {
+        goto done;
+    }
+    Py_ssize_t count = 0;
+    param_index(co, 0, &count);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t k = param_index(co, i, &count);
+        if (k >= PyTuple_GET_SIZE(names)) {
+            break;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        PyObject *v;
+        if (PyDict_CheckExact(locals)) {
+            v = Py_XNewRef(PyDict_GetItemWithError(locals, name));
+        }
+        else {
+            v = PyObject_GetItem(locals, name);
+            if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                PyErr_Clear();
+            }
+        }
+        if (v == NULL) {
+            if (PyErr_Occurred()) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            continue; /* deleted by the function itself */
+        }
+        int rc = PyDict_SetItem(out, name, v);
+        Py_DECREF(v);
+        if (rc < 0) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+done:
+    Py_XDECREF(locals);
+    Py_XDECREF(names);
+    Py_DECREF(co);
+    return out;
+}
+
+/* pycore.call_args(code, args): the call's positional tuple and keyword dict, rebuilt from
+ * the bound parameters (a missing one raises KeyError, as in pycore). 0 or -1. */
+static int
+c_call_args(PyCodeObject *co, PyObject *args, PyObject **pos_out, PyObject **kw_out)
+{
+    PyObject *names = PyCode_GetVarnames(co);
+    if (names == NULL) {
+        return -1;
+    }
+    Py_ssize_t n_pos = co->co_argcount, n_kw = co->co_kwonlyargcount;
+    int star = (co->co_flags & CO_VARARGS) != 0, dstar = (co->co_flags & CO_VARKEYWORDS) != 0;
+    PyObject *pos = PyList_New(0), *kw = PyDict_New(), *tuple = NULL;
+    if (pos == NULL || kw == NULL || PyTuple_GET_SIZE(names) < n_pos + n_kw + star + dstar) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n_pos + n_kw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        PyObject *v = PyDict_GetItemWithError(args, name);
+        if (v == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, name);
+            }
+            goto fail;
+        }
+        if ((i < n_pos ? PyList_Append(pos, v) : PyDict_SetItem(kw, name, v)) < 0) {
+            goto fail;
+        }
+    }
+    for (int which = 0; which < 2; which++) {
+        if (!(which ? dstar : star)) {
+            continue;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, n_pos + n_kw + (which ? star : 0));
+        PyObject *v = PyDict_GetItemWithError(args, name);
+        if (v == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, name);
+            }
+            goto fail;
+        }
+        if (which ? PyDict_Update(kw, v) < 0 : PyList_SetSlice(pos, PY_SSIZE_T_MAX,
+                                                                PY_SSIZE_T_MAX, v) < 0) {
+            goto fail;
+        }
+    }
+    tuple = PyList_AsTuple(pos);
+    if (tuple == NULL) {
+        goto fail;
+    }
+    Py_DECREF(pos);
+    Py_DECREF(names);
+    *pos_out = tuple;
+    *kw_out = kw;
+    return 0;
+fail:
+    Py_XDECREF(pos);
+    Py_XDECREF(kw);
+    Py_DECREF(names);
+    return -1;
+}
+
 static PyObject *
 ctx_get_args(PyObject *self, void *closure)
 {
@@ -682,7 +940,7 @@ ctx_get_args(PyObject *self, void *closure)
         PyObject *f = Py_NewRef(ctx_frame(self));
         PyObject *a;
         if (f != Py_None) {
-            a = PyObject_CallOneArg(g_read_args, f);
+            a = c_read_args(f);
         }
         else {
             a = PyDict_New();
@@ -874,7 +1132,9 @@ typedef struct {
     PyObject *frame; /* NULL or strong: the activation's frame */
     PyObject *data;  /* NULL until read */
     unsigned long long thread_id;
-    long long entry_time_ns;
+    long long entry_time_ns;         /* valid unless entry_raw */
+    unsigned long long entry_ticks;  /* the TSC at entry, when entry_raw */
+    int entry_raw;
 } RiData;
 
 #define RI(o) ((RiData *)((char *)(o) + ri_off))
@@ -956,7 +1216,36 @@ ri_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
+static PyObject *
+ri_get_entry_time_ns(PyObject *self, void *closure)
+{
+    RiData *r = RI(self);
+    if (r->entry_raw) {
+        r->entry_time_ns = tsc_to_ns(r->entry_ticks);
+        r->entry_raw = 0;
+    }
+    return PyLong_FromLongLong(r->entry_time_ns);
+}
+
+static int
+ri_set_entry_time_ns(PyObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "entry_time_ns cannot be deleted");
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    RI(self)->entry_time_ns = v;
+    RI(self)->entry_raw = 0;
+    return 0;
+}
+
 static PyGetSetDef ri_getset[] = {
+    {"entry_time_ns", ri_get_entry_time_ns, ri_set_entry_time_ns,
+     "When the activation began, in ``time.perf_counter_ns()``'s clock.", NULL},
     {"data", ri_get_data, NULL, "Per-activation private data (the kernel's ``data_size`` area).",
      NULL},
     {"frame", ri_get_frame, ri_set_frame, "The activation's frame while it is tracked.", NULL},
@@ -966,7 +1255,6 @@ static PyGetSetDef ri_getset[] = {
 static PyMemberDef ri_members[] = {
     {"rp", Py_T_OBJECT_EX, 0, 0, NULL},
     {"thread_id", Py_T_ULONGLONG, 0, 0, NULL},
-    {"entry_time_ns", Py_T_LONGLONG, 0, 0, NULL},
     {NULL},
 };
 
@@ -2026,28 +2314,26 @@ jprobe(PEnt *e, PyObject *ctx)
     if (args == NULL) {
         return handler_failed(e->probe, ctx);
     }
-    PyObject *code = Py_NewRef(CTX(ctx)->code ? CTX(ctx)->code : Py_None);
-    PyObject *pk = PyObject_CallFunctionObjArgs(g_call_args, code, args, NULL);
-    Py_DECREF(code);
+    PyObject *pos = NULL, *kw = NULL, *entry = NULL, *r = NULL;
+    PyObject *code = CTX(ctx)->code;
+    int rc = -1;
+    if (code != NULL && PyCode_Check(code)) {
+        Py_INCREF(code);
+        rc = c_call_args((PyCodeObject *)code, args, &pos, &kw);
+        Py_DECREF(code);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "a jprobe hit without a code object");
+    }
     Py_DECREF(args);
-    if (pk == NULL) {
+    if (rc < 0) {
         return handler_failed(e->probe, ctx);
     }
-    PyObject *pos = NULL, *kw = NULL, *entry = NULL, *r = NULL;
-    if (!PyTuple_Check(pk) || PyTuple_GET_SIZE(pk) != 2) {
-        PyErr_SetString(PyExc_TypeError, "call_args must return (pos, kw)");
-        goto fail;
-    }
-    pos = PySequence_Tuple(PyTuple_GET_ITEM(pk, 0));
-    if (pos == NULL) {
-        goto fail;
-    }
-    kw = Py_NewRef(PyTuple_GET_ITEM(pk, 1));
     entry = probe_attr(e, H_ENTRY);
     if (entry == NULL) {
         goto fail;
     }
-    r = PyObject_Call(entry, pos, kw);
+    r = PyObject_Call(entry, pos, PyDict_GET_SIZE(kw) ? kw : NULL);
     if (r == NULL) {
         goto fail;
     }
@@ -2055,13 +2341,11 @@ jprobe(PEnt *e, PyObject *ctx)
     Py_DECREF(entry);
     Py_DECREF(kw);
     Py_DECREF(pos);
-    Py_DECREF(pk);
     return 0;
 fail:
     Py_XDECREF(entry);
     Py_XDECREF(kw);
     Py_XDECREF(pos);
-    Py_DECREF(pk);
     return handler_failed(e->probe, ctx);
 }
 
@@ -2149,8 +2433,15 @@ kret_entry(PEnt *e, PyObject *ctx, int gen_code)
     }
     RiData *r = RI(ri);
     Py_XSETREF(r->frame, frame == Py_None ? NULL : Py_NewRef(frame));
-    r->thread_id = PyThread_get_thread_ident();
-    r->entry_time_ns = now_ns();
+    r->thread_id = CTX(ctx)->thread_id ? CTX(ctx)->thread_id : PyThread_get_thread_ident();
+    if (tsc.on) {
+        r->entry_ticks = read_tsc();
+        r->entry_raw = 1;
+    }
+    else {
+        r->entry_time_ns = now_ns();
+        r->entry_raw = 0;
+    }
     int veto = entry_veto(e, ri, ctx);
     if (veto != 0) {
         rs_recycle(s, ri);
@@ -2181,12 +2472,13 @@ done:
 
 /* The context of a return or unwind (one per exit, shared by its return probes). */
 static PyObject *
-exit_ctx(PyObject *code, long offset, PyObject *frame, void *token, PyObject *retval,
-         PyObject *exc)
+exit_ctx(PyObject *code, long offset, PyObject *frame, void *token, unsigned long tid,
+         PyObject *retval, PyObject *exc)
 {
     PyObject *ctx = ctx_new_tok(code, offset, -1, frame, token); /* frame NULL: lazy */
     if (ctx != NULL) {
         CtxData *c = CTX(ctx);
+        c->thread_id = tid;
         c->retval = retval == Py_None ? NULL : Py_NewRef(retval);
         c->exception = exc == Py_None ? NULL : Py_NewRef(exc);
     }
@@ -2196,7 +2488,7 @@ exit_ctx(PyObject *code, long offset, PyObject *frame, void *token, PyObject *re
 /* pycore._kret_exit */
 static int
 kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, void *token,
-          PyObject *retval, PyObject *exc)
+          unsigned long tid, PyObject *retval, PyObject *exc)
 {
     PyObject *ctx = NULL;
     int rc = 0;
@@ -2214,7 +2506,7 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
         PyObject *h = probe_attr(e, H_HANDLER);
         if (h == NULL || h != Py_None) {
             if (ctx == NULL &&
-                (ctx = exit_ctx(code, offset, frame, token, retval, exc)) == NULL) {
+                (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
                 Py_XDECREF(h);
                 rc = -1;
             }
@@ -2520,7 +2812,7 @@ on_place(PyObject *code, PyObject *where, int is_line)
             return callback_failed();
         }
     }
-    long key = PyLong_AsLong(where);
+    long key = as_long(where);
     if (key == -1 && PyErr_Occurred()) {
         Py_DECREF(site);
         return callback_failed();
@@ -2590,14 +2882,21 @@ on_leave(PyObject *code, PyObject *offset, PyObject *retval, PyObject *exc)
         rc = end_posts(frame, exc == NULL);
     }
     if (rc == 0 && site->n_rets) {
-        long off = PyLong_AsLong(offset);
+        long off = as_long(offset);
         if (off == -1 && PyErr_Occurred()) {
             rc = -1;
         }
         else {
-            void *token = CURRENT_TOKEN();
+#if HAVE_FRAME_TOKEN
+            PyThreadState *ts = CURRENT_TSTATE();
+            void *token = TOKEN_OF(ts);
+            unsigned long tid = ts->thread_id;
+#else
+            void *token = NULL;
+            unsigned long tid = 0;
+#endif
             void *key = site->gen_code ? (void *)frame : token;
-            rc = kret_exit(site, code, off, key, site->gen_code ? frame : NULL, token,
+            rc = kret_exit(site, code, off, key, site->gen_code ? frame : NULL, token, tid,
                            retval ? retval : Py_None, exc ? exc : Py_None);
         }
     }
@@ -2688,15 +2987,15 @@ static PyObject *
 setup(PyObject *mod, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ProbeContext", "KretprobeInstance", "DISABLE", "fault",
-                             "call_args", "read_args", "line_of", "pending_insn", "pending_line",
+                             "line_of", "pending_insn", "pending_line",
                              "disabled_codes", "close_emits_nothing", NULL};
-    PyObject *ctx_base, *ri_base, *disable, *fault, *call_args, *read_args, *line_of;
+    PyObject *ctx_base, *ri_base, *disable, *fault, *line_of;
     PyObject *pins, *pline, *disabled;
     int close_emits_nothing;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOO!O!O!p:setup", kwlist, &ctx_base,
-                                     &ri_base, &disable, &fault, &call_args, &read_args,
-                                     &line_of, &PyDict_Type, &pins, &PyDict_Type, &pline,
-                                     &PySet_Type, &disabled, &close_emits_nothing)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!O!p:setup", kwlist, &ctx_base,
+                                     &ri_base, &disable, &fault, &line_of, &PyDict_Type, &pins,
+                                     &PyDict_Type, &pline, &PySet_Type, &disabled,
+                                     &close_emits_nothing)) {
         return NULL;
     }
     if (configured) {
@@ -2706,7 +3005,6 @@ setup(PyObject *mod, PyObject *args, PyObject *kwds)
     /* fill the offsets of our members (relative to our data) before making the types */
     ri_members[0].offset = offsetof(RiData, rp);
     ri_members[1].offset = offsetof(RiData, thread_id);
-    ri_members[2].offset = offsetof(RiData, entry_time_ns);
     CtxType = make_subtype("pyprobes._speedups.ProbeContext", ctx_base, sizeof(CtxData),
                            ctx_slots, ctx_members, &ctx_off, &ctx_base_nslots);
     if (CtxType == NULL) {
@@ -2720,8 +3018,6 @@ setup(PyObject *mod, PyObject *args, PyObject *kwds)
     }
     g_DISABLE = Py_NewRef(disable);
     g_fault = Py_NewRef(fault);
-    g_call_args = Py_NewRef(call_args);
-    g_read_args = Py_NewRef(read_args);
     g_line_of = Py_NewRef(line_of);
     g_pending_insn = Py_NewRef(pins);
     g_pending_line = Py_NewRef(pline);
@@ -2756,6 +3052,23 @@ counters_values(PyObject *mod, PyObject *c)
     return Py_BuildValue("(LLL)", k->v[0], k->v[1], k->v[2]);
 }
 
+static PyObject *
+set_entry_clock(PyObject *mod, PyObject *name)
+{
+    int want;
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "tsc") == 0) {
+        want = 1;
+    }
+    else if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "monotonic") == 0) {
+        want = 0;
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "entry clock must be 'tsc' or 'monotonic', not %R", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(tsc_enable(want) ? "tsc" : "monotonic");
+}
+
 static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "Hand over the Python helpers and base classes (once, from ccore)."},
@@ -2766,6 +3079,9 @@ static PyMethodDef module_methods[] = {
     {"forget", forget_site, METH_O, "forget(id(code)): drop the table of a collected code."},
     {"clear_sites", clear_sites, METH_NOARGS, "Drop every table (uninstall)."},
     {"nsites", nsites, METH_NOARGS, "How many code objects have a table."},
+    {"set_entry_clock", set_entry_clock, METH_O,
+     "set_entry_clock(name) -> name in use: 'tsc' (when this build and machine allow it) or"
+     " 'monotonic'."},
     {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},
     {"counters_values", counters_values, METH_O, "(nhit, nmissed, nfault) of a Counters."},
     {NULL},

@@ -34,14 +34,13 @@ class RetState:
 
 class Site: ...
 
+def set_entry_clock(name: str) -> str: ...
 def setup(
     *,
     ProbeContext: type[context.ProbeContext],
     KretprobeInstance: type[context.KretprobeInstance],
     DISABLE: object,
     fault: Callable[..., None],
-    call_args: Callable[..., object],
-    read_args: Callable[..., dict[str, object]],
     line_of: Callable[..., int | None],
     pending_insn: dict[int, Any],
     pending_line: dict[int, Any],

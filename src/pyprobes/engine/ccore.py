@@ -4,12 +4,13 @@ Like coverage.py's CTracer beside its PyTracer, this core does exactly what ``py
 (the readable reference, held equal by the same test suite, run once per core, and by a
 differential test), faster. What runs per event is C: the callbacks, the lookup from code
 object and offset or line to the probes there, the context object (its costly fields read
-lazily), the handler calls with fault containment, the counters and the return-probe pools.
+lazily; the arguments read and, for jprobes, rebuilt into a call), the handler calls with
+fault containment, the counters and the return-probe pools.
 What is cold stays here, in Python, and is pycore's own code wherever it can be: building a
 code object's ``Site`` (``pycore.build_site``), ``set_local_events``, PY_UNWIND and restarts,
-the fault report (``pycore._fault``), the jprobe argument mapping (``pycore.call_args``), the
-pending post handlers (pycore's two dicts, which the C callbacks fill and drain), and the gc
-and fork hooks (pycore's, over pycore's set of pools, which holds this core's pools too).
+the fault report (``pycore._fault``), the pending post handlers (pycore's two dicts, which
+the C callbacks fill and drain), and the gc and fork hooks (pycore's, over pycore's set of
+pools, which holds this core's pools too).
 
 Counters: a probe's ``nhit``, ``nmissed`` and ``nfault`` are kept in C (one increment per hit
 instead of an int allocation) and read through ``CounterField`` descriptors, which importing
@@ -45,13 +46,14 @@ Where the C core differs from pycore, on purpose (none of it changes what a hand
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import CodeType
 
 from pyprobes import _speedups
 from pyprobes.engine import pycore
-from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of, read_args
+from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.pycore import (
     Site,
@@ -101,14 +103,33 @@ _speedups.setup(
     KretprobeInstance=KretprobeInstance,
     DISABLE=_M.DISABLE,
     fault=pycore._fault,
-    call_args=call_args,
-    read_args=read_args,
     line_of=_line_of,
     pending_insn=pycore._pending_insn,
     pending_line=pycore._pending_line,
     disabled_codes=_disabled_codes,
     close_emits_nothing=pycore._CLOSE_EMITS_NOTHING,
 )
+
+
+def _tsc_is_the_clock() -> bool:
+    """Whether the kernel keeps CLOCK_MONOTONIC on an invariant TSC (see ENTRY CLOCK in C)."""
+    if os.environ.get("PYPROBES_ENTRY_CLOCK", "").strip().lower() == "monotonic":
+        return False
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            if f.read().strip() != "tsc":
+                return False
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return {"constant_tsc", "nonstop_tsc"} <= set(line.split())
+    except OSError:
+        pass
+    return False
+
+
+#: How kretprobe entries are stamped: "tsc" (read as CLOCK_MONOTONIC ns) or "monotonic".
+ENTRY_CLOCK = _speedups.set_entry_clock("tsc" if _tsc_is_the_clock() else "monotonic")
 
 for _i, _name in enumerate(("nhit", "nmissed", "nfault")):
     setattr(Probe, _name, _speedups.CounterField(_i))
