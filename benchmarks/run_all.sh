@@ -3,7 +3,8 @@
 # `scripts/dev pythons` finds (its interpreters directly, with PYTHONPATH=src: the benchmark
 # needs no dependency), once per dispatch core (python, then c: the C core must be built in
 # src/, e.g. by `pip install -e .`), and put the cores side by side. Extra arguments go to
-# bench_engine.py, e.g. --rounds 51.
+# bench_engine.py, e.g. --rounds 51. With valgrind installed, bench_instructions.py adds
+# instructions per call for each CPython (INSTRUCTIONS=0 skips it).
 #   benchmarks/run_all.sh [bench_engine.py options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,19 @@ while read -r ver py; do
     sections+=("$TMP/$ver-both.md")
   fi
   sections+=("${details[@]}")
+  # instruction counts (stable where timings are noisy); INSTRUCTIONS=0 skips them
+  if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
+    echo "== bench_instructions on CPython $ver (callgrind; a few minutes)" >&2
+    cores=(--core python)
+    PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null && cores+=(--core c)
+    if PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_instructions.py "${cores[@]}" \
+        --markdown "$TMP/$ver-instructions.md"; then
+      sections+=("$TMP/$ver-instructions.md")
+    else
+      echo "== bench_instructions FAILED on CPython $ver" >&2
+      status=1
+    fi
+  fi
 done <<<"$PYTHONS"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
@@ -74,7 +88,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "rows (x) are per-round ratios of added ns. Each CPython has a side-by-side table of"
   echo "the two dispatch cores (\`python\`: pycore, \`c\`: pyprobes._speedups, each measured"
   echo "in its own process against the same raw floors), with issue 6's goals for the C core,"
-  echo "then each core's full table."
+  echo "then each core's full table, then instructions per call counted by callgrind (stable"
+  echo "where timings are not; not time: cache misses and mispredictions do not show)."
   echo
   cat "${sections[@]}"
 } >"$OUT.tmp"

@@ -613,6 +613,43 @@ ctx_new(PyObject *code, long offset, long lineno, PyObject *frame)
 #endif
 }
 
+/* A function entry being dispatched: what every probe there needs, and the context, made
+ * only when a handler is to see it (a return probe without an entry handler needs none). */
+typedef struct {
+    PyObject *code;
+    void *token;
+    unsigned long tid;
+    PyObject *ctx; /* NULL until hit_ctx() */
+} Hit;
+
+HOT void
+hit_init(Hit *h, PyObject *code)
+{
+    h->code = code;
+    h->ctx = NULL;
+#if HAVE_FRAME_TOKEN
+    PyThreadState *ts = CURRENT_TSTATE();
+    h->token = TOKEN_OF(ts);
+    h->tid = ts->thread_id;
+#else
+    h->token = NULL;
+    h->tid = PyThread_get_thread_ident();
+#endif
+}
+
+/* The entry's context (borrowed; the Hit owns it), or NULL on a memory error. */
+HOT PyObject *
+hit_ctx(Hit *h)
+{
+    if (h->ctx == NULL) {
+        h->ctx = ctx_new_tok(h->code, 0, -1, NULL, h->token);
+        if (h->ctx != NULL) {
+            CTX(h->ctx)->thread_id = h->tid;
+        }
+    }
+    return h->ctx;
+}
+
 static void
 ctx_clear_fields(CtxData *c)
 {
@@ -1275,13 +1312,68 @@ typedef struct {
     Counters *counters;    /* strong: rp's */
     PyObject **free;       /* strong references to idle instances (a stack) */
     Py_ssize_t nfree, free_cap;
-    PtrMap active;         /* frame pointer -> instance (strong; the instance holds the frame) */
+    /* The activations, frame pointer -> instance (strong; the instance holds a frame object
+     * key). One is held in the solo slot, the usual case of calls that do not overlap (a
+     * pointer compare instead of a hash table insert and delete); the others in the map. A
+     * key is in one of the two at most. Only the act_* functions below touch them. */
+    void *solo_key; /* NULL: the slot is empty */
+    PyObject *solo;
+    PtrMap active;
     Py_ssize_t maxactive;
     long long last_reclaim;
     int dead;
 } RetState;
 
 static PyTypeObject RetStateType;
+
+static inline Py_ssize_t
+act_used(RetState *s)
+{
+    return (s->solo_key != NULL) + s->active.used;
+}
+
+/* The instance at key (borrowed) or NULL. */
+static inline PyObject *
+act_get(RetState *s, void *key)
+{
+    if (key != NULL && s->solo_key == key) {
+        return s->solo;
+    }
+    return map_get(&s->active, key);
+}
+
+/* Remove key; its instance (the table's reference, now the caller's) or NULL. */
+HOT PyObject *
+act_pop(RetState *s, void *key)
+{
+    if (key != NULL && s->solo_key == key) {
+        PyObject *v = s->solo;
+        s->solo_key = NULL;
+        s->solo = NULL;
+        return v;
+    }
+    return map_pop(&s->active, key);
+}
+
+/* File value (a new reference is taken) at key; *replaced receives the instance filed there
+ * before, for the caller to release once its own structures are consistent. */
+HOT int
+act_set(RetState *s, void *key, PyObject *value, PyObject **replaced)
+{
+    *replaced = NULL;
+    if (key != NULL && s->solo_key == key) {
+        *replaced = s->solo;
+        s->solo = Py_NewRef(value);
+        return 0;
+    }
+    if (key != NULL && s->solo_key == NULL &&
+        (s->active.used == 0 || map_get(&s->active, key) == NULL)) {
+        s->solo_key = key;
+        s->solo = Py_NewRef(value);
+        return 0;
+    }
+    return map_set(&s->active, key, value, replaced);
+}
 
 static int
 rs_push_free(RetState *s, PyObject *ri)
@@ -1359,16 +1451,21 @@ static Pair *
 rs_snapshot(RetState *s, Py_ssize_t *n)
 {
     *n = 0;
-    if (s->active.used == 0) {
+    if (act_used(s) == 0) {
         return NULL;
     }
-    Pair *pairs = PyMem_Malloc((size_t)s->active.used * sizeof(Pair));
+    Pair *pairs = PyMem_Malloc((size_t)act_used(s) * sizeof(Pair));
     if (pairs == NULL) {
         PyErr_NoMemory();
         *n = -1;
         return NULL;
     }
-    Py_ssize_t cap = s->active.mask + 1, k = 0;
+    Py_ssize_t cap = s->active.slots ? s->active.mask + 1 : 0, k = 0;
+    if (s->solo_key != NULL) {
+        pairs[k].key = s->solo_key;
+        pairs[k].ri = Py_NewRef(s->solo);
+        k++;
+    }
     for (Py_ssize_t j = 0; j < cap; j++) {
         Slot *sl = &s->active.slots[j];
         if (sl->key != NULL) {
@@ -1394,10 +1491,10 @@ pairs_free(Pair *pairs, Py_ssize_t n)
 static int
 rs_end(RetState *s, void *key, PyObject *ri)
 {
-    if (map_get(&s->active, key) != ri) {
+    if (act_get(s, key) != ri) {
         return 0;
     }
-    PyObject *got = map_pop(&s->active, key);
+    PyObject *got = act_pop(s, key);
     rs_recycle(s, got); /* the map's reference goes back to the pool */
     return 1;
 }
@@ -1511,6 +1608,10 @@ rs_reclaim(RetState *s)
 static void
 rs_flush(RetState *s)
 {
+    if (s->solo_key != NULL) {
+        PyObject *v = act_pop(s, s->solo_key);
+        rs_recycle(s, v);
+    }
     PyObject *all = map_take_all(&s->active);
     if (all == NULL) {
         PyErr_Clear();
@@ -1577,6 +1678,7 @@ rs_traverse(RetState *s, visitproc visit, void *arg)
     for (Py_ssize_t i = 0; i < s->nfree; i++) {
         Py_VISIT(s->free[i]);
     }
+    Py_VISIT(s->solo);
     Py_ssize_t cap = s->active.slots ? s->active.mask + 1 : 0;
     for (Py_ssize_t j = 0; j < cap; j++) {
         if (s->active.slots[j].key != NULL) {
@@ -1596,6 +1698,8 @@ rs_clear(RetState *s)
         PyObject *ri = s->free[--s->nfree];
         Py_DECREF(ri);
     }
+    s->solo_key = NULL;
+    Py_CLEAR(s->solo);
     map_free(&s->active);
     return 0;
 }
@@ -2353,15 +2457,27 @@ fail:
  * entry failed: pycore's "an entry that failed leaves no activation to pair"), 0 if it is to
  * be tracked, -1 for a KeyboardInterrupt (or a fault path that raised). */
 static int
-entry_veto(PEnt *e, PyObject *ri, PyObject *ctx)
+entry_veto(PEnt *e, PyObject *ri, Hit *hit)
 {
     PyObject *eh = probe_attr(e, H_ENTRY_HANDLER);
-    if (eh == NULL) {
-        return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
-    }
     if (eh == Py_None) {
         Py_DECREF(eh);
         return 0;
+    }
+    if (eh == NULL) {
+        PyObject *exc = PyErr_GetRaisedException(); /* (no allocation with an error set) */
+        PyObject *ctx = hit_ctx(hit);
+        if (ctx == NULL) {
+            Py_XDECREF(exc);
+            return -1;
+        }
+        PyErr_SetRaisedException(exc);
+        return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
+    }
+    PyObject *ctx = hit_ctx(hit);
+    if (ctx == NULL) {
+        Py_DECREF(eh);
+        return -1;
     }
     PyObject *veto = call2(eh, ri, ctx);
     Py_DECREF(eh);
@@ -2379,7 +2495,7 @@ entry_veto(PEnt *e, PyObject *ri, PyObject *ctx)
 
 /* pycore._kret_entry */
 static int
-kret_entry(PEnt *e, PyObject *ctx, int gen_code)
+kret_entry(PEnt *e, Hit *hit, int gen_code)
 {
     RetState *s = e->rs;
     if (s == NULL || s->dead) {
@@ -2387,10 +2503,10 @@ kret_entry(PEnt *e, PyObject *ctx, int gen_code)
     }
     Py_INCREF(s);
     int rc = 0;
-    if (!gen_code && s->active.used) {
+    if (!gen_code && act_used(s)) {
         /* An activation still filed under this interpreter frame is over (this one, starting
          * there, is not filed yet): its end went unseen. Back to the pool. */
-        PyObject *stale = map_pop(&s->active, CTX(ctx)->token);
+        PyObject *stale = act_pop(s, hit->token);
         if (stale != NULL) {
             rs_recycle(s, stale);
         }
@@ -2424,16 +2540,22 @@ kret_entry(PEnt *e, PyObject *ctx, int gen_code)
     PyObject *frame;
     void *key;
     if (gen_code) {
+        PyObject *ctx = hit_ctx(hit);
+        if (ctx == NULL) {
+            s->free[s->nfree++] = ri; /* (there is room: it came from there) */
+            rc = -1;
+            goto done;
+        }
         frame = Py_NewRef(ctx_frame(ctx));
         key = (void *)frame; /* (None's address in the impossible case of no frame) */
     }
     else {
         frame = Py_NewRef(Py_None);
-        key = CTX(ctx)->token;
+        key = hit->token;
     }
     RiData *r = RI(ri);
     Py_XSETREF(r->frame, frame == Py_None ? NULL : Py_NewRef(frame));
-    r->thread_id = CTX(ctx)->thread_id ? CTX(ctx)->thread_id : PyThread_get_thread_ident();
+    r->thread_id = hit->tid ? hit->tid : PyThread_get_thread_ident();
     if (tsc.on) {
         r->entry_ticks = read_tsc();
         r->entry_raw = 1;
@@ -2442,7 +2564,7 @@ kret_entry(PEnt *e, PyObject *ctx, int gen_code)
         r->entry_time_ns = now_ns();
         r->entry_raw = 0;
     }
-    int veto = entry_veto(e, ri, ctx);
+    int veto = entry_veto(e, ri, hit);
     if (veto != 0) {
         rs_recycle(s, ri);
         Py_DECREF(frame);
@@ -2451,7 +2573,7 @@ kret_entry(PEnt *e, PyObject *ctx, int gen_code)
     }
     e->ctr->v[0]++;
     PyObject *replaced = NULL;
-    if (map_set(&s->active, key, ri, &replaced) < 0) {
+    if (act_set(s, key, ri, &replaced) < 0) {
         PyErr_Clear();
         rs_recycle(s, ri);
         Py_DECREF(frame);
@@ -2498,7 +2620,7 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
         if (s == NULL || s->dead) {
             continue;
         }
-        PyObject *ri = map_pop(&s->active, key); /* the map's reference is now ours */
+        PyObject *ri = act_pop(s, key); /* the table's reference is now ours */
         if (ri == NULL) {
             continue;
         }
@@ -2724,14 +2846,15 @@ on_start(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
     }
     Py_INCREF(site);
     int rc = 0;
-    PyObject *posts = NULL;
-    PyObject *ctx = ctx_new(args[0], 0, -1, NULL);
-    if (ctx == NULL) {
-        Py_DECREF(site);
-        return callback_failed();
-    }
+    PyObject *posts = NULL, *ctx = NULL;
+    Hit hit;
+    hit_init(&hit, args[0]);
     for (Py_ssize_t i = 0; i < site->n_entry && rc == 0; i++) {
         PEnt *e = &site->entry[i];
+        if (e->kind != KIND_R && (ctx = hit_ctx(&hit)) == NULL) {
+            rc = -1;
+            break;
+        }
         switch (e->kind) {
         case KIND_K:
             rc = kprobe_pre(e, ctx);
@@ -2751,7 +2874,7 @@ on_start(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
             }
             break;
         case KIND_R:
-            rc = kret_entry(e, ctx, site->gen_code);
+            rc = kret_entry(e, &hit, site->gen_code);
             break;
         default:
             rc = jprobe(e, ctx);
@@ -2761,9 +2884,11 @@ on_start(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
     if (rc == 0 && posts != NULL) {
         rc = defer_posts(posts, ctx, g_pending_insn);
     }
-    ctx_seal(ctx);
     Py_XDECREF(posts);
-    ctx_release(ctx);
+    if (hit.ctx != NULL) {
+        ctx_seal(hit.ctx);
+        ctx_release(hit.ctx);
+    }
     Py_DECREF(site);
     if (rc < 0) {
         return callback_failed();

@@ -385,3 +385,48 @@ def test_a_probe_hit_inside_a_handler_does_not_fire() -> None:
         helper()
     assert p_outer.nhit == 1
     assert inner_hits == [1]  # only the direct call, not the one from inside the handler
+
+
+def five(x: int) -> int:
+    return x + 5
+
+
+def _mirror(x: int) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("make", "attr"),
+    [
+        (lambda: Kprobe(addr=five, pre_handler=lambda p, ctx: None), "pre_handler"),
+        (lambda: Kprobe(addr=five, post_handler=lambda p, ctx, f: None), "post_handler"),
+        (lambda: pyprobes.Jprobe(entry=_mirror, addr=five), "entry"),
+        (lambda: pyprobes.Kretprobe(addr=five, handler=lambda ri, ctx: None), "handler"),
+        (
+            lambda: pyprobes.Kretprobe(addr=five, entry_handler=lambda ri, ctx: None),
+            "entry_handler",
+        ),
+    ],
+    ids=["kprobe-pre", "kprobe-post", "jprobe-entry", "kretprobe-handler", "kretprobe-entry"],
+)
+def test_a_handler_deleted_from_the_probe_is_a_fault(make: Any, attr: str) -> None:
+    """Deleting a handler attribute from a registered probe cannot raise into the program:
+    each read that fails is a fault (counted, given to the fault handler)."""
+    p = make()
+    faults: list[type[BaseException]] = []
+    p.fault_handler = lambda probe, ctx, exc: faults.append(type(exc)) or True
+    with registered(p):
+        delattr(p, attr)
+        assert five(1) == 6
+        assert five(2) == 7
+    assert p.nfault == 2
+    assert faults == [AttributeError, AttributeError]
+
+
+def test_a_fault_handler_deleted_from_the_probe_means_none(caplog: Any) -> None:
+    p = Kprobe(addr=five, pre_handler=lambda p, ctx: 1 / 0, fault_handler=lambda *a: True)
+    with registered(p), caplog.at_level(logging.WARNING, logger="pyprobes"):
+        del p.fault_handler
+        assert five(1) == 6
+    assert p.nfault == 1
+    assert "ZeroDivisionError" in caplog.text  # reported as if there were no fault handler

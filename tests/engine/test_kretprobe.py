@@ -790,3 +790,34 @@ def test_no_instance_leaks_after_returns_raises_and_thread_exits() -> None:
         assert ends.count("raise") == 10 * 2 + 10 * 3
         run_concurrently(3)
         assert (rp.nhit, rp.nmissed, rp.nactive) == (23, 0, 0)
+
+
+@pytest.mark.parametrize("where", ["entry", "return"])
+def test_keyboard_interrupt_from_a_fault_handler_keeps_the_pool_whole(where: str) -> None:
+    """A fault handler raising KeyboardInterrupt (the user's Ctrl-C) reaches the program, and
+    the activation's instance still goes back to the pool: a one-instance pool serves on."""
+    calls: list[str] = []
+
+    def failing(ri: Any, ctx: Any) -> None:
+        calls.append(where)
+        if len(calls) == 1:
+            raise ValueError("handler bug")
+
+    def fh(p: Any, ctx: Any, exc: BaseException) -> bool:
+        raise KeyboardInterrupt
+
+    def target(x: int) -> int:
+        return x * 2
+
+    handlers = {"entry_handler" if where == "entry" else "handler": failing}
+    rp = Kretprobe(addr=target, maxactive=1, fault_handler=fh, **handlers)  # type: ignore[arg-type]
+    pyprobes.register_kretprobe(rp)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            target(1)
+        assert target(2) == 4  # the pool's one instance is back: no miss
+        assert rp.nmissed == 0
+        assert calls == [where, where]
+        assert rp.nactive == 0
+    finally:
+        pyprobes.unregister_kretprobe(rp)

@@ -13,8 +13,15 @@ def test_table_is_aligned_and_ends_with_lost_total() -> None:
         "EVENT       HITS  MISSES  LOST\n"
         "slow_loads    12       0     0\n"
         "r_loads_0   1234       1     3\n"
+        "misses on r_loads_0: more calls were in flight at once than the return probe's"
+        " instances (maxactive); give it more with rN, e.g. 'r100:EVENT TARGET'\n"
         "3 events lost\n"
     )
+
+
+def test_no_miss_no_hint() -> None:
+    text = format_summary([SummaryRow("slow_loads", 12, 0, 0)], 0)
+    assert "maxactive" not in text
 
 
 def test_plain_tuples_are_accepted_and_one_event_is_singular() -> None:

@@ -77,7 +77,6 @@ from pyprobes.attach.protocol import (
     request_id_of,
 )
 from pyprobes.engine import ProbeError, SymbolNotFoundError
-from pyprobes.engine import registry as _registry
 
 if TYPE_CHECKING:
     from pyprobes.engine import Probe
@@ -761,7 +760,12 @@ def _unregister_in_child(session: TraceSession) -> None:
     probes: list[Probe] = session.probes()
     for p in probes:
         with contextlib.suppress(Exception):
-            _registry._unregister(p)
+            if isinstance(p, pyprobes.Kretprobe):
+                pyprobes.unregister_kretprobe(p)
+            elif isinstance(p, pyprobes.Jprobe):
+                pyprobes.unregister_jprobe(p)
+            elif isinstance(p, pyprobes.Kprobe):
+                pyprobes.unregister_kprobe(p)
 
 
 # --- the agent ---------------------------------------------------------------------------------
@@ -919,7 +923,7 @@ class Agent:
     def listing(self, asking: _Client | None = None) -> dict[str, Any]:
         """The process's probe listing, each probe with the client that owns it (if any);
         ``clients`` counts the clients other than ``asking``."""
-        from pyprobes.engine.listing import _record
+        from pyprobes.engine.listing import probe_record
 
         owners: dict[int, dict[str, object]] = {}
         for c in self.clients():
@@ -934,7 +938,7 @@ class Agent:
                     }
         records = []
         for p in pyprobes.registered_probes():
-            r = _record(p)
+            r = probe_record(p)
             records.append(
                 {
                     "address": r.address,

@@ -35,11 +35,8 @@ Where the C core differs from pycore, on purpose (none of it changes what a hand
   see, which pycore's reclaim later frees).
 - A kept context's ``frame`` is resolved at the end of the hit (the return context: as pycore's,
   which always holds its frame) or is None (the others: as pycore's sealed context).
-- Exceptions pycore lets escape into the program are faults here: ``bool()`` of an entry
-  handler's result raising, a handler attribute deleted from the probe. An internal error of
-  the core (out of memory) is reported as unraisable, never raised into the program.
-- A KeyboardInterrupt from a fault handler during a return probe's entry puts the instance
-  back in the pool (pycore loses it).
+- An internal error of the core (out of memory) is reported as unraisable, never raised into
+  the program.
 - A kretprobe's pool is the one the site was built with (pycore reads ``rp._rstate`` at each
   hit); a dropped pool is marked dead, which the callbacks read as pycore reads None.
 """

@@ -33,7 +33,8 @@ class ProbeRecord:
         return f"{self.symbol}+{self.offset or 0}"
 
 
-def _record(p: Probe) -> ProbeRecord:
+def probe_record(p: Probe) -> ProbeRecord:
+    """One probe's listing record (for front ends that list a subset, or annotate it)."""
     flags: list[str] = []
     if p.disabled:
         flags.append("DISABLED")
@@ -68,7 +69,7 @@ def _record(p: Probe) -> ProbeRecord:
 
 def list_probes() -> list[ProbeRecord]:
     """Every registered probe as a record, in registration order."""
-    return [_record(p) for p in registry.registered_probes()]
+    return [probe_record(p) for p in registry.registered_probes()]
 
 
 def format_probe_list(header: bool = False) -> str:

@@ -185,7 +185,7 @@ _fork_running: set[int] | None = None
 def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
     """A handler raised: give it to the fault handler, else report once; never re-raise."""
     probe.nfault += 1
-    fh = probe.fault_handler
+    fh = getattr(probe, "fault_handler", None)  # (deleted from the probe: as None)
     if fh is not None:
         try:
             if fh(probe, ctx, exc):
@@ -194,7 +194,7 @@ def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
             raise
         except BaseException as exc2:
             exc = exc2
-    if not probe._fault_reported:
+    if not getattr(probe, "_fault_reported", False):
         probe._fault_reported = True
         try:
             _log.warning(
@@ -208,16 +208,29 @@ def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
             pass
 
 
+# A handler attribute is read inside the guard: one deleted from the probe is a fault.
+
+
 def _kprobe_pre(probe: Kprobe, ctx: ProbeContext) -> None:
     probe.nhit += 1
-    h = probe.pre_handler
-    if h is not None:
-        try:
+    try:
+        h = probe.pre_handler
+        if h is not None:
             h(probe, ctx)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            _fault(probe, ctx, exc)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _fault(probe, ctx, exc)
+
+
+def _has_post(probe: Kprobe, ctx: ProbeContext) -> bool:
+    try:
+        return probe.post_handler is not None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _fault(probe, ctx, exc)
+        return False
 
 
 def _jprobe(probe: Jprobe, ctx: ProbeContext) -> None:
@@ -269,19 +282,22 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
     ri.frame = frame
     ri.thread_id = threading.get_ident()
     ri.entry_time_ns = time.perf_counter_ns()
-    eh = rp.entry_handler
-    if eh is not None:
+    try:
+        eh = rp.entry_handler
+        veto = eh is not None and bool(eh(ri, ctx))  # a bool() that raises is a fault too
+    except KeyboardInterrupt:
+        state.recycle(ri)
+        raise
+    except BaseException as exc:
+        veto = True  # an entry that failed leaves no activation to pair
         try:
-            veto = bool(eh(ri, ctx))  # a result whose bool() raises is a fault too
-        except KeyboardInterrupt:
+            _fault(rp, ctx, exc)
+        except KeyboardInterrupt:  # (from the fault handler)
             state.recycle(ri)
             raise
-        except BaseException as exc:
-            _fault(rp, ctx, exc)
-            veto = True  # an entry that failed leaves no activation to pair
-        if veto:
-            state.recycle(ri)
-            return
+    if veto:
+        state.recycle(ri)
+        return
     rp.nhit += 1
     state.active[id(frame)] = ri
 
@@ -298,20 +314,30 @@ def _kret_exit(
         ri = state.active.pop(fid, None)
         if ri is None:
             continue
-        h = rp.handler
-        if h is not None:
-            if ctx is None:
-                ctx = ProbeContext(code, offset, frame=frame)
-                ctx.retval = retval
-                ctx.exception = exc
+        try:
             try:
-                h(ri, ctx)
+                h = rp.handler
+                if h is not None:
+                    if ctx is None:
+                        ctx = _exit_ctx(code, offset, frame, retval, exc)
+                    h(ri, ctx)
             except KeyboardInterrupt:
-                state.recycle(ri)
                 raise
             except BaseException as e:
+                if ctx is None:
+                    ctx = _exit_ctx(code, offset, frame, retval, exc)
                 _fault(rp, ctx, e)
-        state.recycle(ri)
+        finally:  # (KeyboardInterrupt from a handler or a fault handler included)
+            state.recycle(ri)
+
+
+def _exit_ctx(
+    code: CodeType, offset: int, frame: FrameType, retval: object, exc: Any
+) -> ProbeContext:
+    ctx = ProbeContext(code, offset, frame=frame)
+    ctx.retval = retval
+    ctx.exception = exc
+    return ctx
 
 
 def _run_kprobes(
@@ -322,7 +348,7 @@ def _run_kprobes(
     posts: list[Kprobe] | None = None
     for p in probes:
         _kprobe_pre(p, ctx)
-        if p.post_handler is not None:
+        if _has_post(p, ctx):
             if posts is None:
                 posts = []
             posts.append(p)
@@ -343,11 +369,10 @@ def _defer_posts(
 def _fire_posts(entry: tuple[FrameType, list[Kprobe], ProbeContext]) -> None:
     _, posts, ctx = entry
     for p in posts:
-        h = p.post_handler
-        if h is None:
-            continue
         try:
-            h(p, ctx, 0)
+            h = p.post_handler
+            if h is not None:
+                h(p, ctx, 0)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -367,7 +392,7 @@ def _on_start(code: CodeType, offset: int) -> Any:
         kind = probe.kind
         if kind == "k":
             _kprobe_pre(probe, ctx)  # type: ignore[arg-type]
-            if probe.post_handler is not None:  # type: ignore[attr-defined]
+            if _has_post(probe, ctx):  # type: ignore[arg-type]
                 if posts is None:
                     posts = []
                 posts.append(probe)  # type: ignore[arg-type]
@@ -509,7 +534,7 @@ def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
     returns: list[Kretprobe] = []
     post_insn = post_line = False
     for probe, loc in items:
-        has_post = isinstance(probe, Kprobe) and probe.post_handler is not None
+        has_post = isinstance(probe, Kprobe) and getattr(probe, "post_handler", None) is not None
         if loc.where == ENTRY:
             entry.append(probe)
             post_insn |= has_post

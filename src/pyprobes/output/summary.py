@@ -19,8 +19,10 @@ _HEADERS = ("EVENT", "HITS", "MISSES", "LOST")
 
 
 def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_total: int) -> str:
-    """An aligned table of ``rows`` ending with ``N events lost``; newline-terminated."""
-    table = [_HEADERS] + [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+    """An aligned table of ``rows``, a hint if return probes missed calls, then ``N events
+    lost``; newline-terminated."""
+    rows_list = list(rows)
+    table = [_HEADERS] + [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows_list]
     lines: list[str] = []
     if len(table) > 1:
         widths = [max(len(row[i]) for row in table) for i in range(len(_HEADERS))]
@@ -28,5 +30,12 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
+    missed = [str(r[0]) for r in rows_list if int(r[2]) > 0]
+    if missed:
+        # MISSES are return-probe calls not traced: every instance of the pool was in use
+        lines.append(
+            f"misses on {', '.join(missed)}: more calls were in flight at once than the return"
+            " probe's instances (maxactive); give it more with rN, e.g. 'r100:EVENT TARGET'"
+        )
     lines.append(f"{lost_total} event{'' if lost_total == 1 else 's'} lost")
     return "\n".join(lines) + "\n"
