@@ -419,6 +419,9 @@ def measure(cs: Sequence[Contender], rounds: int, seed: int, warm_iters: int, ch
 
 # --- statistics and report --------------------------------------------------------------------
 
+#: The contenders measured per call of f (beside the baseline), in table order.
+CALL_MEASURES = ("floor-k", "kprobe", "jprobe", "floor-r", "kretprobe", "floor-r1", "kretprobe-h")
+
 
 @dataclass
 class Stat:
@@ -457,16 +460,7 @@ def summarise(cs: Sequence[Contender], depth: int) -> list[Row]:
     def ratio(a: list[float], b: list[float]) -> list[float]:
         return [x / y if y > 0 else float("nan") for x, y in zip(a, b, strict=True)]
 
-    names = (
-        "floor-k",
-        "kprobe",
-        "jprobe",
-        "floor-r",
-        "kretprobe",
-        "floor-r1",
-        "kretprobe-h",
-        "unprobed",
-    )
+    names = (*CALL_MEASURES, "unprobed")
     add = {n: added(n) for n in names}
 
     def per_frame(name: str) -> list[float]:

@@ -22,16 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = (
-    "baseline",
-    "floor-k",
-    "kprobe",
-    "jprobe",
-    "floor-r",
-    "kretprobe",
-    "floor-r1",
-    "kretprobe-h",
-)
+sys.path.insert(0, str(HERE))
+from bench_engine import CALL_MEASURES  # (imports pyprobes; each child sets its own core)
+
+NAMES = ("baseline", *CALL_MEASURES)
 RATIOS = (
     ("kprobe", "floor-k"),
     ("kretprobe", "floor-r"),
@@ -43,8 +37,7 @@ RATIOS = (
 
 def child(name: str, calls: int) -> None:
     """Attach one contender, make ``calls`` calls of its function, detach."""
-    sys.path.insert(0, str(HERE))
-    import bench_engine  # (imports pyprobes, with the core the parent set in the environment)
+    import bench_engine  # (pyprobes, with the core the parent set in the environment)
 
     (c,) = [c for c in bench_engine.build_contenders(depth=5) if c.name == name]
     c.attach()
@@ -125,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench_instructions: valgrind is not installed (apt install valgrind)", file=sys.stderr
         )
         return 2
-    if args.calls < 1000 or args.calls % 10:
-        ap.error("--calls must be a multiple of 10, at least 1000")
+    if args.calls < 10000 or args.calls % 10:
+        ap.error("--calls must be a multiple of 10, at least 10000 (fewer: warm-up shows)")
     results = {core: measure(core, args.calls) for core in args.core or ["python", "c"]}
     text = markdown(results, args.calls)
     if args.markdown:

@@ -59,7 +59,6 @@ from pyprobes.engine.pycore import (
     live_states,
     nactive,
     track_ret_state,
-    wants_restart,
 )
 from pyprobes.engine.pycore import (
     drop_ret_state as _py_drop_ret_state,
@@ -86,14 +85,17 @@ NAME = "c"
 _M = sys.monitoring
 _E = _M.events
 
-# --- state (the cold twin of pycore's; the hot tables live in C) ---------------------------
+# --- state: pycore's cold tables (its Sites decide events and restarts); the hot ones are C ---
 
-_tool = -1
-_sites: dict[int, Site] = {}  # pycore Sites, for the cold decisions (events, restarts)
-_exit_codes: set[int] = set()
-_disabled_codes: set[int] = set()  # filled by the C callbacks when they return DISABLE
-_restart_needed = False
-_global_events = 0
+_CALLBACKS: dict[int, Callable[..., object]] = {
+    _E.PY_START: _speedups.on_start,
+    _E.INSTRUCTION: _speedups.on_instruction,
+    _E.LINE: _speedups.on_line,
+    _E.PY_RETURN: _speedups.on_return,
+    _E.PY_YIELD: _speedups.on_yield,
+    _E.PY_UNWIND: _speedups.on_unwind,
+}
+_tables = pycore.CoreTables(_CALLBACKS)
 
 _speedups.setup(
     ProbeContext=ProbeContext,
@@ -103,7 +105,7 @@ _speedups.setup(
     line_of=_line_of,
     pending_insn=pycore._pending_insn,
     pending_line=pycore._pending_line,
-    disabled_codes=_disabled_codes,
+    disabled_codes=_tables.disabled_codes,
     close_emits_nothing=pycore._CLOSE_EMITS_NOTHING,
 )
 
@@ -140,44 +142,19 @@ for _cls, _names in (
     for _name in _names:
         setattr(_cls, _name, _speedups.HandlerField(_name))
 
-_CALLBACKS: dict[int, Callable[..., object]] = {
-    _E.PY_START: _speedups.on_start,
-    _E.INSTRUCTION: _speedups.on_instruction,
-    _E.LINE: _speedups.on_line,
-    _E.PY_RETURN: _speedups.on_return,
-    _E.PY_YIELD: _speedups.on_yield,
-    _E.PY_UNWIND: _speedups.on_unwind,
-}
-
 
 # --- the interface the registry uses -----------------------------------------------------
 
 
-def install(tool_id: int) -> None:
-    """Register the callbacks on a tool id the registry holds."""
-    global _tool, _global_events
-    _tool = tool_id
-    _global_events = 0
-    for event, cb in _CALLBACKS.items():
-        _M.register_callback(tool_id, event, cb)
+install = _tables.install
 
 
 def uninstall() -> None:
     """Remove callbacks and global events; every site must have been unpublished before."""
-    global _tool, _global_events
-    if _tool < 0:
-        return
-    _M.set_events(_tool, 0)
-    for event in _CALLBACKS:
-        _M.register_callback(_tool, event, None)
-    _sites.clear()
-    _speedups.clear_sites()
-    _exit_codes.clear()
-    _disabled_codes.clear()
-    pycore._pending_insn.clear()
-    pycore._pending_line.clear()
-    _tool = -1
-    _global_events = 0
+    if _tables.uninstall():
+        _speedups.clear_sites()
+        pycore._pending_insn.clear()
+        pycore._pending_line.clear()
 
 
 def _c_site(site: Site) -> _speedups.Site:
@@ -194,60 +171,39 @@ def _c_site(site: Site) -> _speedups.Site:
 
 def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
     """Arm exactly ``items`` (enabled probes, in registration order) on ``code``."""
-    global _restart_needed
     cid = id(code)
-    old = _sites.get(cid)
+    old = _tables.sites.get(cid)
     if not items:
         if old is None:
             return
-        _M.set_local_events(_tool, code, 0)
-        _sites.pop(cid, None)
+        _M.set_local_events(_tables.tool, code, 0)
+        _tables.file(cid, None)
         _speedups.set_site(code, None)
-        _exit_codes.discard(cid)
         pycore._drop_posts_of(code)
         return
     site = build_site(items)
-    if cid in _disabled_codes and wants_restart(old, site):
-        _restart_needed = True  # a location we returned DISABLE for is wanted again
     events = site.events
     before = old.events if old is not None else 0
     if events & ~before:
         # New events first, then the table that uses them: a thread entering the function in
         # between must not start an activation whose PY_RETURN is not reported yet (pycore
         # has that window; its reclaim of unreferenced frames hides it).
-        _M.set_local_events(_tool, code, before | events)
-    _sites[cid] = site
+        _M.set_local_events(_tables.tool, code, before | events)
+    _tables.file(cid, site)
     _speedups.set_site(code, _c_site(site))
-    if site.watches_exit:
-        _exit_codes.add(cid)
-    else:
-        _exit_codes.discard(cid)
+    if not site.watches_exit:
         pycore._drop_posts_of(code)
     if not events & ~before or before & ~events:
-        _M.set_local_events(_tool, code, events)
+        _M.set_local_events(_tables.tool, code, events)
 
 
 def forget(cid: int) -> None:
     """Drop what is kept for a code object that was collected."""
-    _sites.pop(cid, None)
+    _tables.forget(cid)
     _speedups.forget(cid)
-    _exit_codes.discard(cid)
-    _disabled_codes.discard(cid)
 
 
-def commit() -> None:
-    """Apply what a batch of ``publish`` calls needs globally (PY_UNWIND, restarts)."""
-    global _restart_needed, _global_events
-    if _tool < 0:
-        return
-    want = _E.PY_UNWIND if _exit_codes else 0
-    if want != _global_events:
-        _M.set_events(_tool, want)
-        _global_events = want
-    if _restart_needed:
-        _restart_needed = False
-        _disabled_codes.clear()
-        _M.restart_events()
+commit = _tables.commit
 
 
 def new_ret_state(rp: Kretprobe, maxactive: int) -> _speedups.RetState:
@@ -267,7 +223,7 @@ def drop_ret_state(state: _speedups.RetState | None) -> None:
 
 def current_tool() -> int:
     """The tool id whose callbacks are installed, or -1."""
-    return _tool
+    return _tables.tool
 
 
 def counters(p: Probe) -> tuple[int, int, int]:

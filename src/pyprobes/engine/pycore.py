@@ -167,12 +167,78 @@ def _abandoned(frame: FrameType) -> bool:
 
 # --- state --------------------------------------------------------------------------------
 
-_tool = -1
-_sites: dict[int, Site] = {}
-_exit_codes: set[int] = set()
-_disabled_codes: set[int] = set()
-_restart_needed = False
-_global_events = 0
+
+class CoreTables:
+    """A core's cold state, the same for both cores (ccore keeps one too, beside its C tables):
+    the tool id its callbacks are on, a ``Site`` per probed code object (by id: hashing a code
+    object re-hashes its bytecode), the code objects that need PY_UNWIND, those a callback
+    answered DISABLE for, and what the next ``commit()`` must do for all of them."""
+
+    def __init__(self, callbacks: dict[int, Callable[..., object]]) -> None:
+        self.callbacks = callbacks
+        self.tool = -1
+        self.sites: dict[int, Site] = {}
+        self.exit_codes: set[int] = set()
+        self.disabled_codes: set[int] = set()  # filled by the callbacks when they DISABLE
+        self.restart_needed = False
+        self.global_events = 0
+
+    def install(self, tool_id: int) -> None:
+        """Register the callbacks on a tool id the registry holds."""
+        self.tool = tool_id
+        self.global_events = 0
+        for event, cb in self.callbacks.items():
+            _M.register_callback(tool_id, event, cb)
+
+    def uninstall(self) -> bool:
+        """Remove callbacks and global events and empty the tables (False: not installed)."""
+        if self.tool < 0:
+            return False
+        _M.set_events(self.tool, 0)
+        for event in self.callbacks:
+            _M.register_callback(self.tool, event, None)
+        self.sites.clear()
+        self.exit_codes.clear()
+        self.disabled_codes.clear()
+        self.tool = -1
+        self.global_events = 0
+        return True
+
+    def file(self, cid: int, site: Site | None) -> None:
+        """Keep ``site`` as the table of code ``cid`` (None: drop it); a location answered
+        with DISABLE that the new table wants makes the next commit restart events."""
+        if site is None:
+            self.sites.pop(cid, None)
+            self.exit_codes.discard(cid)
+            return
+        if cid in self.disabled_codes and wants_restart(self.sites.get(cid), site):
+            self.restart_needed = True
+        self.sites[cid] = site
+        if site.watches_exit:
+            self.exit_codes.add(cid)
+        else:
+            self.exit_codes.discard(cid)
+
+    def forget(self, cid: int) -> None:
+        """Drop what is kept for a code object that was collected."""
+        self.sites.pop(cid, None)
+        self.exit_codes.discard(cid)
+        self.disabled_codes.discard(cid)
+
+    def commit(self) -> None:
+        """Apply what a batch of ``file`` calls needs globally (PY_UNWIND, restarts)."""
+        if self.tool < 0:
+            return
+        want = _E.PY_UNWIND if self.exit_codes else 0
+        if want != self.global_events:
+            _M.set_events(self.tool, want)
+            self.global_events = want
+        if self.restart_needed:
+            self.restart_needed = False
+            self.disabled_codes.clear()
+            _M.restart_events()
+
+
 _pending_insn: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
 _pending_line: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
 _ret_states: set[RetStateLike] = set()  # shared with the C core (ccore): the hooks below
@@ -496,34 +562,24 @@ _CALLBACKS: dict[int, Callable[..., object]] = {
 }
 CALLBACK_CODE_IDS.update(id(f.__code__) for f in _CALLBACKS.values())
 
+_tables = CoreTables(_CALLBACKS)
+# The callbacks read these as module globals (the cheapest lookup); never rebound.
+_sites = _tables.sites
+_exit_codes = _tables.exit_codes
+_disabled_codes = _tables.disabled_codes
+
 
 # --- the interface the registry uses -----------------------------------------------------
 
 
-def install(tool_id: int) -> None:
-    """Register the callbacks on a tool id the registry holds."""
-    global _tool, _global_events
-    _tool = tool_id
-    _global_events = 0
-    for event, cb in _CALLBACKS.items():
-        _M.register_callback(tool_id, event, cb)
+install = _tables.install
 
 
 def uninstall() -> None:
     """Remove callbacks and global events; every site must have been unpublished before."""
-    global _tool, _global_events
-    if _tool < 0:
-        return
-    _M.set_events(_tool, 0)
-    for event in _CALLBACKS:
-        _M.register_callback(_tool, event, None)
-    _sites.clear()
-    _exit_codes.clear()
-    _disabled_codes.clear()
-    _pending_insn.clear()
-    _pending_line.clear()
-    _tool = -1
-    _global_events = 0
+    if _tables.uninstall():
+        _pending_insn.clear()
+        _pending_line.clear()
 
 
 def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
@@ -559,27 +615,19 @@ def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
 
 def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
     """Arm exactly ``items`` (enabled probes, in registration order) on ``code``."""
-    global _restart_needed
     cid = id(code)
-    old = _sites.get(cid)
     if not items:
-        if old is None:
+        if cid not in _sites:
             return
-        _M.set_local_events(_tool, code, 0)
-        _sites.pop(cid, None)
-        _exit_codes.discard(cid)
+        _M.set_local_events(_tables.tool, code, 0)
+        _tables.file(cid, None)
         _drop_posts_of(code)
         return
     site = build_site(items)
-    if cid in _disabled_codes and wants_restart(old, site):
-        _restart_needed = True  # a location we returned DISABLE for is wanted again
-    _sites[cid] = site
-    if site.watches_exit:
-        _exit_codes.add(cid)
-    else:
-        _exit_codes.discard(cid)
+    _tables.file(cid, site)
+    if not site.watches_exit:
         _drop_posts_of(code)
-    _M.set_local_events(_tool, code, site.events)
+    _M.set_local_events(_tables.tool, code, site.events)
 
 
 def wants_restart(old: Site | None, site: Site) -> bool:
@@ -593,11 +641,7 @@ def wants_restart(old: Site | None, site: Site) -> bool:
     )
 
 
-def forget(cid: int) -> None:
-    """Drop what is kept for a code object that was collected."""
-    _sites.pop(cid, None)
-    _exit_codes.discard(cid)
-    _disabled_codes.discard(cid)
+forget = _tables.forget
 
 
 def _drop_posts_of(code: CodeType) -> None:
@@ -607,19 +651,7 @@ def _drop_posts_of(code: CodeType) -> None:
                 pending.pop(fid, None)
 
 
-def commit() -> None:
-    """Apply what a batch of ``publish`` calls needs globally (PY_UNWIND, restarts)."""
-    global _restart_needed, _global_events
-    if _tool < 0:
-        return
-    want = _E.PY_UNWIND if _exit_codes else 0
-    if want != _global_events:
-        _M.set_events(_tool, want)
-        _global_events = want
-    if _restart_needed:
-        _restart_needed = False
-        _disabled_codes.clear()
-        _M.restart_events()
+commit = _tables.commit
 
 
 def new_ret_state(rp: Kretprobe, maxactive: int) -> RetState:
@@ -726,4 +758,4 @@ def live_states() -> Iterable[RetStateLike]:
 
 def current_tool() -> int:
     """The tool id whose callbacks are installed, or -1."""
-    return _tool
+    return _tables.tool
