@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import shutil
 import site
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from attach_helpers import LOOP, SRC, TIMEOUT, Child
 
+from project_copy import copy_project
 from pyprobes.attach.autostart import ENV_VAR, PTH_LINE, PTH_NAME
 
 ROOT = Path(SRC).parent
@@ -131,25 +131,12 @@ def test_the_installed_package_has_the_hook(env: dict[str, str], cli: Cli) -> No
         child.kill()
 
 
-def _copy_project(dest: Path) -> None:
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(
-        ROOT / "src",
-        dest / "src",
-        ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"),
-    )
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build"
-)
 def test_wheels_put_the_hook_in_site_packages(tmp_path: Path) -> None:
     """Both a wheel (pip install .) and an editable wheel (pip install -e .) carry it at the
     root, which is site-packages once installed, and list it in RECORD."""
     project = tmp_path / "project"
     project.mkdir()
-    _copy_project(project)
+    copy_project(project)
     out = tmp_path / "dist"
     built = []
     for hook in ("build_wheel", "build_editable"):
