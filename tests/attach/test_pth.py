@@ -12,12 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attach_helpers import LOOP, SRC, TIMEOUT, Child
+from attach_helpers import LOOP, TIMEOUT, Child
 
 from project_copy import copy_project
 from pyprobes.attach.autostart import ENV_VAR, PTH_LINE, PTH_NAME
 
-ROOT = Path(SRC).parent
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 # A stand-in for interpreter start-up: site processes our .pth from a site dir, then the
