@@ -45,8 +45,6 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:
-            if os.environ.get("PYPROBES_REQUIRE_C") == "1":
-                raise
             if not self._failed:  # (an in-place build also fails to copy what was not built)
                 self._give_up(exc)
 
@@ -58,9 +56,9 @@ class OptionalBuildExt(build_ext):
             self._give_up(exc)
 
     def _give_up(self, exc: BaseException) -> None:
-        self._failed = True
         if os.environ.get("PYPROBES_REQUIRE_C") == "1":
-            raise exc
+            raise exc  # (not marked as given up: run() passes it on)
+        self._failed = True
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         print(
             f"pyprobes: the C core could not be built ({reason}); using the pure-Python core",
