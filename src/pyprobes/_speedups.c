@@ -38,10 +38,10 @@
  * we walk the frame objects from the current one (the handler's) back to the one whose
  * interpreter frame is that token. The current interpreter frame lives in PyThreadState
  * (cpython/pystate.h, a public header: tstate->cframe->current_frame on 3.12,
- * tstate->current_frame on 3.13 and 3.14), and a frame object's interpreter frame is its
- * second field after f_back (internal pycore_frame.h, the same on 3.11 to 3.14). Both are
+ * tstate->current_frame on 3.13 to 3.15), and a frame object's interpreter frame is its
+ * second field after f_back (internal pycore_frame.h, the same on 3.11 to 3.15). Both are
  * version-guarded: on any other version the frame is fetched eagerly at the hit instead. */
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030F0000
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x03100000
 #define HAVE_FRAME_TOKEN 1
 typedef struct {
     PyObject_HEAD

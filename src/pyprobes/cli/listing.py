@@ -53,7 +53,8 @@ def format_listing(listing: Mapping[str, Any], welcome: Mapping[str, Any]) -> st
 
 def list_probes(args: argparse.Namespace) -> int:
     """Print the probe listing of process ``args.pid``."""
-    with AgentConnection.open(args.pid, client="pyprobes list") as conn:
+    # Reading changes nothing: a process with no agent has no probes, and gets none started.
+    with AgentConnection.open(args.pid, client="pyprobes list", start_agent=False) as conn:
         listing = conn.request("list")
     listing.pop("type", None)
     listing.pop("re", None)

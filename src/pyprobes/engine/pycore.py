@@ -130,8 +130,7 @@ class RetState:
         """Flush activations that can never end (their frame is referenced by us alone)."""
         freed = 0
         for fid, ri in self.activations():
-            frame = ri.frame
-            if frame is None or not _abandoned(frame):
+            if ri.frame is None or not _abandoned(ri):
                 continue
             if self.end(fid, ri):
                 freed += 1
@@ -149,12 +148,28 @@ class RetState:
         return self.maxactive - len(self.free)
 
 
-def _abandoned(frame: FrameType) -> bool:
-    # References when abandoned: ri.frame, reclaim()'s local, the `frame` argument and
-    # getrefcount's own argument (a live frame also has its interpreter frame's: 5 or more).
-    if sys.getrefcount(frame) <= 4:
+class _Holder:
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: object) -> None:
+        self.frame = frame
+
+
+def _frame_refs(ri: KretprobeInstance | _Holder) -> int:
+    return sys.getrefcount(ri.frame)
+
+
+# What _frame_refs counts for a frame that only the instance references, measured rather than
+# assumed: how many references a call and a stack slot take differs between versions (3.14
+# borrows them where 3.12 and 3.13 take them). A live frame has one more: its interpreter frame's.
+_OURS_ALONE = _frame_refs(_Holder(object()))
+
+
+def _abandoned(ri: KretprobeInstance) -> bool:
+    if _frame_refs(ri) <= _OURS_ALONE:
         return True
-    if _CLOSE_EMITS_NOTHING and frame.f_code.co_flags & _GEN_FLAGS:
+    frame = ri.frame
+    if _CLOSE_EMITS_NOTHING and frame is not None and frame.f_code.co_flags & _GEN_FLAGS:
         # A closed generator still referenced keeps its frame on 3.13; clear() tells:
         # it refuses suspended and running frames and only releases a finished one's locals.
         try:

@@ -78,6 +78,8 @@ def _wanted(code: CodeType, pattern: str) -> bool:
     name = code.co_qualname
     if code.co_name == "<module>":
         return False
+    if code.co_name == "__annotate__" and "__annotate__" not in pattern:
+        return False  # PEP 649 (3.14+): made by the compiler for annotations, not the user's
     if "<" in name and "<" not in pattern:
         return False  # lambdas, comprehensions and nested functions only when asked for
     return fnmatch.fnmatchcase(name, pattern)
