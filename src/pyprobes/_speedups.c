@@ -3194,6 +3194,17 @@ set_entry_clock(PyObject *mod, PyObject *name)
     return PyUnicode_FromString(tsc_enable(want) ? "tsc" : "monotonic");
 }
 
+static PyObject *
+set_close_emits_nothing(PyObject *mod, PyObject *flag)
+{
+    int v = PyObject_IsTrue(flag);
+    if (v < 0) {
+        return NULL;
+    }
+    g_close_emits_nothing = v;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      "Hand over the Python helpers and base classes (once, from ccore)."},
@@ -3207,6 +3218,8 @@ static PyMethodDef module_methods[] = {
     {"set_entry_clock", set_entry_clock, METH_O,
      "set_entry_clock(name) -> name in use: 'tsc' (when this build and machine allow it) or"
      " 'monotonic'."},
+    {"set_close_emits_nothing", set_close_emits_nothing, METH_O,
+     "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
     {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},
     {"counters_values", counters_values, METH_O, "(nhit, nmissed, nfault) of a Counters."},
     {NULL},
@@ -3277,6 +3290,14 @@ PyInit__speedups(void)
     if (m == NULL) {
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* Free-threaded builds: this core relies on the GIL (static tables, counters, the spare
+     * context), and says so. pyprobes refuses such builds before importing it (tool.py). */
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     if (PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
         PyModule_AddObjectRef(m, "CounterField", (PyObject *)&CounterFieldType) < 0 ||
         PyModule_AddObjectRef(m, "HandlerField", (PyObject *)&HandlerFieldType) < 0 ||

@@ -20,7 +20,37 @@ TIMEOUT = 30.0
 
 #: gh-140373: closing or collecting a suspended generator emits no monitoring event on these
 #: versions (3.13.0 up to 3.14.0), so its activation ends without a handler.
-CLOSE_EMITS_NOTHING = (3, 13) <= sys.version_info[:3] < (3, 14, 1)
+
+
+def _close_emits_nothing() -> bool:
+    """gh-140373, seen with a raw sys.monitoring tool of the tests' own (not pyprobes'): whether
+    closing or collecting a suspended generator emits no PY_UNWIND. Patch releases differ
+    (3.13.0 emits nothing; 3.12.1, 3.14.10, 3.15.2 emit it), so the tests ask the interpreter."""
+    m = sys.monitoring
+    tid = next(t for t in range(6) if m.get_tool(t) is None)
+    m.use_tool_id(tid, "pyprobes-tests")
+    seen: list[object] = []
+
+    def g() -> Iterator[int]:
+        yield 1
+
+    m.register_callback(tid, m.events.PY_UNWIND, lambda c, o, e: seen.append(c) and None)
+    m.set_events(tid, m.events.PY_UNWIND)
+    try:
+        it = g()
+        next(it)
+        it.close()
+        it = g()
+        next(it)
+        del it
+    finally:
+        m.set_events(tid, 0)
+        m.register_callback(tid, m.events.PY_UNWIND, None)
+        m.free_tool_id(tid)
+    return seen.count(g.__code__) < 2
+
+
+CLOSE_EMITS_NOTHING = _close_emits_nothing()
 
 
 # --- targets ------------------------------------------------------------------------------

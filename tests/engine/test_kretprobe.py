@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 import pytest
@@ -83,11 +84,20 @@ def tri(n: int) -> int:
     return n * (n + 1) // 2
 
 
-def unwind_on() -> bool:
+#: gh-142186: from 3.15 PY_UNWIND can be set per code object (before, global only).
+LOCAL_UNWIND = sys.version_info >= (3, 15)
+
+
+def unwind_on(*codes: CodeType) -> bool:
+    """Whether our PY_UNWIND is on: globally before 3.15, else on any of ``codes``."""
     tid = pyprobes.tool_id()
     if tid is None:
         return False
-    return bool(sys.monitoring.get_events(tid) & sys.monitoring.events.PY_UNWIND)
+    unwind = sys.monitoring.events.PY_UNWIND
+    if sys.monitoring.get_events(tid) & unwind:
+        assert not LOCAL_UNWIND, "3.15+: PY_UNWIND must be local to the probed code"
+        return True
+    return any(sys.monitoring.get_local_events(tid, c) & unwind for c in codes)
 
 
 def tool_free() -> bool:
@@ -647,6 +657,9 @@ def test_raising_entry_handler_goes_to_the_fault_path() -> None:
 # --- PY_UNWIND is global: on only while a return probe is armed ---------------------------------
 
 
+RP_CODE = targets.add.__code__
+
+
 def test_py_unwind_is_on_only_while_a_kretprobe_is_registered_and_enabled() -> None:
     kp = Kprobe(addr=traced, pre_handler=lambda p, ctx: None)
     kl = Kprobe(addr=mixed, line=mixed.__code__.co_firstlineno + 1, pre_handler=lambda p, c: None)
@@ -656,20 +669,20 @@ def test_py_unwind_is_on_only_while_a_kretprobe_is_registered_and_enabled() -> N
         pyprobes.register_kprobe(kl)
         tid = pyprobes.tool_id()
         assert tid is not None
-        assert not unwind_on()  # kprobes without post handlers need no PY_UNWIND
+        assert not unwind_on(RP_CODE)  # kprobes without post handlers need no PY_UNWIND
         pyprobes.register_kretprobe(rp)
-        assert unwind_on()
+        assert unwind_on(RP_CODE)
         pyprobes.disable_kretprobe(rp)
-        assert not unwind_on()
+        assert not unwind_on(RP_CODE)
         pyprobes.enable_kretprobe(rp)
-        assert unwind_on()
+        assert unwind_on(RP_CODE)
         pyprobes.unregister_kretprobe(rp)
-        assert not unwind_on()
+        assert not unwind_on(RP_CODE)
         assert pyprobes.tool_id() == tid
         pyprobes.register_kretprobe(rp)
-        assert unwind_on()
+        assert unwind_on(RP_CODE)
         pyprobes.unregister_kprobes([kp, kl])
-        assert unwind_on()
+        assert unwind_on(RP_CODE)
         pyprobes.unregister_kretprobe(rp)
         assert tool_free()
         assert sys.monitoring.get_tool(tid) is None
@@ -682,9 +695,24 @@ def test_registered_disabled_kretprobe_does_not_turn_on_py_unwind() -> None:
     rp = Kretprobe(addr=traced, disabled=True)
     with registered(rp):
         assert pyprobes.tool_id() is not None
-        assert not unwind_on()
+        assert not unwind_on(RP_CODE)
         pyprobes.enable_kretprobe(rp)
-        assert unwind_on()
+        assert unwind_on(RP_CODE)
+
+
+
+@pytest.mark.skipif(not LOCAL_UNWIND, reason="PY_UNWIND is a global event before 3.15 (gh-142186)")
+def test_on_315_py_unwind_is_local_to_the_probed_code() -> None:
+    rp = Kretprobe(addr=targets.add)
+    with registered(rp):
+        tid = pyprobes.tool_id()
+        assert tid is not None
+        assert sys.monitoring.get_events(tid) == 0  # nothing global: unprobed code pays nothing
+        assert sys.monitoring.get_local_events(tid, RP_CODE) & sys.monitoring.events.PY_UNWIND
+        assert sys.monitoring.get_local_events(tid, traced.__code__) == 0
+        with pytest.raises(TypeError):
+            targets.add(1, None)  # type: ignore[arg-type]
+        assert rp.nhit == 1 and rp.nactive == 0  # the unwind ended the activation
 
 
 # --- registration errors ------------------------------------------------------------------------

@@ -36,3 +36,14 @@ def test_import_on_311_raises_unsupported_python_error() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("UnsupportedPythonError | pyprobes needs sys.monitoring")
     assert "3.11" in out.stdout
+
+
+def test_free_threaded_builds_are_refused_with_one_clear_error() -> None:
+    from pyprobes import UnsupportedPythonError
+    from pyprobes.engine.tool import check_supported
+
+    check_supported(lambda name: 0)  # the default build: fine
+    with pytest.raises(UnsupportedPythonError) as err:
+        check_supported(lambda name: 1 if name == "Py_GIL_DISABLED" else 0)
+    text = str(err.value)
+    assert "free-threaded" in text and "GIL" in text and "\n" not in text

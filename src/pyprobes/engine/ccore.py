@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from types import CodeType
 
 from pyprobes import _speedups
-from pyprobes.engine import pycore
+from pyprobes.engine import pycore, quirks
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.pycore import (
@@ -106,7 +106,7 @@ _speedups.setup(
     pending_insn=pycore._pending_insn,
     pending_line=pycore._pending_line,
     disabled_codes=_tables.disabled_codes,
-    close_emits_nothing=pycore._CLOSE_EMITS_NOTHING,
+    close_emits_nothing=quirks.CLOSE_EMITS_NOTHING,
 )
 
 
@@ -146,7 +146,10 @@ for _cls, _names in (
 # --- the interface the registry uses -----------------------------------------------------
 
 
-install = _tables.install
+def install(tool_id: int) -> None:
+    """Register the callbacks on a tool id the registry holds (quirks measured on it)."""
+    _speedups.set_close_emits_nothing(quirks.CLOSE_EMITS_NOTHING)
+    _tables.install(tool_id)
 
 
 def uninstall() -> None:

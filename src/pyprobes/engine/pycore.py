@@ -31,6 +31,7 @@ from pyprobes.engine.context import (
     KretprobeInstance,
     ProbeContext,
 )
+from pyprobes.engine import quirks
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.resolve import ENTRY, LINE, OFFSET, Location
 
@@ -43,8 +44,6 @@ _log = logging.getLogger("pyprobes")
 
 #: CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
 _GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
-#: gh-140373: closing or collecting a suspended generator emits no event (3.13.0 - 3.14.0).
-_CLOSE_EMITS_NOTHING = (3, 13) <= sys.version_info[:3] < (3, 14, 1)
 _RECLAIM_INTERVAL_NS = 1_000_000
 
 
@@ -73,6 +72,8 @@ class Site:
             ev |= _E.PY_RETURN
         if self.post_insn or self.post_line:
             ev |= _E.PY_YIELD
+        if quirks.LOCAL_UNWIND and self.watches_exit:
+            ev |= _E.PY_UNWIND  # 3.15+: only this code reports its unwinds
         return ev
 
     @property
@@ -169,7 +170,7 @@ def _abandoned(ri: KretprobeInstance) -> bool:
     if _frame_refs(ri) <= _OURS_ALONE:
         return True
     frame = ri.frame
-    if _CLOSE_EMITS_NOTHING and frame is not None and frame.f_code.co_flags & _GEN_FLAGS:
+    if quirks.CLOSE_EMITS_NOTHING and frame is not None and frame.f_code.co_flags & _GEN_FLAGS:
         # A closed generator still referenced keeps its frame on 3.13; clear() tells:
         # it refuses suspended and running frames and only releases a finished one's locals.
         try:
@@ -244,7 +245,9 @@ class CoreTables:
         """Apply what a batch of ``file`` calls needs globally (PY_UNWIND, restarts)."""
         if self.tool < 0:
             return
-        want = _E.PY_UNWIND if self.exit_codes else 0
+        # Before 3.15 PY_UNWIND is global only: on while any code needs it (16-90 ns per
+        # unwound frame anywhere); from 3.15 each such code has it locally (Site.events).
+        want = _E.PY_UNWIND if self.exit_codes and not quirks.LOCAL_UNWIND else 0
         if want != self.global_events:
             _M.set_events(self.tool, want)
             self.global_events = want

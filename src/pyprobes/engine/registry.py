@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CodeType
 
-from pyprobes.engine import blacklist, core, pycore, tool
+from pyprobes.engine import blacklist, core, pycore, quirks, tool
 from pyprobes.engine.errors import (
     AlreadyRegisteredError,
     InvalidProbeError,
@@ -331,6 +331,7 @@ def _ensure_tool() -> None:
     if _tool_id is None:
         tid = tool.acquire()
         try:
+            quirks.measure(tid)
             _core.install(tid)
         except BaseException:
             tool.release(tid)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import sysconfig
+from collections.abc import Callable
 
 from pyprobes.engine.errors import ToolIdInUseError, UnsupportedPythonError
 
@@ -12,12 +14,24 @@ CANDIDATE_IDS = (3, 4, 5)
 _KNOWN = {0: "DEBUGGER", 1: "COVERAGE", 2: "PROFILER", 5: "OPTIMIZER"}
 
 
-def check_supported() -> None:
-    """Raise UnsupportedPythonError on an interpreter without sys.monitoring."""
+def check_supported(config_var: Callable[[str], object] = sysconfig.get_config_var) -> None:
+    """Raise UnsupportedPythonError on an interpreter without sys.monitoring, or free-threaded.
+
+    Free-threaded builds (3.13t, 3.14t) are refused rather than half-supported: both dispatch
+    cores rely on the GIL (single dict and list operations as atomic steps in the Python core,
+    static tables and counters in the C core), and the C core would re-enable the GIL for the
+    whole program on import, which changes the program that is being probed.
+    """
     if not hasattr(sys, "monitoring"):
         raise UnsupportedPythonError(
             f"pyprobes needs sys.monitoring (CPython 3.12 or newer); this is"
             f" {sys.implementation.name} {sys.version.split()[0]}"
+        )
+    if config_var("Py_GIL_DISABLED"):
+        raise UnsupportedPythonError(
+            f"pyprobes does not support the free-threaded build of CPython (this is"
+            f" {sys.version.split()[0]} with Py_GIL_DISABLED): its dispatch cores rely on the"
+            f" GIL; run the program on the default (GIL) build of CPython"
         )
 
 
@@ -49,7 +63,10 @@ def acquire() -> int:
 
 
 def release(tid: int) -> None:
-    """Free the id; callbacks and events must already be cleared (3.12/3.13 keep them)."""
+    """Free the id. The registry has cleared the local events and callbacks it set: on 3.12 and
+    3.13 ``free_tool_id`` leaves them in place. (3.14+ clears them itself, gh-116750, so
+    ``clear_tool_id`` adds nothing here; ``get_local_events`` still reports the old masks
+    there, though the events no longer fire: seen on 3.14.10 and 3.15.2.)"""
     if sys.monitoring.get_tool(tid) == TOOL_NAME:
         sys.monitoring.set_events(tid, 0)
         sys.monitoring.free_tool_id(tid)
