@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=benchmarks/RESULTS.md
-TMP=$(mktemp -d)
+TMP=$(mktemp -d "$ROOT/.bench-tmp.XXXXXX")  # in the work tree: seen at the same path in the sid root
 trap 'rm -rf "$TMP"' EXIT
 
 PYTHONS=$(scripts/dev pythons | sort -V)
@@ -18,14 +18,17 @@ STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 status=0
 sections=()
-while read -r ver py; do
+while read -r ver py rest; do
   [ -z "$ver" ] && continue
+  # A version from the Debian sid root (3.14, 3.15 where the machine has none) runs in it.
+  in=(env)
+  case "$rest" in *"Debian sid root"*) in=(scripts/dev in-sid env); py=/usr/bin/python$ver ;; esac
   jsons=()
   details=()
   # Each core in its own process (the C core installs descriptors on the probe classes that
   # would slow the pure-Python core down if both ran in one process); the Python core first.
   for core in python c; do
-    if [ "$core" = c ] && ! PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null; then
+    if [ "$core" = c ] && ! "${in[@]}" PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null; then
       echo "== the C core is not built for CPython $ver: build it with 'pip install -e .' or" \
         "'$py setup.py build_ext --inplace'" >&2
       printf '## CPython %s (core: c)\n\nNot measured: the C core is not built for %s.\n\n' \
@@ -35,7 +38,7 @@ while read -r ver py; do
       continue
     fi
     echo "== bench_engine on CPython $ver ($py), core $core" >&2
-    if PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --core "$core" "$@" \
+    if "${in[@]}" PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --core "$core" "$@" \
         --markdown "$TMP/$ver-$core.md" --json "$TMP/$ver-$core.json"; then
       jsons+=("$TMP/$ver-$core.json")
       details+=("$TMP/$ver-$core.md")
@@ -49,17 +52,17 @@ while read -r ver py; do
     echo >&2
   done
   if [ ${#jsons[@]} -gt 0 ]; then
-    PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --combine "${jsons[@]}" \
+    "${in[@]}" PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_engine.py --combine "${jsons[@]}" \
       --markdown "$TMP/$ver-both.md"
     sections+=("$TMP/$ver-both.md")
   fi
   sections+=("${details[@]}")
   # instruction counts (stable where timings are noisy); INSTRUCTIONS=0 skips them
-  if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
+  if [ "${INSTRUCTIONS:-1}" != 0 ] && "${in[@]}" sh -c 'command -v valgrind' >/dev/null 2>&1; then
     echo "== bench_instructions on CPython $ver (callgrind; a few minutes)" >&2
     cores=(--core python)
-    PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null && cores+=(--core c)
-    if PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_instructions.py "${cores[@]}" \
+    "${in[@]}" PYTHONPATH="$ROOT/src" "$py" -c 'import pyprobes._speedups' 2>/dev/null && cores+=(--core c)
+    if "${in[@]}" PYTHONPATH="$ROOT/src" "$py" benchmarks/bench_instructions.py "${cores[@]}" \
         --markdown "$TMP/$ver-instructions.md"; then
       sections+=("$TMP/$ver-instructions.md")
     else

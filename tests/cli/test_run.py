@@ -309,3 +309,18 @@ def test_probing_what_the_writer_uses_does_not_trace_the_writer(tmp_path: Path) 
     assert run.stdout == '{"a": 1}\n'
     evs = events(out)
     assert [e["args"] for e in evs] == [{"obj": {"a": 1}}]  # the program's call only
+
+
+def test_a_return_probe_never_runs_the_exceptions_repr(tmp_path: Path) -> None:
+    """Issue 18: $exception and the event's exception field follow the capture rules."""
+    assert python("exc_repr_lock.py").stdout == "1 None done 0\n"
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run", "--format", "json", "-o", str(out), "-e", "r __main__:update $exception",
+        "exc_repr_lock.py",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "1 None done 0\n"  # no deadlock, and the program's __repr__ never ran
+    (event,) = events(out)
+    assert event["exception"] == "__main__.StateError('bad', 3)"
+    assert event["args"] == {"$exception": "__main__.StateError('bad', 3)"}

@@ -700,7 +700,6 @@ def test_registered_disabled_kretprobe_does_not_turn_on_py_unwind() -> None:
         assert unwind_on(RP_CODE)
 
 
-
 @pytest.mark.skipif(not LOCAL_UNWIND, reason="PY_UNWIND is a global event before 3.15 (gh-142186)")
 def test_on_315_py_unwind_is_local_to_the_probed_code() -> None:
     rp = Kretprobe(addr=targets.add)

@@ -1,4 +1,4 @@
-"""What the engine measures of the interpreter where versions differ, against the tests' own view."""
+"""What the engine measures of the interpreter where versions differ, against the tests' view."""
 
 from __future__ import annotations
 

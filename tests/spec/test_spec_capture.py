@@ -470,3 +470,44 @@ def test_getsets_of_extension_types_are_refused() -> None:
     assert type(vars(datetime.date)["year"]) is types.GetSetDescriptorType
     with pytest.raises(CaptureFault, match="descriptor"):
         value_of("d.year", d=datetime.date(2020, 1, 2))
+
+
+class _Loud:
+    called = 0
+
+    def __repr__(self) -> str:
+        _Loud.called += 1
+        return "loud"
+
+
+class _Tricky(Exception):
+    @property  # type: ignore[override]
+    def args(self) -> tuple[object, ...]:
+        raise AssertionError("a subclass's args property must not run")
+
+    def __repr__(self) -> str:
+        raise AssertionError("the exception's __repr__ must not run")
+
+
+def test_exceptions_render_from_their_args_slot_without_running_code() -> None:
+    from pyprobes.spec import exception_text
+
+    _Loud.called = 0
+    exc = _Tricky("x", 3, _Loud(), [1, 2])
+    text = render(exc)
+    assert isinstance(text, str)
+    assert text.startswith(f"{__name__}._Tricky('x', 3, <{__name__}._Loud at 0x")
+    assert text.endswith(", [1, 2])")
+    assert _Loud.called == 0
+    assert exception_text(None) is None
+    assert exception_text(ValueError("a")) == "ValueError('a')"
+    assert render(ValueError("a"), "repr") == "ValueError('a')"  # :repr asks for the real one
+
+
+def test_a_huge_exception_argument_is_bounded_without_being_built() -> None:
+    from pyprobes.spec import exception_text
+
+    exc = ValueError(list(range(3_000_000)))
+    text = exception_text(exc)
+    assert text is not None and len(text) <= 203
+    assert text.startswith("ValueError([0, 1, 2")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any, Protocol
 
+from pyprobes.engine import quirks
 from pyprobes.engine.context import (
     CALLBACK_CODE_IDS,
     CO_VARARGS,
@@ -31,7 +32,6 @@ from pyprobes.engine.context import (
     KretprobeInstance,
     ProbeContext,
 )
-from pyprobes.engine import quirks
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.resolve import ENTRY, LINE, OFFSET, Location
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 from pyprobes.spec.capture import (
     FAULT,
     CaptureFault,
+    exception_text,
     fetch,
     fetch_and_render,
     render,
@@ -60,6 +61,7 @@ __all__ = [
     "Target",
     "compile_filter",
     "default_event",
+    "exception_text",
     "fetch",
     "fetch_and_render",
     "parse_spec",

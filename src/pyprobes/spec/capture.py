@@ -8,7 +8,9 @@ and custom ``__getattribute__`` are never run: reaching one is a fault.
 Subscripts work only on exact builtin dict, list, tuple, str and bytes.
 
 ``render`` turns any value into bounded JSON-compatible data. Builtin values are
-rendered directly; other objects become ``"<module.Type at 0x...>"`` without
+rendered directly; exceptions as ``module.Type(arg, ...)`` from ``BaseException``'s own
+``args`` slot, their arguments rendered by the same rules (``exception_text``); other
+objects become ``"<module.Type at 0x...>"`` without
 calling their ``__repr__``, ``__eq__``, ``__len__`` or anything else. Only the
 explicit ``:repr`` and ``:str`` types run code (the object's own ``__repr__`` or
 ``__str__``), because the user asked for it.
@@ -42,6 +44,7 @@ _MISSING: Final = object()
 _SUBSCRIPTABLE: Final = (list, tuple, str, bytes)
 _CONTAINERS: Final = (list, tuple, set, frozenset, dict)
 _SIZED: Final = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_EXC_ARGS: Final = BaseException.__dict__["args"]  # the C getset: reads the slot, runs nothing
 
 
 class CaptureFault(ProbeError, LookupError):
@@ -253,7 +256,27 @@ class _Renderer:
             return repr(data) + marker
         if cls in _CONTAINERS:
             return self.container(value, depth)
+        if BaseException in _mro(cls):
+            return self.exception(value, depth)  # type: ignore[arg-type]
         return opaque(value)
+
+    def exception(self, exc: BaseException, depth: int) -> str:
+        """``Type(arg, ...)``: BaseException's own ``args`` slot (a subclass's property or
+        ``__repr__`` never runs), each argument rendered within the limits."""
+        args = _EXC_ARGS.__get__(exc, BaseException)
+        parts: list[str] = []
+        for arg in itertools.islice(args, self.max_items):
+            rendered = self.value(arg, depth + 1)
+            if type(arg) is str and type(rendered) is str:
+                parts.append(repr(rendered))
+            elif type(rendered) is str:
+                parts.append(rendered)
+            else:
+                parts.append(json.dumps(rendered, sort_keys=True))
+        if len(args) > self.max_items:
+            parts.append(f"{TRUNCATED}(+{len(args) - self.max_items} more)")
+        text = f"{type_name(type(exc))}({', '.join(parts)})"
+        return text if len(text) <= self.max_len else text[: self.max_len] + TRUNCATED
 
     def container(self, value: object, depth: int) -> JSON:
         assert isinstance(value, list | tuple | set | frozenset | dict)
@@ -316,6 +339,14 @@ def _convert(value: object, kind: str, renderer: _Renderer) -> JSON:
             return renderer.integer(int(value))  # type: ignore[call-overload]
         return _float(float(value))  # type: ignore[arg-type]
     raise CaptureFault(f"unknown type '{kind}'")
+
+
+def exception_text(exc: BaseException | None, max_len: int = 200) -> str | None:
+    """A bounded one-line form of an exception that runs none of its code (None for None)."""
+    if exc is None:
+        return None
+    rendered = render(exc, max_len=max_len, max_depth=2, max_items=8, max_nodes=64)
+    return rendered if type(rendered) is str else FAULT
 
 
 def render(

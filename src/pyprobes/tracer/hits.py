@@ -16,7 +16,7 @@ from typing import Any
 
 from pyprobes.engine import KretprobeInstance, ProbeContext
 from pyprobes.output import Event
-from pyprobes.spec import FAULT, ProbeSpec, fetch_and_render, render
+from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch_and_render, render
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
@@ -33,17 +33,6 @@ def _refresh_pid() -> None:
 
 
 os.register_at_fork(after_in_child=_refresh_pid)
-
-
-def exception_text(exc: BaseException | None) -> str | None:
-    """A bounded one-line form of an exception."""
-    if exc is None:
-        return None
-    try:
-        text = repr(exc)
-    except Exception:
-        text = f"{type(exc).__qualname__}(?)"
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _where(frame: FrameType | None) -> str:
@@ -91,7 +80,7 @@ class HitRecorder:
             if name == "$retval":
                 return ctx.retval
             if name == "$exception":
-                return exception_text(ctx.exception)
+                return ctx.exception  # rendered by the capture rules; :repr runs its __repr__
             if name == "$duration":
                 return duration
             if name == "$thread":
