@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,9 @@ coverage = pytest.importorskip("coverage")
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTHONBREAKPOINT"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTHONBREAKPOINT"))
+    }
     env["PYTHONPATH"] = SRC
     if not SYSMON_DEFAULT:
         env["COVERAGE_CORE"] = "sysmon"  # 3.12/3.13: coverage's default is its C tracer
@@ -83,7 +84,9 @@ def cov_state(code):
 price("warmup", 1)  # coverage arms its local events at a function's first call
 before = cov_state(price.__code__)
 seen = []
-entry = pyprobes.Kprobe(symbol_name="__main__:price", pre_handler=lambda p, ctx: seen.append(ctx.args["item"]))
+entry = pyprobes.Kprobe(
+    symbol_name="__main__:price", pre_handler=lambda p, ctx: seen.append(ctx.args["item"])
+)
 line = pyprobes.Kprobe(addr=price, line=PROBED_LINE)
 ret = pyprobes.Kretprobe(addr=price)
 pyprobes.register_kprobes([entry, line])
@@ -215,7 +218,9 @@ def test_probes_under_pytest_cov():
     coverage_events = M.get_local_events(1, checksum.__code__)
     assert coverage_events
     calls = []
-    entry = pyprobes.Kprobe(addr=checksum, pre_handler=lambda p, ctx: calls.append(ctx.args["data"]))
+    entry = pyprobes.Kprobe(
+        addr=checksum, pre_handler=lambda p, ctx: calls.append(ctx.args["data"])
+    )
     line = pyprobes.Kprobe(addr=checksum, line=PROBED_LINE)
     pyprobes.register_kprobes([entry, line])
     try:
@@ -316,3 +321,51 @@ def test_breakpoint_session_in_a_probed_program(tmp_path: Path) -> None:
     result = next(ln for ln in out.splitlines() if "RESULT" in ln)
     assert result.endswith("RESULT [0, 1, 2, 41, 10, 11, 12] 7 7 3 None"), out
     assert "Traceback" not in run.stderr, run.stderr
+
+
+RESTART_PROG = """\
+import dis, json, sys
+import coverage
+import pyprobes
+
+def lines(n):
+    t = 0
+    for i in range(n):
+        t += i  # PROBED
+    return t
+
+def offsets(n):
+    t = 0
+    for i in range(n):
+        t += i  # OFFSET
+    return t
+
+offs = [i.offset for i in dis.get_instructions(offsets) if i.positions.lineno == OFFSET_LINE]
+lp = pyprobes.Kprobe(addr=lines, line=PROBED_LINE)
+# (not offs[0]: see LINE_DISABLE_EATS_INSTRUCTION in tests/engine/test_coexistence.py)
+op = pyprobes.Kprobe(addr=offsets, offset=offs[1])
+pyprobes.register_kprobes([lp, op])
+lines(3); offsets(3)
+cov = coverage.Coverage(data_file=sys.argv[1])
+cov.start()  # sys.monitoring.restart_events(), and LINE on both functions at their next call
+lines(3); offsets(3)
+cov.stop()
+cov.start()  # and again (coverage frees and takes its id)
+lines(3); offsets(3)
+cov.stop()
+cov.save()
+lines(3); offsets(3)
+print(json.dumps([lp.nhit, op.nhit, pyprobes.tool_id()]))
+pyprobes.unregister_kprobes([lp, op])
+"""
+
+
+def test_probes_keep_firing_across_coverage_start_and_stop_in_process(tmp_path: Path) -> None:
+    prog = tmp_path / "restart.py"
+    prog.write_text(RESTART_PROG)
+    src = RESTART_PROG.replace("PROBED_LINE", str(_line_no(prog, "PROBED")))
+    prog.write_text(src.replace("OFFSET_LINE", str(_line_no(prog, "OFFSET"))))
+    run = _run([str(prog), str(tmp_path / "cov.data")], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [12, 12, 3]
+    assert _line_no(prog, "PROBED") in _covered_lines(tmp_path / "cov.data", prog)
