@@ -44,6 +44,9 @@ _log = logging.getLogger("pyprobes")
 
 #: CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
 _GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
+#: 3.12 and 3.13: when the last tool with LINE at an instruction answers DISABLE, that
+#: execution of the instruction reports no INSTRUCTION event to any tool (3.14 reports it).
+_LINE_DISABLE_EATS_INSTRUCTION = sys.version_info < (3, 14)
 _RECLAIM_INTERVAL_NS = 1_000_000
 
 
@@ -607,6 +610,7 @@ def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
     lines: dict[int, list[Kprobe]] = {}
     returns: list[Kretprobe] = []
     post_insn = post_line = False
+    offset_lines: set[int] = set()
     for probe, loc in items:
         has_post = isinstance(probe, Kprobe) and getattr(probe, "post_handler", None) is not None
         if loc.where == ENTRY:
@@ -617,10 +621,19 @@ def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
         elif loc.where == OFFSET:
             offsets.setdefault(loc.offset, []).append(probe)  # type: ignore[arg-type]
             post_insn |= has_post
+            line = _line_at(loc)
+            if line is not None:
+                offset_lines.add(line)
         elif loc.where == LINE:
             assert loc.line is not None
             lines.setdefault(loc.line, []).append(probe)  # type: ignore[arg-type]
             post_line |= has_post
+    if lines and _LINE_DISABLE_EATS_INSTRUCTION:
+        # Our LINE callback must not answer DISABLE on the line of an offset probe: that would
+        # eat the probe's INSTRUCTION event at the line's first instruction, once per restart.
+        # An empty group there keeps LINE on and runs nothing.
+        for line in offset_lines:
+            lines.setdefault(line, [])
     return Site(
         entry=tuple(entry),
         offsets={k: tuple(v) for k, v in offsets.items()},
@@ -629,6 +642,17 @@ def build_site(items: Sequence[tuple[Probe, Location]]) -> Site:
         post_insn=post_insn,
         post_line=post_line,
     )
+
+
+def _line_at(loc: Location) -> int | None:
+    """The source line of the instruction at ``loc.offset`` (None: collected, or no line)."""
+    code = loc.code
+    if code is None:
+        return None
+    for start, end, line in code.co_lines():
+        if start <= loc.offset < end:
+            return line
+    return None
 
 
 def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
