@@ -2914,7 +2914,9 @@ on_place(PyObject *code, PyObject *where, int is_line)
 {
     Site *site = site_of(code);
     if (site == NULL) {
-        return Py_NewRef(configured ? g_DISABLE : Py_None);
+        /* (events on before the table: ccore.publish) recorded, so that filing the table
+         * restarts what this DISABLE turned off */
+        return configured ? disable_here(code) : Py_NewRef(Py_None);
     }
     int waits = is_line ? site->post_line : site->post_insn;
     PyObject *pending = is_line ? g_pending_line : g_pending_insn;

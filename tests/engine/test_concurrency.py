@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -113,3 +114,48 @@ def test_register_disable_enable_unregister_while_8_threads_call() -> None:
             assert handled == p.nhit, p  # every counted hit called the handler exactly once
         total_hits += p.nhit
     assert total_hits > 0
+
+
+def looped(x: int) -> int:
+    y = x + 1
+    return y * 2
+
+
+def test_a_line_probe_armed_while_another_thread_runs_the_code_always_fires() -> None:
+    """Issue 18.2: arming while the code runs must never leave a probe that cannot fire (a LINE
+    callback in the arming window answered DISABLE with no restart to undo it)."""
+    import time
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            looped(1)
+
+    t = threading.Thread(target=spin)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as it can: the window is short
+    t.start()
+    line = looped.__code__.co_firstlineno + 1
+    dead = 0
+    tries = 0
+    deadline = time.monotonic() + 4.0
+    try:
+        while time.monotonic() < deadline and dead == 0:
+            tries += 1
+            p = Kprobe(addr=looped, line=line)
+            pyprobes.register_kprobe(p)
+            try:
+                fired_by = time.monotonic() + 2.0
+                while p.nhit == 0 and time.monotonic() < fired_by:
+                    time.sleep(0)  # let the spinning thread run (not a synchronisation sleep)
+                if p.nhit == 0:
+                    dead += 1
+            finally:
+                pyprobes.unregister_kprobe(p)
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert tries > 100
+    assert dead == 0, f"a probe armed while the code ran never fired (try {tries})"

@@ -192,8 +192,11 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         # between must not start an activation whose PY_RETURN is not reported yet (pycore
         # has that window; its reclaim of unreferenced frames hides it).
         _M.set_local_events(_tables.tool, code, before | events)
-    _tables.file(cid, site)
+    # The C table before the cold one: a LINE/INSTRUCTION callback that ran on the old table
+    # (or none) and answered DISABLE has recorded it by now, so file() sees it and the next
+    # commit restarts events; after set_site no callback disables what the new table wants.
     _speedups.set_site(code, _c_site(site))
+    _tables.file(cid, site)
     if not site.watches_exit:
         pycore._drop_posts_of(code)
     if not events & ~before or before & ~events:
