@@ -518,13 +518,13 @@ def test_global_switch_off_ends_tracking_in_flight_and_back_on_restores() -> Non
                 assert rp.nactive == 2
                 pyprobes.set_enabled(False)
                 assert rp.nactive == 0
-                assert not unwind_on()
+                assert not unwind_on(targets.held.__code__)
             assert group.results == {0: 0, 1: 1}
             assert returns == []
         finally:
             pyprobes.set_enabled(True)
         assert not rp.disabled
-        assert unwind_on()
+        assert unwind_on(targets.held.__code__)
         run_concurrently(rp.maxactive)
         assert (len(returns), rp.nmissed, rp.nactive) == (rp.maxactive, 0, 0)
 
@@ -695,9 +695,9 @@ def test_registered_disabled_kretprobe_does_not_turn_on_py_unwind() -> None:
     rp = Kretprobe(addr=traced, disabled=True)
     with registered(rp):
         assert pyprobes.tool_id() is not None
-        assert not unwind_on(RP_CODE)
+        assert not unwind_on(traced.__code__)
         pyprobes.enable_kretprobe(rp)
-        assert unwind_on(RP_CODE)
+        assert unwind_on(traced.__code__)
 
 
 @pytest.mark.skipif(not LOCAL_UNWIND, reason="PY_UNWIND is a global event before 3.15 (gh-142186)")
@@ -752,7 +752,7 @@ def test_not_at_the_entry_is_invalid_and_nothing_is_half_registered(kwargs: dict
         with pytest.raises(InvalidProbeError):
             pyprobes.register_kretprobe(rp)
         assert pyprobes.registered_probes() == [kp]
-        assert not unwind_on()
+        assert not unwind_on(for_errors.__code__)
         assert for_errors(1) == 2
         assert kp.nhit == 1
     assert tool_free()
