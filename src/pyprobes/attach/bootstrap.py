@@ -115,18 +115,21 @@ def version_text(version: tuple[int, int]) -> str:
 
 
 def target_python_version(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
-    """The major.minor of the CPython that ``pid`` runs, from its executable or libpython."""
-    names: list[str] = []
+    """The major.minor of the CPython that ``pid`` runs: from its executable's name
+    (``python3.N``, symlinks resolved by the kernel), else from a ``libpython3.N`` (or a
+    ``pythonN.M/`` library directory) in its maps; None for other programs."""
     with contextlib.suppress(OSError):
-        names.append(os.readlink(f"{proc}/{pid}/exe"))
-    with contextlib.suppress(OSError), open(f"{proc}/{pid}/maps", encoding="utf-8") as f:
-        for line in f:
-            if "python3." in line:
-                names.append(line.rsplit(" ", 1)[-1].strip())
-    for name in names:
-        m = _VERSION_IN_NAME.search(name)
+        m = _VERSION_IN_NAME.match(os.path.basename(os.readlink(f"{proc}/{pid}/exe")))
         if m:
             return int(m.group(1)), int(m.group(2))
+    with contextlib.suppress(OSError), open(f"{proc}/{pid}/maps", encoding="utf-8") as f:
+        for line in f:
+            if "python3." not in line:
+                continue
+            fields = line.split(maxsplit=5)  # the path (it may hold spaces) is the 6th
+            m = _VERSION_IN_NAME.search(fields[5]) if len(fields) == 6 else None
+            if m:
+                return int(m.group(1)), int(m.group(2))
     return None
 
 
