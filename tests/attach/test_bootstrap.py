@@ -215,6 +215,36 @@ def test_a_new_request_forgets_the_files_of_a_given_up_one(
     shutil.rmtree(second)
 
 
+def test_an_agent_started_otherwise_ends_the_wait(
+    sleeper: subprocess.Popen[bytes], runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client's request replaced ours (the target holds one): its agent will do."""
+    import socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    sock = runtime / "pyprobes" / f"{sleeper.pid}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    seen: list[str] = []
+
+    def remote_exec(pid: int, path: str) -> None:
+        seen.append(path)
+        sock.parent.mkdir(mode=0o700)
+        listener.bind(str(sock))
+
+    fake = fake_sys(
+        sys.version_info[:2], remote_exec=remote_exec, is_remote_debug_enabled=lambda: True
+    )
+    try:
+        assert bootstrap.inject(sleeper.pid, sys_module=fake, timeout=TIMEOUT) == sock
+    finally:
+        listener.close()
+    workdir = Path(seen[0]).parent  # ours may still run: it stays, marked to clean up
+    assert (workdir / "bootstrap.py").exists() and (workdir / bootstrap.GIVEN_UP).exists()
+    import shutil
+
+    shutil.rmtree(workdir)
+
+
 def test_the_timeout_comes_from_the_environment() -> None:
     assert bootstrap.bootstrap_timeout({}) == bootstrap.BOOTSTRAP_TIMEOUT
     assert bootstrap.bootstrap_timeout({"PYPROBES_BOOTSTRAP_TIMEOUT": "1.5"}) == 1.5

@@ -46,7 +46,7 @@ from pyprobes.attach.errors import (
     NoAgentError,
     NoSuchProcessError,
 )
-from pyprobes.attach.paths import pid_alive, process_environ, process_uid
+from pyprobes.attach.paths import find_socket, pid_alive, process_environ, process_uid
 
 REMOTE_EXEC_SINCE = (3, 14)
 BOOTSTRAP_TIMEOUT = 10.0
@@ -284,7 +284,7 @@ def _remote_debug_cause(pid: int, proc: str) -> str:
     except OSError:
         argv = []
     for i, arg in enumerate(argv):
-        if arg in (b"-Xdisable-remote-debug", b"-Xdisable_remote_debug") or (
+        if arg == b"-Xdisable-remote-debug" or (
             arg == b"-X" and i + 1 < len(argv) and argv[i + 1] == b"disable-remote-debug"
         ):
             return "it was started with -X disable-remote-debug"
@@ -343,6 +343,17 @@ def _forget_earlier(pid: int, keep: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _give_up(workdir: Path, status: Path, owner: int | None) -> bool:
+    """Stop waiting but leave the request queued: the mark tells the script to clean up after
+    itself. True if the status came first after all (then the files are ours to remove):
+    the script writes its status before it looks for the mark, so one of us sees the other."""
+    with contextlib.suppress(OSError):
+        (workdir / GIVEN_UP).touch()
+        if owner is not None and os.geteuid() == 0:
+            os.chown(workdir / GIVEN_UP, owner, -1)
+    return _read_status(status) is not None
+
+
 def inject(
     pid: int,
     *,
@@ -388,16 +399,15 @@ def inject(
             if not pid_alive(pid):
                 finished = True
                 raise NoSuchProcessError(f"process {pid} exited during the attach")
+            found = find_socket(pid, proc)
+            if found is not None:  # another client's bootstrap (it replaced ours), or its own
+                finished = _give_up(workdir, status, owner)
+                return found
             time.sleep(0.02)
-        # Give up waiting, but leave the request queued: the mark tells the script to clean
-        # up after itself; a status written before the mark is read here (one of us sees it).
-        with contextlib.suppress(OSError):
-            (workdir / GIVEN_UP).touch()
-            if owner is not None and os.geteuid() == 0:
-                os.chown(workdir / GIVEN_UP, owner, -1)
-        text = _read_status(status)
-        if text is not None:
-            finished = True
+        finished = _give_up(workdir, status, owner)
+        if finished:
+            text = _read_status(status)
+            assert text is not None
             return _status_result(pid, text)
         doing = main_thread_state(pid, proc) or "its main thread has not run Python code since"
         raise NoAgentError(
