@@ -248,7 +248,7 @@ def test_ps_lists_agents_and_cleans_stale_sockets(cli: Cli, spawn: Spawn, runtim
     assert not stale.exists()
     r = cli("ps", "--json")
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    ours = [row for row in rows if row["socket"].startswith(str(runtime))]
+    ours = [row for row in rows if str(row.get("socket", "")).startswith(str(runtime))]
     assert [row["pid"] for row in ours] == [pid]  # (root also sees other users' agents)
     assert ours[0]["clients"] == 0 and ours[0]["probes"] == 0 and ours[0]["agent"] is True
     assert child.finish() == 0
