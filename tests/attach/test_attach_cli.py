@@ -241,16 +241,16 @@ def test_ps_lists_agents_and_cleans_stale_sockets(cli: Cli, spawn: Spawn, runtim
     r = cli("ps")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["PID", "PYTHON", "CLIENTS", "PROBES", "COMMAND"]
+    assert lines[0].split() == ["PID", "PYTHON", "AGENT", "CLIENTS", "PROBES", "COMMAND"]
     (row,) = [line for line in lines[1:] if line.split()[0] == str(pid)]
-    assert row.split()[1] == ".".join(map(str, sys.version_info[:3]))
+    assert row.split()[1:5] == [".".join(map(str, sys.version_info[:3])), "yes", "0", "0"]
     assert row.endswith("loop_prog.py extra-arg")
     assert not stale.exists()
     r = cli("ps", "--json")
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    ours = [row for row in rows if row["socket"].startswith(str(runtime))]
+    ours = [row for row in rows if str(row.get("socket", "")).startswith(str(runtime))]
     assert [row["pid"] for row in ours] == [pid]  # (root also sees other users' agents)
-    assert ours[0]["clients"] == 0 and ours[0]["probes"] == 0
+    assert ours[0]["clients"] == 0 and ours[0]["probes"] == 0 and ours[0]["agent"] is True
     assert child.finish() == 0
     # the agent unlinked its socket at exit
     assert not (runtime / "pyprobes" / f"{pid}.sock").exists()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,20 +156,119 @@ def test_inject_maps_failures_to_actionable_errors(sleeper: subprocess.Popen[byt
         bootstrap.inject(gone.pid, sys_module=with_remote())
 
 
-def test_inject_timeout_leaves_an_inert_script(sleeper: subprocess.Popen[bytes]) -> None:
+def test_inject_timeout_says_what_blocks_and_leaves_the_request_queued(
+    sleeper: subprocess.Popen[bytes], runtime: Path
+) -> None:
     seen: list[str] = []
     here = sys.version_info[:2]
     fake = fake_sys(
         here, remote_exec=lambda pid, path: seen.append(path), is_remote_debug_enabled=lambda: True
     )
-    with pytest.raises(NoAgentError, match=r"did not run the bootstrap within 0\.2s"):
+    with pytest.raises(NoAgentError) as info:
         bootstrap.inject(sleeper.pid, sys_module=fake, timeout=0.2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"process {sleeper.pid} did not run the bootstrap within 0.2s" in message
+    # the sleeper's main thread waits in sys.stdin.read(): a read(2)
+    assert "its main thread is blocked in a C call" in message
+    if platform.machine() in ("x86_64", "aarch64"):
+        assert "the system call read" in message
+    assert f"run 'pyprobes attach {sleeper.pid}' again later" in message
+    assert "PYPROBES_BOOTSTRAP_TIMEOUT" in message and "PYPROBES_AGENT=1" in message
     (script,) = seen
-    text = Path(script).read_text()
-    assert text.startswith("# pyprobes: this attach was given up")
-    compile(text, script, "exec")
-    Path(script).unlink()
-    Path(script).parent.rmdir()
+    workdir = Path(script).parent
+    assert (workdir / bootstrap.GIVEN_UP).exists()
+    # what the target does once its main thread returns: the agent starts, the files go
+    src = str(PROGRAMS.parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "XDG_RUNTIME_DIR": str(runtime)}
+    env.pop("PYPROBES_AGENT", None)
+    run_it = (
+        "import os, sys; exec(compile(open(sys.argv[1]).read(), 'b', 'exec'), {});"
+        " print('ready', os.getpid(), flush=True); sys.stdin.read()"
+    )
+    runner = Child([sys.executable, "-c", run_it, script], env)
+    try:
+        rpid = runner.ready()
+        assert (runtime / "pyprobes" / f"{rpid}.sock").exists()
+        assert not workdir.exists()
+        assert runner.err_lines == []
+    finally:
+        runner.kill()
+
+
+def test_a_new_request_forgets_the_files_of_a_given_up_one(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    seen: list[str] = []
+    fake = fake_sys(
+        sys.version_info[:2],
+        remote_exec=lambda pid, path: seen.append(path),
+        is_remote_debug_enabled=lambda: True,
+    )
+    for _ in range(2):
+        with pytest.raises(NoAgentError, match="did not run the bootstrap"):
+            bootstrap.inject(sleeper.pid, sys_module=fake, timeout=0.05)
+    first, second = (Path(s).parent for s in seen)
+    assert not first.exists() and second.exists()  # the target holds one request at a time
+    import shutil
+
+    shutil.rmtree(second)
+
+
+def test_an_agent_started_otherwise_ends_the_wait(
+    sleeper: subprocess.Popen[bytes], runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client's request replaced ours (the target holds one): its agent will do."""
+    import socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    sock = runtime / "pyprobes" / f"{sleeper.pid}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    seen: list[str] = []
+
+    def remote_exec(pid: int, path: str) -> None:
+        seen.append(path)
+        sock.parent.mkdir(mode=0o700)
+        listener.bind(str(sock))
+
+    fake = fake_sys(
+        sys.version_info[:2], remote_exec=remote_exec, is_remote_debug_enabled=lambda: True
+    )
+    try:
+        assert bootstrap.inject(sleeper.pid, sys_module=fake, timeout=TIMEOUT) == sock
+    finally:
+        listener.close()
+    workdir = Path(seen[0]).parent  # ours may still run: it stays, marked to clean up
+    assert (workdir / "bootstrap.py").exists() and (workdir / bootstrap.GIVEN_UP).exists()
+    import shutil
+
+    shutil.rmtree(workdir)
+
+
+def test_the_timeout_comes_from_the_environment() -> None:
+    assert bootstrap.bootstrap_timeout({}) == bootstrap.BOOTSTRAP_TIMEOUT
+    assert bootstrap.bootstrap_timeout({"PYPROBES_BOOTSTRAP_TIMEOUT": "1.5"}) == 1.5
+    for bad in ("x", "0", "-1", "nan", "inf"):
+        env = {"PYPROBES_BOOTSTRAP_TIMEOUT": bad}
+        assert bootstrap.bootstrap_timeout(env) == bootstrap.BOOTSTRAP_TIMEOUT
+
+
+def test_remote_exec_errors_of_a_disabled_or_other_target_are_one_line(
+    proc: Path,
+) -> None:
+    disabled = RuntimeError("Remote debugging is not enabled in the remote process")
+    (proc / "4242" / "environ").write_bytes(b"A=1\0PYTHON_DISABLE_REMOTE_DEBUG=1\0")
+    err = bootstrap._map_remote_exec_error(4242, disabled, "3.14", str(proc))
+    assert isinstance(err, NoAgentError)
+    assert str(err).startswith("remote debugging is disabled in process 4242 (its environment")
+    assert "3.14+" not in str(err)  # attach's own way is the one that cannot work
+    (proc / "4242" / "environ").write_bytes(b"A=1\0")
+    (proc / "4242" / "cmdline").write_bytes(b"python3.14\0-X\0disable-remote-debug\0x.py\0")
+    err = bootstrap._map_remote_exec_error(4242, disabled, "3.14", str(proc))
+    assert "(it was started with -X disable-remote-debug)" in str(err)
+    other = RuntimeError("Can't send commands from a Python 3.14 process to a Python 3.15 process")
+    err = bootstrap._map_remote_exec_error(4242, other, "3.14", str(proc))
+    assert "runs another Python version" in str(err)
 
 
 def test_the_script_starts_an_agent_when_run_in_the_target(runtime: Path) -> None:
@@ -179,7 +278,7 @@ def test_the_script_starts_an_agent_when_run_in_the_target(runtime: Path) -> Non
     env.pop("PYPROBES_AGENT", None)
     status = runtime / "status"
     script = bootstrap.bootstrap_script(1234, str(status), src)
-    assert "agent.start(idle_exit=True)" in script
+    assert "agent.start()" in script
     run_it = (
         "import os, sys; exec(compile(sys.argv[1], 'bootstrap', 'exec'), {});"
         " print('ready', os.getpid(), flush=True); sys.stdin.read()"
@@ -192,11 +291,10 @@ def test_the_script_starts_an_agent_when_run_in_the_target(runtime: Path) -> Non
         r = Raw(sock)
         assert r.hello()["pid"] == rpid
         r.close()
-        # idle_exit: once its last client is gone the agent stops and takes its socket along
-        deadline = time.monotonic() + TIMEOUT
-        while sock.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        # the agent stays for the next client: it answers again, the program runs on
+        r = Raw(sock)
+        assert r.hello()["pid"] == rpid
+        r.close()
         assert runner.proc.poll() is None and runner.err_lines == []
     finally:
         runner.kill()

@@ -1031,8 +1031,8 @@ def start(
     ``directory`` overrides the per-user socket directory. With ``follow_fork`` a child made
     by ``os.fork()`` starts an agent of its own (on its own socket) right after the fork;
     otherwise children do not serve. With ``idle_exit`` the agent stops once its last client
-    has gone (the 3.14 bootstrap uses it). Raises AttachError saying what to do when it
-    cannot listen.
+    has gone (the 3.14 bootstrap does not use it: its agent stays for the next client).
+    Raises AttachError saying what to do when it cannot listen.
     """
     global _agent
     with _state_lock:

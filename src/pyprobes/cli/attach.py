@@ -24,6 +24,7 @@ from pyprobes.cli.options import (
     open_output,
 )
 from pyprobes.output import Aggregator, EventWriter, SummaryRow, format_summary
+from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import ProbeSpec
 
 DETACH_TIMEOUT = 15.0
@@ -188,9 +189,10 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
         placed = reply.get("probes", [])
         pending = sum(int(p.get("pending", 0)) for p in placed if isinstance(p, dict))
         argv = welcome.get("argv") or []
-        what = " ".join(str(a) for a in argv[:4]) if isinstance(argv, list) else ""
+        what = terminal_safe(" ".join(str(a) for a in argv[:4]) if isinstance(argv, list) else "")
+        python = terminal_safe(str(welcome.get("python", "?")), 16)
         _err(
-            f"pyprobes: attached to {args.pid} (Python {welcome.get('python', '?')}: {what}):"
+            f"pyprobes: attached to {args.pid} (Python {python}: {what}):"
             f" {len(placed)} spec{'s' if len(placed) != 1 else ''}"
             + (f", {pending} pending" if pending else "")
             + ("; Ctrl-C to detach" if not args.duration else f"; detaching in {args.duration:g}s")

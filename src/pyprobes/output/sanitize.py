@@ -100,6 +100,19 @@ def utf8_safe(text: str) -> str:
     return text
 
 
+def terminal_safe(text: str, limit: int = 4096) -> str:
+    """Untrusted ``text`` (another process's argv, say) for one terminal line: control and
+    other non-printable characters (escape sequences, newlines, bidi overrides, lone
+    surrogates) become backslash escapes, and it is cut to ``limit`` characters."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 def dumps(value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bool = False) -> str:
     """json.dumps that never raises and gives strict JSON (no NaN) that UTF-8 can encode.
 
