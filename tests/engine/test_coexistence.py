@@ -296,3 +296,43 @@ def test_offset_probe_beside_a_line_probe_survives_another_tool_arming_lines_aft
         pyprobes.unregister_kprobes([line_probe, offset_probe])
         if other is not None:
             other.close()
+
+
+def _two_lines(n: int) -> int:
+    a = n + 1
+    b = a * 2
+    return b
+
+
+def test_re_arming_our_places_gives_nothing_back_to_another_tool() -> None:
+    """Issue 18.12: where we answered DISABLE and a new probe wants it, only our place is
+    re-armed (restart_events() would re-send the other tool the places it turned off)."""
+    tid = next(t for t in range(6) if M.get_tool(t) is None)
+    code = _two_lines.__code__
+    first, second = code.co_firstlineno + 1, code.co_firstlineno + 2
+    seen: list[int] = []
+
+    def other(c: object, line: int) -> object:
+        if c is code:
+            seen.append(line)
+        return M.DISABLE
+
+    M.use_tool_id(tid, "other-tool")
+    M.register_callback(tid, M.events.LINE, other)
+    M.set_local_events(tid, code, M.events.LINE)
+    p1 = Kprobe(addr=_two_lines, line=first)
+    p2 = Kprobe(addr=_two_lines, line=second)
+    try:
+        pyprobes.register_kprobe(p1)
+        _two_lines(1)  # the other tool sees each line once, then DISABLEs; we DISABLE `second`
+        assert sorted(seen) == [first, second, second + 1]
+        seen.clear()
+        pyprobes.register_kprobe(p2)  # wants `second` back: ours only
+        _two_lines(2)
+        assert (p1.nhit, p2.nhit) == (2, 1)
+        assert seen == []
+    finally:
+        pyprobes.unregister_kprobes([p1, p2])
+        M.set_local_events(tid, code, 0)
+        M.register_callback(tid, M.events.LINE, None)
+        M.free_tool_id(tid)

@@ -180,7 +180,7 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         if old is None:
             return
         _M.set_local_events(_tables.tool, code, 0)
-        _tables.file(cid, None)
+        _tables.file(code, None)
         _speedups.set_site(code, None)
         pycore._drop_posts_of(code)
         return
@@ -196,7 +196,7 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
     # (or none) and answered DISABLE has recorded it by now, so file() sees it and the next
     # commit restarts events; after set_site no callback disables what the new table wants.
     _speedups.set_site(code, _c_site(site))
-    _tables.file(cid, site)
+    _tables.file(code, site)
     if not site.watches_exit:
         pycore._drop_posts_of(code)
     if not events & ~before or before & ~events:

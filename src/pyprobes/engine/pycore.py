@@ -48,6 +48,7 @@ _GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
 #: execution of the instruction reports no INSTRUCTION event to any tool (3.14 reports it).
 _LINE_DISABLE_EATS_INSTRUCTION = sys.version_info < (3, 14)
 _RECLAIM_INTERVAL_NS = 1_000_000
+_REARMED = _E.LINE | _E.INSTRUCTION  # the events a callback of ours may answer DISABLE for
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class CoreTables:
         self.sites: dict[int, Site] = {}
         self.exit_codes: set[int] = set()
         self.disabled_codes: set[int] = set()  # filled by the callbacks when they DISABLE
-        self.restart_needed = False
+        self.rearm: dict[int, CodeType] = {}  # codes whose DISABLEd places the next commit undoes
         self.global_events = 0
 
     def install(self, tool_id: int) -> None:
@@ -219,19 +220,22 @@ class CoreTables:
         self.sites.clear()
         self.exit_codes.clear()
         self.disabled_codes.clear()
+        self.rearm.clear()
         self.tool = -1
         self.global_events = 0
         return True
 
-    def file(self, cid: int, site: Site | None) -> None:
-        """Keep ``site`` as the table of code ``cid`` (None: drop it); a location answered
-        with DISABLE that the new table wants makes the next commit restart events."""
+    def file(self, code: CodeType, site: Site | None) -> None:
+        """Keep ``site`` as the table of ``code`` (None: drop it); a location answered with
+        DISABLE that the new table wants makes the next commit re-arm that code."""
+        cid = id(code)
         if site is None:
             self.sites.pop(cid, None)
             self.exit_codes.discard(cid)
+            self.rearm.pop(cid, None)
             return
         if cid in self.disabled_codes and wants_restart(self.sites.get(cid), site):
-            self.restart_needed = True
+            self.rearm[cid] = code
         self.sites[cid] = site
         if site.watches_exit:
             self.exit_codes.add(cid)
@@ -243,9 +247,10 @@ class CoreTables:
         self.sites.pop(cid, None)
         self.exit_codes.discard(cid)
         self.disabled_codes.discard(cid)
+        self.rearm.pop(cid, None)
 
     def commit(self) -> None:
-        """Apply what a batch of ``file`` calls needs globally (PY_UNWIND, restarts)."""
+        """Apply what a batch of ``file`` calls needs beyond each code (PY_UNWIND, re-arms)."""
         if self.tool < 0:
             return
         # Before 3.15 PY_UNWIND is global only: on while any code needs it (16-90 ns per
@@ -254,10 +259,19 @@ class CoreTables:
         if want != self.global_events:
             _M.set_events(self.tool, want)
             self.global_events = want
-        if self.restart_needed:
-            self.restart_needed = False
-            self.disabled_codes.clear()
-            _M.restart_events()
+        # Not restart_events(): that is global, and gives back to every other tool the places
+        # it answered DISABLE for. Turning our LINE/INSTRUCTION off and on again on one code
+        # re-arms our own DISABLEd places there only (seen on 3.12.1, 3.13.0, 3.14.10, 3.15.2);
+        # entry and return events stay on throughout, so no activation is cut in two.
+        for cid, code in list(self.rearm.items()):
+            self.rearm.pop(cid, None)
+            self.disabled_codes.discard(cid)
+            site = self.sites.get(cid)
+            if site is None:
+                continue
+            events = site.events
+            _M.set_local_events(self.tool, code, events & ~_REARMED)
+            _M.set_local_events(self.tool, code, events)
 
 
 _pending_insn: dict[int, tuple[FrameType, list[Kprobe], ProbeContext]] = {}
@@ -496,6 +510,7 @@ def _on_start(code: CodeType, offset: int) -> Any:
 def _on_instruction(code: CodeType, offset: int) -> Any:
     site = _sites.get(id(code))
     if site is None:
+        _disabled_codes.add(id(code))
         return _DISABLE
     if site.post_insn and _pending_insn:
         entry = _pending_insn.pop(id(sys._getframe(1)), None)
@@ -516,6 +531,7 @@ def _on_instruction(code: CodeType, offset: int) -> Any:
 def _on_line(code: CodeType, line: int) -> Any:
     site = _sites.get(id(code))
     if site is None:
+        _disabled_codes.add(id(code))
         return _DISABLE
     if site.post_line and _pending_line:
         entry = _pending_line.pop(id(sys._getframe(1)), None)
@@ -662,11 +678,11 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         if cid not in _sites:
             return
         _M.set_local_events(_tables.tool, code, 0)
-        _tables.file(cid, None)
+        _tables.file(code, None)
         _drop_posts_of(code)
         return
     site = build_site(items)
-    _tables.file(cid, site)
+    _tables.file(code, site)
     if not site.watches_exit:
         _drop_posts_of(code)
     _M.set_local_events(_tables.tool, code, site.events)
