@@ -857,15 +857,14 @@ param_index(PyCodeObject *co, Py_ssize_t i, Py_ssize_t *count)
 }
 
 /* context.read_args(frame): a new dict of the parameters' current values (a parameter the
- * function deleted is left out), read through frame.f_locals (a snapshot dict on 3.12, a
- * write-through proxy on 3.13 and later). */
+ * function deleted is left out), each read from the frame itself with PyFrame_GetVar: never
+ * through frame.f_locals, which on 3.12 refreshes the dict locals() gave the program. */
 static PyObject *
 c_read_args(PyObject *frame)
 {
     PyCodeObject *co = PyFrame_GetCode((PyFrameObject *)frame);
     PyObject *names = PyCode_GetVarnames(co);
-    PyObject *locals = names ? PyFrame_GetLocals((PyFrameObject *)frame) : NULL;
-    PyObject *out = locals ? PyDict_New() : NULL;
+    PyObject *out = names ? PyDict_New() : NULL;
     if (out == NULL) {
         goto done;
     }
@@ -877,22 +876,14 @@ c_read_args(PyObject *frame)
             break;
         }
         PyObject *name = PyTuple_GET_ITEM(names, k);
-        PyObject *v;
-        if (PyDict_CheckExact(locals)) {
-            v = Py_XNewRef(PyDict_GetItemWithError(locals, name));
-        }
-        else {
-            v = PyObject_GetItem(locals, name);
-            if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
-                PyErr_Clear();
-            }
-        }
+        PyObject *v = PyFrame_GetVar((PyFrameObject *)frame, name);
         if (v == NULL) {
-            if (PyErr_Occurred()) {
-                Py_CLEAR(out);
-                goto done;
+            if (PyErr_ExceptionMatches(PyExc_NameError)) {
+                PyErr_Clear();
+                continue; /* deleted by the function itself */
             }
-            continue; /* deleted by the function itself */
+            Py_CLEAR(out);
+            goto done;
         }
         int rc = PyDict_SetItem(out, name, v);
         Py_DECREF(v);
@@ -902,7 +893,6 @@ c_read_args(PyObject *frame)
         }
     }
 done:
-    Py_XDECREF(locals);
     Py_XDECREF(names);
     Py_DECREF(co);
     return out;
@@ -3196,6 +3186,23 @@ set_entry_clock(PyObject *mod, PyObject *name)
     return PyUnicode_FromString(tsc_enable(want) ? "tsc" : "monotonic");
 }
 
+/* frame_var(frame, name): a local (or cell) of a frame, read from the frame itself. On 3.12
+ * frame.f_locals refreshes the very dict that locals() gave the program; this does not. */
+static PyObject *
+frame_var(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyFrame_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "frame_var(frame, name: str)");
+        return NULL;
+    }
+    PyObject *v = PyFrame_GetVar((PyFrameObject *)args[0], args[1]);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_NameError)) {
+        PyErr_Clear();
+        PyErr_SetObject(PyExc_KeyError, args[1]); /* as the f_locals mapping says it */
+    }
+    return v;
+}
+
 static PyObject *
 set_close_emits_nothing(PyObject *mod, PyObject *flag)
 {
@@ -3220,6 +3227,8 @@ static PyMethodDef module_methods[] = {
     {"set_entry_clock", set_entry_clock, METH_O,
      "set_entry_clock(name) -> name in use: 'tsc' (when this build and machine allow it) or"
      " 'monotonic'."},
+    {"frame_var", (PyCFunction)(void (*)(void))frame_var, METH_FASTCALL,
+     "frame_var(frame, name): a local of the frame, read without touching f_locals."},
     {"set_close_emits_nothing", set_close_emits_nothing, METH_O,
      "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
     {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},

@@ -1,6 +1,6 @@
 # Type stub of the C core (src/pyprobes/_speedups.c); see pyprobes.engine.ccore.
 from collections.abc import Callable, Mapping, Sequence
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any
 
 from pyprobes.engine import context
@@ -36,6 +36,7 @@ class Site: ...
 
 def set_entry_clock(name: str) -> str: ...
 def set_close_emits_nothing(flag: bool) -> None: ...
+def frame_var(frame: FrameType, name: str) -> object: ...
 def setup(
     *,
     ProbeContext: type[context.ProbeContext],

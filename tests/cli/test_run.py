@@ -324,3 +324,17 @@ def test_a_return_probe_never_runs_the_exceptions_repr(tmp_path: Path) -> None:
     (event,) = events(out)
     assert event["exception"] == "__main__.StateError('bad', 3)"
     assert event["args"] == {"$exception": "__main__.StateError('bad', 3)"}
+
+
+def test_capturing_a_local_leaves_the_programs_locals_dict_alone(tmp_path: Path) -> None:
+    """Issue 18.7: on 3.12 reading frame.f_locals refreshes the dict locals() returned."""
+    plain = python("locals_snapshot.py")
+    assert plain.stdout == "(1, ['a', 'x']) 1\n"
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run", "--format", "json", "-o", str(out), "-e", "p __main__:f:4 x a",
+        "locals_snapshot.py",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == plain.stdout
+    assert [e["args"] for e in events(out)] == [{"x": 2, "a": 0}] * 2

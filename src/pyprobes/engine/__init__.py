@@ -7,7 +7,12 @@ from pyprobes.engine.tool import check_supported
 check_supported()  # before anything that needs 3.12: a clear error on older Pythons
 
 from pyprobes.engine.blacklist import noprobe
-from pyprobes.engine.context import KretprobeInstance, ProbeContext, regs_return_value
+from pyprobes.engine.context import (
+    KretprobeInstance,
+    ProbeContext,
+    read_local,
+    regs_return_value,
+)
 from pyprobes.engine.errors import (
     AlreadyRegisteredError,
     InvalidProbeError,
@@ -90,6 +95,7 @@ __all__ = [
     "module_exists",
     "module_roots",
     "noprobe",
+    "read_local",
     "register_jprobe",
     "register_jprobes",
     "register_kprobe",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +44,33 @@ def parameter_names(code: CodeType) -> tuple[str, ...]:
     return names[:n_pos] + star + names[n_pos : n_pos + n_kw] + dstar
 
 
+def _read_local_via_proxy(frame: FrameType, name: str) -> object:
+    return frame.f_locals[name]  # 3.13+: a proxy over the frame, no snapshot is touched
+
+
+def _choose_read_local() -> Callable[[FrameType, str], object]:
+    if sys.version_info >= (3, 13):
+        return _read_local_via_proxy
+    # 3.12: frame.f_locals refreshes the dict that locals() returned to the program (it
+    # would see values change under it); PyFrame_GetVar reads the frame itself.
+    try:
+        from pyprobes._speedups import frame_var
+    except ImportError:  # no C module built: f_locals it is (a documented limit)
+        return _read_local_via_proxy
+    return frame_var
+
+
+#: ``read_local(frame, name)``: a local or cell of ``frame`` (KeyError if unbound), read
+#: without changing anything the program can see.
+read_local: Callable[[FrameType, str], object] = _choose_read_local()
+
+
 def read_args(frame: FrameType) -> dict[str, object]:
     """Copy the current values of the frame's parameters (never the live locals mapping)."""
-    local_map = frame.f_locals  # a snapshot dict on 3.12, a write-through proxy on 3.13
     out: dict[str, object] = {}
     for name in parameter_names(frame.f_code):
         try:
-            out[name] = local_map[name]
+            out[name] = read_local(frame, name)
         except KeyError:  # deleted by the function itself
             pass
     return out

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pyprobes.engine import KretprobeInstance, ProbeContext
+from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
 from pyprobes.output import Event
 from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch_and_render, render
 
@@ -74,7 +74,7 @@ class HitRecorder:
             if name[0] != "$":
                 if frame is None:
                     raise KeyError(name)
-                return frame.f_locals[name]
+                return read_local(frame, name)  # 3.12: f_locals would refresh locals()
             if name == "$args":
                 return ctx.args
             if name == "$retval":
