@@ -256,6 +256,7 @@ class _Client:
         self._capacity = EVENT_CAPACITY
         self._accepting = True
         self._closed = False
+        self._bye_coming = False  # closing with a bye: the sender waits for it, then ends
         self._drops: dict[tuple[int, str], int] = {}
         self._sender_lost: dict[str, int] = {}
         self._reported_lost = 0
@@ -611,10 +612,13 @@ class _Client:
         with self._lock:
             if self._closed:
                 return False
+            wait = bye is not None and self.sender.is_alive()
+            # (set with _closed: a sender that wakes while the probes are being removed must
+            # not end before the bye is queued, or the client never hears why it ended)
+            self._bye_coming = wait
             self._closed = True
             self._accepting = False
             self._stop_entries(list(self._specs.values()))
-        wait = bye is not None and self.sender.is_alive()
         if wait:
             self._control.append(_Final({"type": "bye", "reason": bye}))
         self._wake.set()
@@ -738,7 +742,7 @@ class _Client:
                 if final is not None:
                     self._send_final(final)
                     return
-                if self._closed and not control:
+                if self._closed and not control and not self._bye_coming:
                     return
         except OSError:
             pass  # the client is gone: the reader sees it too and cleans up
