@@ -338,3 +338,27 @@ def test_capturing_a_local_leaves_the_programs_locals_dict_alone(tmp_path: Path)
     assert run.returncode == 0, run.stderr
     assert run.stdout == plain.stdout
     assert [e["args"] for e in events(out)] == [{"x": 2, "a": 0}] * 2
+
+
+HOSTILE = "\x1b]0;owned\x07\x9b2J\u202eevil\u2066"
+TERMINAL_CONTROLS = set("\x1b\x07\x9b\u202e\u2066")
+
+
+def test_text_events_and_by_keys_escape_what_the_program_names(tmp_path: Path) -> None:
+    """Issue 18.4: a thread name and values with ESC, CSI (U+009B) and bidi controls."""
+    prog = tmp_path / "names.py"
+    prog.write_text(
+        "import threading\n"
+        "def work(s, l):\n    return s\n"
+        f"t = threading.Thread(target=work, args=({HOSTILE!r}, [{HOSTILE!r}]), name={HOSTILE!r})\n"
+        "t.start(); t.join()\n"
+    )
+    run = pyprobes(
+        "run", "-e", "p:w __main__:work s l $thread", "-e", "r:wr __main__:work $retval",
+        "--count", "--by", "$thread", str(prog), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not TERMINAL_CONTROLS & set(run.stderr), ascii(run.stderr)
+    assert "\\x1b]0;owned\\x07\\x9b2J\\u202eevil\\u2066-" in run.stderr  # the thread name
+    assert "@w['\\x1b]0;owned\\x07\\x9b2J\\u202eevil\\u2066']: 1" in run.stderr
+    assert 'l=["\\u001b]0;owned\\u0007\\u009b2J\\u202eevil\\u2066"]' in run.stderr

@@ -365,3 +365,15 @@ def test_concurrent_adds_and_snapshots_lose_nothing() -> None:
     got = agg.snapshot_and_reset().get("r_f")
     total += got.hits if got else 0
     assert total == per_thread * n_threads
+
+
+def test_by_keys_and_event_names_are_escaped_for_the_terminal() -> None:
+    """Issue 18.4: --by keys and event names come from the program (or an attached one)."""
+    hostile = "\x1b]0;x\x07\x9b2J\u202e\ud800"
+    agg = Aggregator(count=True, by_field="s", hist_field="$duration", stats_field="$duration")
+    agg.add(_ev(hostile, args={"s": hostile}))
+    agg.add(_ev(hostile, args={"s": [hostile]}))
+    text = agg.render()
+    assert text.replace("\n", "").isprintable(), text
+    assert "@\\x1b]0;x\\x07\\x9b2J\\u202e\\ud800[" in text
+    assert "\\u009b" in text  # the list key, as JSON

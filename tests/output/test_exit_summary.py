@@ -31,3 +31,11 @@ def test_plain_tuples_are_accepted_and_one_event_is_singular() -> None:
 
 def test_no_rows_still_reports_lost() -> None:
     assert format_summary([], 0) == "0 events lost\n"
+
+
+def test_event_names_are_escaped_for_the_terminal() -> None:
+    """Issue 18.4: an attached process names the events of its summary rows."""
+    text = format_summary([SummaryRow("e\x1b[2J\x9b\u202e", 1, 1, 0)], 0)
+    assert text.replace("\n", "").isprintable()
+    assert text.splitlines()[1].startswith("e\\x1b[2J\\x9b\\u202e  ")
+    assert "misses on e\\x1b[2J\\x9b\\u202e:" in text

@@ -121,3 +121,13 @@ def test_get_renderer_chrome_is_fresh_each_time() -> None:
 def test_unknown_format_lists_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="allowed are chrome, json, text"):
         get_renderer("xml")
+
+
+def test_terminal_controls_in_names_and_args_stay_exact_valid_json() -> None:
+    """Issue 18.4: C1 (CSI) and bidi controls are \\u-escaped, the document still valid."""
+    hostile = "\x1b[2J\x9b2J\u202e"
+    events = _trace(_document([_event("r", thread_name=hostile, args={"s": hostile})]))
+    assert events[0]["args"] == {"name": hostile}
+    assert events[1]["args"] == {"s": hostile, "retval": None, "exception": None}
+    text = ChromeRenderer().render(_event(thread_name=hostile))
+    assert "\\u009b" in text and "\\u202e" in text and "\x9b" not in text

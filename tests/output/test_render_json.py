@@ -129,3 +129,17 @@ def test_get_renderer_json() -> None:
     r = get_renderer("json")
     assert isinstance(r, JsonRenderer)
     assert r.header() == "" and r.footer() == ""
+
+
+def test_terminal_controls_are_escaped_and_the_json_is_exact() -> None:
+    """Issue 18.4: json escapes only C0; DEL, C1 (CSI) and bidi controls are \\u-escaped too."""
+    hostile = "\x1b[2J\x7f\x9b2J\u202eevil\u2066\U000e0001"  # a surrogate would escape all
+    ev = _event("r", thread_name=hostile, args={hostile: [hostile]}, retval=hostile)
+    line = JsonRenderer().render(ev)
+    assert line.endswith("\n") and line[:-1].isprintable()
+    assert "\\u009b" in line and "\\u202e" in line and "\\u007f" in line
+    back = json.loads(line)
+    assert back["thread_name"] == hostile
+    assert back["args"] == {hostile: [hostile]} and back["retval"] == hostile
+    clean = JsonRenderer().render(_event(thread_name="wörker"))
+    assert "wörker" in clean  # printable text is not escaped

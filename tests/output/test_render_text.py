@@ -116,3 +116,33 @@ def test_any_captured_values_give_one_encodable_line(args: dict[str, object]) ->
     line = TextRenderer().render(_event(args=args))
     assert line.endswith("\n") and line.count("\n") == 1
     line.encode("utf-8")  # no lone surrogates reach the sink
+
+
+# Issue 18.4: what a terminal acts on: C0 (ESC, BEL), DEL, C1 (CSI U+009B), bidi overrides
+# and isolates, and a lone surrogate.
+HOSTILE = "\x1b]0;owned\x07\x7f\x9b2J\u202eevil\u2066\u2069\ud800"
+HOSTILE_CHARS = set("\x1b\x07\x7f\x9b\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ud800")
+
+
+def test_untrusted_text_in_every_field_is_escaped_for_the_terminal() -> None:
+    ev = _event(
+        "r",
+        thread_name=HOSTILE,
+        location=f"/tmp/{HOSTILE}.py:3",
+        probe=f"mod:{HOSTILE}",
+        args={"s": HOSTILE, "l": [HOSTILE, {HOSTILE: HOSTILE}], HOSTILE: 1},
+        retval=HOSTILE,
+        exception=HOSTILE,
+    )
+    line = TextRenderer().render(ev)
+    assert not HOSTILE_CHARS & set(line), [c for c in line if c in HOSTILE_CHARS]
+    assert line.count("\n") == 1 and line.endswith("\n")
+    line.encode("utf-8")
+    assert line.startswith("\\x1b]0;owned\\x07\\x7f\\x9b2J\\u202eevil\\u2066\\u2069\\ud800-1234 ")
+    for c in "\u202a\u202b\u202c\u202d\u2067\u2068":
+        assert "\\u" + format(ord(c), "04x") in TextRenderer().render(_event(thread_name=c))
+
+
+def test_printable_unicode_is_kept() -> None:
+    line = TextRenderer().render(_event(thread_name="wörker-工作", args={"s": "é"}))
+    assert line.startswith("wörker-工作-1234 ") and "s='é'" in line

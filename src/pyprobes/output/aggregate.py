@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from pyprobes.output.records import RETURN, Event
 from pyprobes.output.render_text import format_value
-from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr
+from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, terminal_safe
 from pyprobes.output.units import TIME_UNITS, format_duration
 
 DURATION_FIELD = "$duration"
@@ -187,8 +187,9 @@ def canonical_key(value: object) -> Hashable:
 
 
 def key_text(key: Hashable) -> str:
-    """How a key is shown: strings repr-quoted, containers as JSON."""
-    return key.json if isinstance(key, ContainerKey) else format_value(key)
+    """How a key is shown: strings repr-quoted, containers as JSON; terminal-safe (the
+    values come from the program)."""
+    return terminal_safe(key.json if isinstance(key, ContainerKey) else format_value(key), None)
 
 
 class CountBy:
@@ -544,19 +545,18 @@ class EventAggregates:
     def render(self, config: AggregatorConfig) -> str:
         """This event's aggregations as text, in a fixed order."""
         out: list[str] = []
+        event = terminal_safe(self.event, 256)  # an attached process names its events
         if config.count:
-            out.append(f"@{self.event}: {self.hits}\n")
+            out.append(f"@{event}: {self.hits}\n")
         if self.by is not None:
-            out.append(self.by.render(self.event))
+            out.append(self.by.render(event))
         if self.hist is not None:
-            out.append(f"{self.event} {config.hist_field}:\n{self.hist.render()}")
+            out.append(f"{event} {config.hist_field}:\n{self.hist.render()}")
         if self.stats is not None:
             fmt = format_duration if config.stats_field == DURATION_FIELD else None
-            out.append(f"{self.event} {config.stats_field}: {self.stats.render(fmt)}")
+            out.append(f"{event} {config.stats_field}: {self.stats.render(fmt)}")
         for name, n in sorted(self.skipped.items()):
-            out.append(
-                f"{self.event}: {n} {name} value{'' if n == 1 else 's'} skipped (not numeric)\n"
-            )
+            out.append(f"{event}: {n} {name} value{'' if n == 1 else 's'} skipped (not numeric)\n")
         return "".join(out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pyprobes.output.records import RETURN, Event
-from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, utf8_safe
+from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, terminal_safe
 from pyprobes.output.units import format_duration
 
 DURATION_ARG = "$duration"
@@ -53,7 +53,7 @@ class TextRenderer:
         )
         if event.args:
             line += " " + " ".join(f"{k}={format_arg(k, v)}" for k, v in event.args.items())
-        if "\n" in line or "\r" in line:
-            # Values are escaped already; this guards names, so one event stays one line.
-            line = line.replace("\r", "\\r").replace("\n", "\\n")
-        return utf8_safe(line) + "\n"
+        # Thread names, locations and probe names come from the program, untrusted: escape
+        # what a terminal would act on (values are repr/JSON-escaped already), so one event
+        # stays one line and UTF-8 can encode it.
+        return terminal_safe(line, None) + "\n"

@@ -100,11 +100,12 @@ def utf8_safe(text: str) -> str:
     return text
 
 
-def terminal_safe(text: str, limit: int = 4096) -> str:
+def terminal_safe(text: str, limit: int | None = 4096) -> str:
     """Untrusted ``text`` (another process's argv, say) for one terminal line: control and
-    other non-printable characters (escape sequences, newlines, bidi overrides, lone
-    surrogates) become backslash escapes, and it is cut to ``limit`` characters."""
-    if len(text) > limit:
+    other non-printable characters (escape sequences, newlines, C1 controls such as CSI,
+    bidi overrides and isolates, lone surrogates) become backslash escapes, and it is cut
+    to ``limit`` characters (None: not cut)."""
+    if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
     if text.isprintable():
         return text
@@ -140,13 +141,28 @@ def dumps(value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bo
         except Exception:
             return json.dumps(safe_repr(value), ensure_ascii=True)
     if text.isascii():
-        return text
+        return text if "\x7f" not in text else _json_printable(text)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates: \uXXXX escapes keep the JSON valid and exact.
         return _dumps_ascii(value, separators, sort_keys)
-    return text
+    return text if text.isprintable() else _json_printable(text)
+
+
+def _json_escape(ch: str) -> str:
+    n = ord(ch)
+    if n > 0xFFFF:
+        n -= 0x10000
+        return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+    return f"\\u{n:04x}"
+
+
+def _json_printable(text: str) -> str:
+    """JSON ``text`` with the characters ``terminal_safe`` would escape (DEL, C1 controls,
+    bidi overrides; json escapes only C0) as ``\\uXXXX``: still exact, and safe to show on
+    a terminal. Outside strings JSON text holds only printable ASCII, so only strings change."""
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
 
 
 def _dumps_ascii(value: object, separators: tuple[str, str], sort_keys: bool) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from pyprobes.output.sanitize import terminal_safe
+
 
 class SummaryRow(NamedTuple):
     """One probe event's counters at exit."""
@@ -22,7 +24,10 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
     """An aligned table of ``rows``, a hint if return probes missed calls, then ``N events
     lost``; newline-terminated."""
     rows_list = list(rows)
-    table = [_HEADERS] + [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows_list]
+    # Event names reach us from an attached process too: escape them for the terminal.
+    table = [_HEADERS] + [
+        (terminal_safe(str(r[0]), 256), str(r[1]), str(r[2]), str(r[3])) for r in rows_list
+    ]
     lines: list[str] = []
     if len(table) > 1:
         widths = [max(len(row[i]) for row in table) for i in range(len(_HEADERS))]
@@ -30,7 +35,7 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
-    missed = [str(r[0]) for r in rows_list if int(r[2]) > 0]
+    missed = [row[0] for row, r in zip(table[1:], rows_list, strict=True) if int(r[2]) > 0]
     if missed:
         # MISSES are return-probe calls not traced: every instance of the pool was in use
         lines.append(
