@@ -362,3 +362,42 @@ def test_text_events_and_by_keys_escape_what_the_program_names(tmp_path: Path) -
     assert "\\x1b]0;owned\\x07\\x9b2J\\u202eevil\\u2066-" in run.stderr  # the thread name
     assert "@w['\\x1b]0;owned\\x07\\x9b2J\\u202eevil\\u2066']: 1" in run.stderr
     assert 'l=["\\u001b]0;owned\\u0007\\u009b2J\\u202eevil\\u2066"]' in run.stderr
+
+
+DUMMIES = """\
+import _thread, threading
+def work(i):
+    return i
+def body(i, done):
+    try:
+        work(i)
+    finally:
+        done.release()
+for i in range(5):
+    done = _thread.allocate_lock()
+    done.acquire()
+    _thread.start_new_thread(body, (i, done))
+    done.acquire()
+names = sorted(t.name for t in threading.enumerate() if not t.name.startswith("pyprobes-"))
+print("active", len(names), names)
+"""
+
+
+def test_threads_not_started_by_threading_get_no_dummy_thread(tmp_path: Path) -> None:
+    """Issue 18.8: naming the thread of an event must not make a ``_DummyThread`` for it."""
+    prog = tmp_path / "dummies.py"
+    prog.write_text(DUMMIES)
+    out = tmp_path / "ev.jsonl"
+    run = pyprobes(
+        "run", "-e", "p:w __main__:work i $thread", "-e", "r:wr __main__:work",
+        "--format", "json", "-o", str(out), str(prog), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == python(str(prog), cwd=tmp_path).stdout == "active 1 ['MainThread']\n"
+    evs = events(out)
+    assert len(evs) == 10
+    for e in evs:
+        assert e["thread_name"] == f"Dummy-{e['thread_id']}"
+    assert sorted(e["args"]["$thread"] for e in evs if e["event"] == "w") == sorted(  # type: ignore[index]
+        e["thread_name"] for e in evs if e["event"] == "w"
+    )

@@ -35,6 +35,29 @@ def _refresh_pid() -> None:
 os.register_at_fork(after_in_child=_refresh_pid)
 
 
+_get_ident = threading.get_ident
+
+
+def thread_name() -> str:
+    """The name of the calling thread, without ``threading.current_thread()``.
+
+    For a thread that ``threading`` did not start (``_thread``, C code) current_thread()
+    makes a ``_DummyThread`` that the program then sees in ``active_count()`` and
+    ``enumerate()``: forever on CPython 3.12, until the thread ends on 3.13+. So read
+    ``threading._active`` (the same dict current_thread() reads, on every version) and
+    name a thread not in it ``Dummy-<native thread id>``, creating nothing. Read each time:
+    ``threading`` rebinds ``_active`` in a forked child.
+    """
+    active = getattr(threading, "_active", None)
+    if isinstance(active, dict):
+        thread = active.get(_get_ident())
+        if thread is not None:
+            name = getattr(thread, "_name", None)  # the attribute Thread.name returns
+            if isinstance(name, str):
+                return name
+    return f"Dummy-{threading.get_native_id()}"
+
+
 def _where(frame: FrameType | None) -> str:
     if frame is None:
         return "?"
@@ -84,7 +107,7 @@ class HitRecorder:
             if name == "$duration":
                 return duration
             if name == "$thread":
-                return threading.current_thread().name
+                return thread_name()
             if name == "$caller":
                 return _where(frame.f_back if frame is not None else None)
             if name == "$stack":
@@ -114,8 +137,8 @@ class HitRecorder:
 
     def on_entry(self, p: object, ctx: ProbeContext) -> None:
         """pre_handler of a ``p`` probe."""
-        thread = threading.current_thread()
-        if thread.name.startswith(OWN_THREAD_PREFIX):
+        name = thread_name()
+        if name.startswith(OWN_THREAD_PREFIX):
             return
         frame = ctx.frame
         args = self._args(self._resolver(ctx, frame, None))
@@ -132,15 +155,15 @@ class HitRecorder:
                 time_ns=ctx.time_ns,
                 pid=_pid,
                 thread_id=threading.get_native_id(),
-                thread_name=thread.name,
+                thread_name=name,
                 args=args,
             )
         )
 
     def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
         """handler of an ``r`` probe."""
-        thread = threading.current_thread()
-        if thread.name.startswith(OWN_THREAD_PREFIX):
+        name = thread_name()
+        if name.startswith(OWN_THREAD_PREFIX):
             return
         now = ctx.time_ns
         duration = now - ri.entry_time_ns
@@ -160,7 +183,7 @@ class HitRecorder:
                 time_ns=now,
                 pid=_pid,
                 thread_id=threading.get_native_id(),
-                thread_name=thread.name,
+                thread_name=name,
                 args=args,
                 retval=None if exc is not None else render(ctx.retval),
                 exception=exception_text(exc),
