@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -401,3 +402,66 @@ def test_threads_not_started_by_threading_get_no_dummy_thread(tmp_path: Path) ->
     assert sorted(e["args"]["$thread"] for e in evs if e["event"] == "w") == sorted(  # type: ignore[index]
         e["thread_name"] for e in evs if e["event"] == "w"
     )
+
+
+def test_an_output_that_fails_says_why(tmp_path: Path) -> None:
+    """Issue 18.9: ENOSPC on -o is one line with the reason, not only "N events lost"."""
+    prog = tmp_path / "many.py"
+    prog.write_text("def f(i):\n    return i\nfor i in range(1000):\n    f(i)\nprint('done')\n")
+    run = pyprobes("run", "-e", "p:f __main__:f i", "-o", "/dev/full", str(prog), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "done\n"
+    lines = run.stderr.splitlines()
+    assert lines[-1] == "1000 events lost"
+    assert (
+        "pyprobes: writing events to /dev/full failed: [Errno 28] No space left on device;"
+        " 1000 events lost"
+    ) in lines
+
+
+WAITING = """\
+import sys, time
+def tick(i):
+    return i
+tick(1)
+print("ready", flush=True)
+time.sleep(60)
+print("not reached")
+"""
+
+
+# Exec'd with SIGTERM and SIGHUP at their default, whatever the test runner ignores.
+DEFAULT_SIGNALS_EXEC = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGTERM, signal.SIGHUP):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_print_the_report_and_die_by_the_signal(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Issue 18.9: the run ends as Ctrl-C does (aggregations, summary), then dies by ``sig``."""
+    prog = tmp_path / "waiting.py"
+    prog.write_text(WAITING)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEFAULT_SIGNALS_EXEC, "-m", "pyprobes", "run",
+         "-e", "p:t __main__:tick i", "--count", "-o", os.devnull, str(prog)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -sig, err
+    assert out == ""
+    assert "@t: 1\n" in err
+    assert err.splitlines()[-3:] == ["EVENT  HITS  MISSES  LOST", "t         1       0     0",
+                                     "0 events lost"]  # fmt: skip
+    assert "Traceback" not in err

@@ -22,6 +22,7 @@ from pyprobes.cli.options import (
     load_specs,
     make_aggregator,
     open_output,
+    output_failure,
 )
 from pyprobes.output import Aggregator, EventWriter, SummaryRow, format_summary
 from pyprobes.output.sanitize import terminal_safe
@@ -218,6 +219,9 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
             _err(f"pyprobes: {stream.gone}")
         if aggregator is not None:
             _err(aggregator.render())
+        failure = output_failure(args, writer)
+        if failure is not None:
+            _err(failure)
         _err(format_summary(stream.rows(), stream.lost_total()))
     finally:
         conn.close()

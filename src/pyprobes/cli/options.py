@@ -16,6 +16,7 @@ from pyprobes.output import (
     StreamSink,
     get_renderer,
 )
+from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import SPECIAL_VARS, ProbeSpec, parse_spec, parse_spec_file
 
 
@@ -120,3 +121,17 @@ def open_output(args: argparse.Namespace) -> Iterator[EventWriter]:
         yield writer
     finally:
         writer.close()
+
+
+def output_failure(args: argparse.Namespace, writer: EventWriter) -> str | None:
+    """The one line that says why events were not written (ENOSPC, EPIPE...), or None."""
+    exc = writer.error
+    if exc is None or writer.forked:
+        return None
+    lost = writer.lost
+    reason = terminal_safe(str(exc) or type(exc).__name__, 512)
+    dest = terminal_safe(args.output, 512) if args.output else "stderr"
+    return (
+        f"pyprobes: writing events to {dest} failed: {reason};"
+        f" {lost} event{'' if lost == 1 else 's'} lost"
+    )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import signal
 import sys
 import threading
+from types import FrameType
 
 from pyprobes.cli import program
-from pyprobes.cli.options import add_tracing_options, load_specs, make_aggregator, open_output
+from pyprobes.cli.options import (
+    add_tracing_options,
+    load_specs,
+    make_aggregator,
+    open_output,
+    output_failure,
+)
 from pyprobes.output import Aggregator, EventWriter, format_summary
 from pyprobes.tracer import TraceSession
 
@@ -40,13 +48,20 @@ class _Reporter:
     """Prints aggregations (every --interval, and once at the end) and the exit summary."""
 
     def __init__(
-        self, session: TraceSession, writer: EventWriter, aggregator: Aggregator | None
+        self,
+        session: TraceSession,
+        writer: EventWriter,
+        aggregator: Aggregator | None,
+        args: argparse.Namespace,
     ) -> None:
         self.session = session
         self.writer = writer
         self.aggregator = aggregator
+        self.args = args
         self._done = threading.Event()
-        self._once = threading.Lock()  # the final report runs once, from main or the timer
+        # The final report runs once, from main, the timer or a signal, and whoever comes
+        # second waits for it to be written: the process must not exit (or die) mid-report.
+        self._once = threading.Lock()
         self._reported = False
 
     def periodic(self, interval: float) -> None:
@@ -59,13 +74,45 @@ class _Reporter:
             if self._reported:
                 return
             self._reported = True
-        self._done.set()
-        self.session.stop()
-        self.writer.close()
-        if self.aggregator is not None:
-            _err(self.aggregator.render())
-        lost = self.writer.lost_by_event()
-        _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+            self._done.set()
+            self.session.stop()
+            self.writer.close()
+            if self.aggregator is not None:
+                _err(self.aggregator.render())
+            failure = output_failure(self.args, self.writer)
+            if failure is not None:
+                _err(failure)
+            lost = self.writer.lost_by_event()
+            _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+
+
+#: Signals that end the run as Ctrl-C does (with the report), then kill it as they would have.
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _report_and_die(reporter: _Reporter, signum: int) -> None:
+    reporter.final()
+    os.kill(os.getpid(), signum)  # its disposition is SIG_DFL again: the process dies by it
+
+
+def _end_on_signals(reporter: _Reporter) -> None:
+    """SIGTERM and SIGHUP print the aggregations and summary, then kill the program by that
+    same signal (status -N / 128+N, as without pyprobes). Only where the disposition is the
+    default: an ignored SIGHUP (nohup) stays ignored, and a handler the program installs
+    replaces ours. The handler only starts a bare ``_thread`` (no ``threading`` lock, which
+    the interrupted main thread may hold) that reports; a second signal kills at once."""
+    pid = os.getpid()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() != pid:  # a forked child: the parent reports
+            os.kill(os.getpid(), signum)
+            return
+        _thread.start_new_thread(_report_and_die, (reporter, signum))
+
+    for sig in TERMINATING:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, handler)
 
 
 def _err(text: str) -> None:
@@ -97,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     with open_output(args) as writer:
         session = TraceSession(specs, writer.emit, aggregator)
         session.arm()
-        reporter = _Reporter(session, writer, aggregator)
+        reporter = _Reporter(session, writer, aggregator, args)
+        _end_on_signals(reporter)
         if args.interval:
             threading.Thread(
                 target=reporter.periodic,

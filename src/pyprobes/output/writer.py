@@ -127,6 +127,11 @@ class EventWriter:
         return self._thread
 
     @property
+    def forked(self) -> bool:
+        """True in a forked child, whose copy of the writer only counts (see ``error``)."""
+        return self._forked
+
+    @property
     def closed(self) -> bool:
         """True once the writer thread has finished."""
         return self._stopped
