@@ -37,3 +37,62 @@ def test_check_stops_at_the_first_bad_spec() -> None:
     assert run.returncode == 1
     assert run.stdout.count("\n") == 1
     assert "did you mean 'loads'" in run.stderr and "Traceback" not in run.stderr
+
+
+def check_in(cwd: Path, *args: str, isolated: bool = False) -> subprocess.CompletedProcess[str]:
+    """``pyprobes check`` from ``cwd``; ``isolated`` (-P) leaves the current directory off
+    sys.path, as the installed ``pyprobes`` script does."""
+    return subprocess.run(
+        [sys.executable, *(["-P"] if isolated else []), "-m", "pyprobes", "check", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def _app(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "helpers.py").write_text(
+        "open(__file__ + '.ran', 'w').close()\n\ndef helper(x):\n    return x\n"
+    )
+    (app / "main.py").write_text(
+        "import helpers\nopen(__file__ + '.ran', 'w').close()\n\n\n"
+        "def main():\n    return helpers.helper(1)\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    return app
+
+
+def test_check_with_script_finds_the_programs_own_modules(tmp_path: Path) -> None:
+    """Issue 18.13: --script puts the script's directory on sys.path, as run does."""
+    app = _app(tmp_path)
+    specs = ("p helpers:helper x", "r __main__:main", "p __main__:*", "p __main__:6")
+    plain = check_in(tmp_path / "elsewhere", *specs)
+    assert plain.returncode == 1 and "helpers" in plain.stderr  # not found without it
+    run = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), *specs)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].endswith(f"-> helper at {app / 'helpers.py'}:3")
+    assert lines[1].endswith(f"-> main at {app / 'main.py'}:5")
+    assert lines[2].endswith(f"-> wildcard: 1 function(s) of the program ({app / 'main.py'}) match")
+    assert lines[3].endswith(f"-> line 6 of the program ({app / 'main.py'})")
+    assert not list(app.glob("*.ran"))  # nothing ran
+    bad = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), "p __main__:nope")
+    assert bad.returncode == 1 and "defines no function 'nope'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_check_with_dash_m_resolves_as_python_dash_m(tmp_path: Path) -> None:
+    """Issue 18.13: -m puts the current directory first, as python -m does."""
+    app = _app(tmp_path)
+    plain = check_in(app, "p helpers:helper", isolated=True)
+    assert plain.returncode == 1  # the installed script has no current directory on sys.path
+    run = check_in(app, "-m", "main", "p helpers:helper", "r __main__:main", isolated=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[1].endswith(f"-> main at {app / 'main.py'}:5")
+    assert not list(app.glob("*.ran"))  # nothing ran
+    missing = check_in(app, "-m", "no_such_mod_zz", "p json:loads", isolated=True)
+    assert missing.returncode == 1 and "No module named no_such_mod_zz" in missing.stderr

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from types import CodeType
 
+from pyprobes.cli import program
 from pyprobes.engine import find_code_by_qualname, module_exists
-from pyprobes.spec import ProbeSpec, parse_spec
-from pyprobes.tracer.targets import MAIN, check_module_known, def_line, module_matches
+from pyprobes.spec import ProbeSpec, Target, parse_spec
+from pyprobes.tracer.targets import (
+    MAIN,
+    check_module_known,
+    def_line,
+    module_matches,
+    placements_in_module,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,8 +24,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "check",
         help="parse and resolve probe specs",
-        description="Parse and resolve each SPEC, importing nothing the program would not;"
-        " print what each would probe; exit non-zero on the first bad one.",
+        description="Parse and resolve each SPEC, running and importing nothing; print what"
+        " each would probe; exit non-zero on the first bad one. With --script or -m, resolve"
+        " as 'pyprobes run' would run that program: its directory (or, for -m, the current"
+        " one) goes first on sys.path, so its own modules are found, and __main__: specs are"
+        " resolved on its code (compiled, not run).",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--script", metavar="SCRIPT", help="resolve in the context of 'pyprobes run SCRIPT'"
+    )
+    where.add_argument(
+        "-m", dest="module", metavar="MODULE", help="resolve in the context of 'pyprobes run -m'"
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.set_defaults(func=check)
@@ -43,11 +62,40 @@ def _module_code(name: str) -> object:
         return None
 
 
-def describe(spec: ProbeSpec) -> str:
-    """One line: the spec, then what it resolves to (or raise ProbeError)."""
+def _function_at(fn: CodeType, t: Target) -> str:
+    where = f"{fn.co_filename}:{def_line(fn)}"
+    if t.rel_line is not None:
+        where = f"{fn.co_filename}:{def_line(fn) + t.rel_line}"
+    return f"{fn.co_qualname} at {where}"
+
+
+def _describe_main(spec: ProbeSpec, code: CodeType) -> str:
+    """What a ``__main__:`` spec resolves to in the program's compiled (never run) code."""
+    t = spec.target
+    if t.has_wildcards:
+        n = len(placements_in_module(spec, MAIN, code))
+        return f"wildcard: {n} function(s) of the program ({code.co_filename}) match"
+    if t.abs_line is not None:
+        return f"line {t.abs_line} of the program ({code.co_filename})"
+    assert t.qualname is not None
+    fn = find_code_by_qualname([code], t.qualname)
+    if fn is None:
+        from pyprobes.engine import SymbolNotFoundError
+
+        raise SymbolNotFoundError(
+            f"the program ({code.co_filename}) defines no function {t.qualname!r}"
+        )
+    return _function_at(fn, t)
+
+
+def describe(spec: ProbeSpec, main: CodeType | None = None) -> str:
+    """One line: the spec, then what it resolves to (or raise ProbeError); ``main`` is the
+    program's code, for ``__main__:`` specs."""
     t = spec.target
     head = f"{spec.kind}:{spec.group}/{spec.event} {t}"
     if t.module == MAIN:
+        if main is not None:
+            return f"{head} -> {_describe_main(spec, main)}"
         return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
     if t.path is not None:
         return f"{head} -> line {t.abs_line} of {t.path}"
@@ -71,15 +119,55 @@ def describe(spec: ProbeSpec) -> str:
         from pyprobes.engine import SymbolNotFoundError
 
         raise SymbolNotFoundError(f"module {t.module!r} defines no function {t.qualname!r}")
-    where = f"{fn.co_filename}:{def_line(fn)}"
-    if t.rel_line is not None:
-        where = f"{fn.co_filename}:{def_line(fn) + t.rel_line}"
-    return f"{head} -> {fn.co_qualname} at {where}"
+    return f"{head} -> {_function_at(fn, t)}"
+
+
+def _program_context(args: argparse.Namespace) -> CodeType | None:
+    """Put the program's directory first on sys.path, as 'pyprobes run' would run it, and
+    return its code if it can be had without running or importing anything."""
+    if args.script is not None:
+        try:
+            prog = program.load_script(args.script, [])
+        except SyntaxError as exc:
+            raise program.ProgramError(
+                f"{args.script}: line {exc.lineno}: {exc.msg} (it cannot be compiled)"
+            ) from None
+        sys.path.insert(0, prog.path0)
+        return prog.code
+    if args.module is not None:
+        sys.path.insert(0, os.getcwd())  # as python -m does
+        if not module_exists(args.module):
+            raise program.ProgramError(f"No module named {args.module}", 1)
+        return _main_module_code(args.module)
+    return None
+
+
+def _main_module_code(name: str) -> CodeType | None:
+    """The code 'python -m name' runs (a package's ``__main__``), found and compiled without
+    importing anything; None where that would import a parent package first."""
+    import importlib.machinery
+    import importlib.util
+
+    if "." in name and name.rpartition(".")[0] not in sys.modules:
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            name = f"{name}.__main__"
+            spec = importlib.machinery.PathFinder.find_spec(
+                name, list(spec.submodule_search_locations)
+            )
+        get_code = getattr(getattr(spec, "loader", None), "get_code", None)
+        code = get_code(name) if get_code is not None else None
+    except (ImportError, SyntaxError, ValueError, OSError):
+        return None
+    return code if isinstance(code, CodeType) else None
 
 
 def check(args: argparse.Namespace) -> int:
     """Print what each spec would probe; stop at the first bad one."""
+    main = _program_context(args)
     for text in args.specs:
         spec = parse_spec(text)
-        print(describe(spec))
+        print(describe(spec, main))
     return 0
