@@ -277,3 +277,36 @@ def test_run_listen_with_its_own_probes_and_an_attached_client(
     assert {json.loads(line)["event"] for line in own.read_text().splitlines()} == {"own"}
     summary = "\n".join(child.err_lines)
     assert "own" in summary and "theirs" not in summary  # run reports only its probes
+
+
+def test_ps_trusts_only_the_process_a_socket_is_named_for(
+    cli: Cli, spawn: Spawn, runtime: Path
+) -> None:
+    import os
+    import socket
+
+    child = spawn(LOOP)
+    pid = child.ready()  # a real agent: its directory is made
+    d = runtime / "pyprobes"
+    listening: list[socket.socket] = []
+    try:
+        for n in [*range(1, 23), os.getpid()]:  # they listen and never answer
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(d / f"{n}.sock"))
+            s.listen(64)
+            listening.append(s)
+        # 23 silent sockets asked one after the other took 2 s each: all within 2 s now
+        r = cli("ps", "--json", timeout=20)
+    finally:
+        for s in listening:
+            s.close()
+    assert r.returncode == 0, r.stderr
+    rows = {row["pid"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert rows[pid]["agent"] is True
+    ours = {p for p, row in rows.items() if str(row.get("socket", "")).startswith(str(d))}
+    assert ours == {pid, os.getpid()}  # not pid 1: its socket is served by this test
+    silent = rows[os.getpid()]  # named for its server: asked, and said to be silent
+    assert silent["agent"] is None and "did not answer within 2s" in str(silent["error"])
+    assert f"pyprobes ps: ignored {d}/" in r.stderr and "is not the agent of process" in r.stderr
+    assert f"it is served by pid {os.getpid()} as uid {os.geteuid()}" in r.stderr
+    assert child.finish() == 0

@@ -239,7 +239,19 @@ def test_a_client_of_another_uid_is_refused(spawn: Spawn, runtime: Path, cli: Cl
     pid = child.ready()
     path = sock_of(runtime, pid)
 
-    def as_nobody(argv: list[str]) -> tuple[int, str]:
+    def talk_directly() -> int:
+        """Connect to the socket itself (discovery skips a directory open to others)."""
+        from pyprobes.attach.client import AgentConnection, connect_socket
+        from pyprobes.attach.errors import AttachError
+
+        try:
+            AgentConnection(connect_socket(pid, path), pid, path).handshake("nobody")
+        except AttachError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 1
+        return 0
+
+    def as_nobody(argv: list[str] | Callable[[], int]) -> tuple[int, str]:
         """Run the CLI in a forked child that became uid 65534 (nothing to exec)."""
         rfd, wfd = os.pipe()
         kid = os.fork()
@@ -251,7 +263,7 @@ def test_a_client_of_another_uid_is_refused(spawn: Spawn, runtime: Path, cli: Cl
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
-                rc = main(argv)
+                rc = argv() if callable(argv) else main(argv)
                 sys.stderr.flush()
                 os._exit(rc)
             except BaseException:
@@ -271,9 +283,13 @@ def test_a_client_of_another_uid_is_refused(spawn: Spawn, runtime: Path, cli: Cl
     os.chmod(path.parent, 0o711)
     os.chmod(path, 0o666)
     rc, text = as_nobody(["list", str(pid)])
+    assert rc == 1  # the client does not use a socket directory open to others
+    assert f"process {pid} belongs to uid 0 and you are uid 65534" in text
+    rc, text = as_nobody(talk_directly)
     assert rc == 1
     assert "refused: this process belongs to uid 0" in text and "you are uid 65534" in text
     child.wait_line(lambda s: True)  # still running
+    os.chmod(path.parent, 0o700)  # as deployed again: clients use only private directories
     assert probes_of(cli, pid) == []  # root is served as before
     assert child.finish() == 0
     assert any("refused a connection from uid 65534" in line for line in child.err_lines)

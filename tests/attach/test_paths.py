@@ -80,48 +80,104 @@ def test_pid_alive() -> None:
 
 
 def test_list_and_clean_stale(tmp_path: Path) -> None:
-    dead = dead_pid()
-    make_socket_file(tmp_path / f"{dead}.sock")
-    make_socket_file(tmp_path / f"{os.getpid()}.sock")
-    (tmp_path / f".{dead}-abcd.tmp").write_text("")
-    (tmp_path / "notes.txt").write_text("")
-    (tmp_path / "0.sock").write_text("")
-    found = paths.list_sockets(tmp_path)
-    assert sorted(s.pid for s in found) == sorted([dead, os.getpid()])
-    assert paths.clean_stale(tmp_path) == [dead]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{os.getpid()}.sock", "notes.txt", "0.sock"]
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    dead, dead2 = dead_pid(), dead_pid()
+    make_socket_file(d / f"{dead}.sock")
+    make_socket_file(d / f"{os.getpid()}.sock")
+    make_socket_file(d / f".{dead}-abcd.tmp")
+    (d / f"{dead2}.sock").write_text("")  # named like a socket, but a file: never removed
+    (d / f".{dead2}-beef.tmp").write_text("")
+    (d / "notes.txt").write_text("")
+    (d / "0.sock").write_text("")
+    found = paths.list_sockets(d)
+    assert [s.pid for s in found] == sorted([dead, os.getpid()])  # real sockets only
+    assert {s.owner for s in found} == {os.geteuid()}
+    assert paths.clean_stale(d) == [dead]
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        [f"{os.getpid()}.sock", f"{dead2}.sock", f".{dead2}-beef.tmp", "notes.txt", "0.sock"]
     )
-    assert paths.list_sockets(tmp_path / "missing") == []
-    assert paths.clean_stale(tmp_path / "missing") == []
+    assert paths.list_sockets(d / "missing") == []
+    assert paths.clean_stale(d / "missing") == []
+    os.chmod(d, 0o755)  # open to others: not a directory of ours to read or clean
+    assert paths.list_sockets(d) == [] and paths.clean_stale(d, keep=0) == []
 
 
-def test_find_socket_looks_where_the_target_would_listen(
+def stale_files(d: Path) -> tuple[list[str], str]:
+    """A stale socket, a file named like one and a half-made temp file, all of dead pids:
+    every name, and the stale socket's."""
+    dead = dead_pid()
+    make_socket_file(d / f"{dead}.sock")
+    (d / f"{dead_pid()}.sock").write_text("precious")
+    (d / f".{dead}-abcd.tmp").write_text("precious")
+    return sorted(p.name for p in d.iterdir()), f"{dead}.sock"
+
+
+def test_a_symlinked_directory_is_never_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
-    mine.mkdir()
-    theirs.mkdir()
-    (theirs / "pyprobes").mkdir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(mine))
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "XDG_RUNTIME_DIR": str(theirs)},
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"up\n"  # exec'd: /proc shows its own environment
-        assert paths.process_environ(child.pid)["XDG_RUNTIME_DIR"] == str(theirs)
-        assert paths.process_uid(child.pid) == os.geteuid()
-        assert paths.candidate_dirs(child.pid)[:2] == [mine / "pyprobes", theirs / "pyprobes"]
-        assert paths.find_socket(child.pid) is None
-        make_socket_file(theirs / "pyprobes" / f"{child.pid}.sock")
-        assert paths.find_socket(child.pid) == theirs / "pyprobes" / f"{child.pid}.sock"
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait()
-    assert paths.process_environ(child.pid) == {}
-    assert paths.process_uid(child.pid) is None
+    from pyprobes.cli import ps
+
+    victim = tmp_path / "victim"  # a private directory of ours that a link points at
+    victim.mkdir(mode=0o700)
+    names, sock = stale_files(victim)
+    base = tmp_path / "tmp"
+    base.mkdir()
+    me = os.geteuid()
+    for uid in {me, 1001}:
+        (base / f"pyprobes-{uid}").symlink_to(victim)
+        (base / f"pyprobes-{uid}-abc123").symlink_to(victim)
+    (tmp_path / "xdg").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert paths.all_runtime_dirs(str(base), run_user=tmp_path / "none") == []
+    for link in base.iterdir():
+        assert paths.open_dir(link) is None
+        assert paths.list_sockets(link) == [] and paths.clean_stale(link) == []
+        assert not paths.remove_socket(link / sock)
+    (tmp_path / "proc").mkdir()
+    assert ps.collect(str(tmp_path / "proc"), str(base), run_user=tmp_path / "none") == []
+    assert sorted(p.name for p in victim.iterdir()) == names  # nothing removed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_root_checks_whose_directory_it_is(tmp_path: Path) -> None:
+    base = tmp_path / "tmp"
+    base.mkdir()
+    run_user = tmp_path / "run-user"
+
+    def user_dir(path: Path, uid: int, mode: int = 0o700) -> tuple[list[str], str]:
+        path.mkdir(parents=True)
+        made = stale_files(path)
+        os.chown(path, uid, uid)
+        os.chmod(path, mode)
+        return made
+
+    wrong_owner = user_dir(base / "pyprobes-1001", 65534)  # not the uid it is named for
+    wrong_fallback = user_dir(base / "pyprobes-1001-xyz", 65534)
+    open_mode = user_dir(base / "pyprobes-65533", 65533, 0o755)
+    theirs = user_dir(base / "pyprobes-65534", 65534)
+    fallback = user_dir(base / "pyprobes-65534-abc_12", 65534)
+    xdg = user_dir(run_user / "65534" / "pyprobes", 65534)
+    xdg_wrong = user_dir(run_user / "1001" / "pyprobes", 65534)
+    dirs = paths.all_runtime_dirs(str(base), run_user=run_user)
+    assert [(d.path, d.uid) for d in dirs[1:]] == [
+        (run_user / "65534" / "pyprobes", 65534),
+        (base / "pyprobes-65534", 65534),
+        (base / "pyprobes-65534-abc_12", 65534),
+    ]
+    for d in dirs[1:]:
+        assert len(paths.clean_stale(d.path, uid=d.uid)) == 1  # the real stale socket only
+    for path, uid, (before, _) in [
+        (base / "pyprobes-1001", 1001, wrong_owner),
+        (base / "pyprobes-1001-xyz", 1001, wrong_fallback),
+        (base / "pyprobes-65533", 65533, open_mode),
+        (run_user / "1001" / "pyprobes", 1001, xdg_wrong),
+    ]:
+        assert paths.clean_stale(path, uid=uid) == [] and paths.list_sockets(path, uid) == []
+        assert sorted(p.name for p in path.iterdir()) == before  # untouched
+    for path, (before, sock) in [
+        (base / "pyprobes-65534", theirs),
+        (base / "pyprobes-65534-abc_12", fallback),
+        (run_user / "65534" / "pyprobes", xdg),
+    ]:
+        assert sorted(p.name for p in path.iterdir()) == [n for n in before if n != sock]

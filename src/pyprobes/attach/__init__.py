@@ -4,8 +4,8 @@ Kprobes are added to and removed from a running kernel, their state visible unde
 this package gives a running Python service the same. The pieces, each importing downward
 only (the engine and tracer know nothing of them):
 
-- ``paths``: the per-user socket directory (0700), one socket per pid (0600), stale ones
-  cleaned up;
+- ``paths``: the per-user socket directory (0700; a private fallback when it is taken), one
+  socket per pid (0600), stale ones cleaned up, never through a link;
 - ``protocol``: message schema, validation, limits and the version handshake;
 - ``agent``: the server thread in the target and one session per client (its own probes,
   its own bounded event stream, removed when it disconnects);
@@ -23,6 +23,7 @@ from pyprobes.attach.errors import (
     AgentGoneError,
     AttachError,
     AttachPermissionError,
+    ImpostorError,
     NoAgentError,
     NoSuchProcessError,
     ProtocolError,
@@ -33,6 +34,7 @@ __all__ = [
     "AgentGoneError",
     "AttachError",
     "AttachPermissionError",
+    "ImpostorError",
     "NoAgentError",
     "NoSuchProcessError",
     "ProtocolError",

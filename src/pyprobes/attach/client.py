@@ -27,6 +27,7 @@ from pyprobes.attach.errors import (
     AgentGoneError,
     AttachError,
     AttachPermissionError,
+    ImpostorError,
     NoAgentError,
     NoSuchProcessError,
     ProtocolError,
@@ -80,8 +81,32 @@ def locate(pid: int, *, start_agent: bool = True) -> Path:
     raise _no_agent(pid)
 
 
+def _directory_owner(path: Path) -> int | None:
+    try:
+        return os.lstat(path.parent).st_uid
+    except OSError:
+        return None
+
+
+def check_peer(sock: socket.socket, pid: int, path: Path, owner: int | None) -> None:
+    """Raise ImpostorError unless the process listening on ``sock`` is ``pid`` itself,
+    running as ``owner`` (the uid the socket's directory belongs to), per SO_PEERCRED."""
+    try:
+        peer_pid, peer_uid, _ = paths.peer_credentials(sock)
+    except OSError as exc:
+        raise ImpostorError(f"cannot tell who serves {path}: {exc}") from None
+    if peer_pid != pid or (owner is not None and peer_uid != owner):
+        raise ImpostorError(
+            f"{path} is not the agent of process {pid}: it is served by pid {peer_pid} as uid"
+            f" {peer_uid}{'' if owner is None else f' (its directory belongs to uid {owner})'};"
+            " remove it"
+        )
+
+
 def connect_socket(pid: int, path: Path, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
-    """A connected socket to the agent at ``path``; errors say what to do."""
+    """A connected socket to the agent at ``path``, checked to be served by ``pid`` as the
+    owner of its directory (SO_PEERCRED); errors say what to do."""
+    owner = _directory_owner(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -97,18 +122,21 @@ def connect_socket(pid: int, path: Path, timeout: float = CONNECT_TIMEOUT) -> so
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         if not paths.pid_alive(pid):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            paths.remove_socket(path, owner)
             raise NoSuchProcessError(f"no process {pid} (its agent socket was stale)") from None
         if exc.errno == errno.ECONNREFUSED:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # nobody listens: left by an earlier process with this pid
+            paths.remove_socket(path, owner)  # nobody listens: left by an earlier process
         raise _no_agent(pid) from None
     except OSError as exc:
         sock.close()
         raise AttachError(
             f"cannot connect to the agent of process {pid} at {path}: {exc}"
         ) from None
+    try:
+        check_peer(sock, pid, path, owner)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -255,8 +283,8 @@ class AgentConnection:
             msg = self.read_message(max(0.0, deadline - time.monotonic()))
             if msg is None:
                 raise AttachError(
-                    f"the agent of process {self.pid} did not answer within {timeout:g}s: is"
-                    " the process stopped or hung?"
+                    f"the agent of process {self.pid} did not answer within"
+                    f" {round(timeout, 1):g}s: is the process stopped or hung?"
                 )
             if msg["type"] == "welcome":
                 self.welcome = msg
@@ -286,7 +314,8 @@ class AgentConnection:
             msg = self.read_message(max(0.0, deadline - time.monotonic()))
             if msg is None:
                 raise AttachError(
-                    f"the agent of process {self.pid} did not answer {rtype!r} within {timeout:g}s"
+                    f"the agent of process {self.pid} did not answer {rtype!r} within"
+                    f" {round(timeout, 1):g}s"
                 )
             if msg.get("re") == rid and msg["type"] in ("ok", "error", "detached"):
                 if msg["type"] == "error":
@@ -323,6 +352,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "REPLY_TIMEOUT",
     "AgentConnection",
+    "check_peer",
     "connect_socket",
     "event_from_json",
     "locate",

@@ -56,3 +56,9 @@ class AgentGoneError(AttachError, ConnectionError):
     """The connection to the agent ended: the process exited or its agent stopped."""
 
     slug = "agent-gone"
+
+
+class ImpostorError(AttachError):
+    """The socket named for a process is served by another process or another user."""
+
+    slug = "impostor"

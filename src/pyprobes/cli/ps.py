@@ -2,11 +2,14 @@
 
 Two kinds are listed. Each process with a live agent socket answers with its pid, Python
 version, clients, probes and command line (sockets of processes that are gone are removed on
-the way). Each other CPython 3.14+ process (found in /proc) is listed too, as having no agent
-yet: ``pyprobes attach`` starts one there through ``sys.remote_exec`` when this pyprobes runs
-on the same major.minor, and the row says which Python to run it with otherwise. Root sees
-every user's processes. What a process tells about itself (argv, version) is untrusted: it
-is escaped before it reaches the terminal.
+the way). Sockets count only in checked directories (private, of the uid they are for, not
+symlinks) and only when served by the process they are named for, as their directory's
+owner (SO_PEERCRED); all agents are asked at once, within ``PS_TIMEOUT`` seconds in all, and
+one that does not answer is listed as such. Each other CPython 3.14+ process (found in
+/proc) is listed too, as having no agent yet: ``pyprobes attach`` starts one there through
+``sys.remote_exec`` when this pyprobes runs on the same major.minor, and the row says which
+Python to run it with otherwise. Root sees every user's processes. What a process tells
+about itself (argv, version) is untrusted: it is escaped before it reaches the terminal.
 """
 
 from __future__ import annotations
@@ -15,15 +18,20 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from pyprobes.attach import paths, procs
 from pyprobes.attach.bootstrap import version_text
 from pyprobes.attach.client import AgentConnection, connect_socket
-from pyprobes.attach.errors import AttachError
+from pyprobes.attach.errors import AttachError, ImpostorError
 from pyprobes.output.sanitize import terminal_safe
 
+#: Seconds for all agents together to answer.
 PS_TIMEOUT = 2.0
+#: Agents asked at once.
+MAX_PARALLEL = 32
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,19 +47,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=ps)
 
 
-def _probe_agent(pid: int, path: Path) -> dict[str, object]:
-    conn = AgentConnection(connect_socket(pid, path, PS_TIMEOUT), pid, path)
+def _probe_agent(pid: int, path: Path, timeout: float) -> dict[str, object]:
+    conn = AgentConnection(connect_socket(pid, path, timeout), pid, path)
     try:
-        welcome = conn.handshake("pyprobes ps", PS_TIMEOUT)
+        welcome = conn.handshake("pyprobes ps", timeout)
     finally:
         conn.close()
     return dict(welcome)
 
 
-def _agent_row(pid: int, path: Path) -> dict[str, object] | None:
-    """The row of a process with an agent socket (None: the process is gone)."""
+def _agent_row(
+    pid: int, path: Path, timeout: float, impostors: list[str]
+) -> dict[str, object] | None:
+    """The row of a process with an agent socket (None: the process is gone, or the socket
+    is not its agent: served by another process or user, noted in ``impostors``)."""
     try:
-        info = _probe_agent(pid, path)
+        info = _probe_agent(pid, path, timeout)
+    except ImpostorError as exc:
+        impostors.append(str(exc))
+        return None
     except AttachError as exc:
         if paths.pid_alive(pid):
             return {"pid": pid, "agent": None, "error": str(exc), "socket": str(path)}
@@ -64,6 +78,61 @@ def _agent_row(pid: int, path: Path) -> dict[str, object] | None:
     return info
 
 
+def query_agents(
+    sockets: list[tuple[int, Path]], bound: float = PS_TIMEOUT, impostors: list[str] | None = None
+) -> dict[int, dict[str, object] | None]:
+    """The rows of these agent sockets, asked in parallel within ``bound`` seconds in all.
+
+    A socket that has not answered by then gets an error row saying so (a stopped or hung
+    process, or a socket that listens and never answers); the threads are daemons, so none
+    keeps ps waiting past the bound. Sockets not served by the process they name are left
+    out and described in ``impostors``.
+    """
+    results: dict[int, dict[str, object] | None] = {}
+    noted: list[str] = []
+    lock = threading.Lock()
+    work = list(reversed(sockets))
+    deadline = time.monotonic() + bound
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not work:
+                    return
+                pid, path = work.pop()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                continue  # no time left: reported as unanswered
+            mine: list[str] = []
+            row = _agent_row(pid, path, left, mine)
+            with lock:
+                results[pid] = row
+                noted.extend(mine)
+
+    threads = [
+        threading.Thread(target=worker, name="pyprobes-ps", daemon=True)
+        for _ in range(min(MAX_PARALLEL, len(sockets)))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        out = dict(results)
+        if impostors is not None:
+            impostors.extend(noted)
+    for pid, path in sockets:
+        if pid not in out:
+            out[pid] = {
+                "pid": pid,
+                "agent": None,
+                "error": f"its agent socket did not answer within {bound:g}s: is the process"
+                " stopped or hung?",
+                "socket": str(path),
+            }
+    return out
+
+
 def no_agent_note(pid: int, version: tuple[int, int], mine: tuple[int, int]) -> tuple[bool, str]:
     """Whether this pyprobes can start an agent in a CPython ``version`` process, and why."""
     if version == mine and hasattr(sys, "remote_exec"):
@@ -71,30 +140,48 @@ def no_agent_note(pid: int, version: tuple[int, int], mine: tuple[int, int]) -> 
     return False, f"no agent; attach needs pyprobes on {version_text(version)}"
 
 
-def collect(proc: str = "/proc") -> list[dict[str, object]]:
-    """The rows of ``pyprobes ps``: processes with an agent, then those without, by pid."""
-    rows: list[dict[str, object]] = []
+def collect(
+    proc: str = "/proc",
+    temp: str | None = None,
+    bound: float = PS_TIMEOUT,
+    impostors: list[str] | None = None,
+    run_user: Path = paths.RUN_USER,
+) -> list[dict[str, object]]:
+    """The rows of ``pyprobes ps``: processes with an agent, then those without, by pid.
+
+    Only sockets in checked directories count (see ``paths.all_runtime_dirs``), and each
+    must be served by the process it is named for (SO_PEERCRED); every agent is asked at
+    once, all within ``bound`` seconds.
+    """
     me = os.getpid()
+    sockets: dict[int, Path] = {}
+    for directory in paths.all_runtime_dirs(temp, run_user):
+        paths.clean_stale(directory.path, uid=directory.uid)
+        for sock in paths.list_sockets(directory.path, directory.uid):
+            if sock.pid != me and sock.pid not in sockets:
+                sockets[sock.pid] = sock.path
+    found = procs.python_processes(proc)
+    for p in found:
+        if p.pid != me and p.pid not in sockets:
+            path = paths.find_socket(p.pid, proc)  # an agent in a directory of its own
+            if path is not None:
+                sockets[p.pid] = path
+    answers = query_agents(list(sockets.items()), bound, impostors)
+    rows: list[dict[str, object]] = []
     seen: set[int] = {me}
-    for directory in paths.all_runtime_dirs():
-        paths.clean_stale(directory)
-        for sock in paths.list_sockets(directory):
-            if sock.pid in seen:
-                continue
-            row = _agent_row(sock.pid, sock.path)
-            if row is not None:
-                seen.add(sock.pid)
-                rows.append(row)
+    for pid in sockets:
+        row = answers.get(pid)
+        if row is not None:
+            seen.add(pid)
+            rows.append(row)
     mine = (sys.version_info[0], sys.version_info[1])
-    for p in procs.python_processes(proc):
+    for p in found:
         if p.pid in seen:
             continue
         seen.add(p.pid)
-        found = paths.find_socket(p.pid, proc)  # an agent in a directory of its own
-        row = _agent_row(p.pid, found) if found is not None else None
-        if row is None:
-            attachable, note = no_agent_note(p.pid, p.version, mine)
-            row = {
+        attachable, note = no_agent_note(p.pid, p.version, mine)
+        rows.append(
+            {
                 "pid": p.pid,
                 "agent": False,
                 "attachable": attachable,
@@ -103,7 +190,7 @@ def collect(proc: str = "/proc") -> list[dict[str, object]]:
                 "argv": list(p.argv),
                 "note": note,
             }
-        rows.append(row)
+        )
     return rows
 
 
@@ -133,7 +220,11 @@ def format_rows(rows: list[dict[str, object]]) -> str:
 
 def ps(args: argparse.Namespace) -> int:
     """Print the attachable processes."""
-    rows = collect()
+    impostors: list[str] = []
+    rows = collect(impostors=impostors)
+    if impostors:
+        more = f" (and {len(impostors) - 1} more)" if len(impostors) > 1 else ""
+        sys.stderr.write(f"pyprobes ps: ignored {terminal_safe(impostors[0])}{more}\n")
     if args.json:
         for row in rows:
             sys.stdout.write(json.dumps(row, separators=(",", ":")) + "\n")
