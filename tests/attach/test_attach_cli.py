@@ -310,3 +310,47 @@ def test_ps_trusts_only_the_process_a_socket_is_named_for(
     assert f"pyprobes ps: ignored {d}/" in r.stderr and "is not the agent of process" in r.stderr
     assert f"it is served by pid {os.getpid()} as uid {os.geteuid()}" in r.stderr
     assert child.finish() == 0
+
+
+@pytest.mark.parametrize("squat", ["symlink", "another-user"])
+def test_a_taken_socket_directory_falls_back_to_a_private_one(
+    cli: Cli, spawn: Spawn, runtime: Path, env: dict[str, str], squat: str
+) -> None:
+    import os
+    import stat
+
+    if squat == "another-user" and os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    base = runtime / "t"
+    base.mkdir()
+    usual = base / f"pyprobes-{os.geteuid()}"
+    elsewhere = runtime / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if squat == "symlink":
+        usual.symlink_to(elsewhere)
+    else:
+        usual.mkdir(mode=0o700)
+        os.chown(usual, 65534, 65534)
+    env["TMPDIR"] = str(base)
+    env["XDG_RUNTIME_DIR"] = ""  # the temp directory's pyprobes-UID, as without a session
+    child = spawn(LOOP)
+    pid = child.ready()
+    (fallback,) = [p for p in base.iterdir() if p.name.startswith(f"pyprobes-{os.geteuid()}-")]
+    st = fallback.lstat()
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert stat.S_ISSOCK((fallback / f"{pid}.sock").lstat().st_mode)
+    deadline = time.monotonic() + TIMEOUT
+    while not any(f"listening in {fallback} instead" in line for line in child.err_lines):
+        assert time.monotonic() < deadline, child.err_lines
+        time.sleep(0.01)
+    (said,) = [line for line in child.err_lines if "listening in" in line]
+    assert f"{usual} must be a directory" in said or "belongs to uid 65534" in said
+    r = cli("list", str(pid), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pid"] == pid
+    r = cli("ps", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = [row for row in map(json.loads, r.stdout.splitlines()) if row["pid"] == pid]
+    assert row["agent"] is True and row["socket"] == str(fallback / f"{pid}.sock")
+    assert child.finish() == 0
+    assert not fallback.exists() and list(elsewhere.iterdir()) == []  # removed at exit

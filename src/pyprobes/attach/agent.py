@@ -39,7 +39,6 @@ import os
 import platform
 import secrets
 import socket
-import struct
 import sys
 import threading
 import time
@@ -120,14 +119,7 @@ def _remove_own(ident: int) -> None:
 
 # --- peer credentials -------------------------------------------------------------------------
 
-_UCRED = struct.Struct("3i")
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
+peer_credentials = paths.peer_credentials
 
 
 def peer_allowed(peer_uid: int, owner_uid: int) -> bool:
@@ -789,6 +781,8 @@ class Agent:
         self.idle_exit = idle_exit
         self.pid = os.getpid()
         self.path: Path | None = None
+        #: The private directory made because the usual one was taken (removed at stop).
+        self.fallback: Path | None = None
         self.refused = 0
         self._lock = threading.Lock()
         self._clients: dict[int, _Client] = {}
@@ -805,13 +799,14 @@ class Agent:
 
     def start(self) -> Path:
         """Bind the socket (0600, in a private directory) and start the server thread."""
-        directory = (
-            Path(self.directory_arg) if self.directory_arg is not None else paths.runtime_dir()
-        )
-        paths.ensure_private_dir(directory)
+        directory = self._directory()
         paths.clean_stale(directory, keep=self.pid)
         path = paths.socket_path(self.pid, directory)
-        paths.check_path_length(path)
+        try:
+            paths.check_path_length(path)
+        except AttachError:
+            self._remove_fallback()
+            raise
         tmp = directory / f".{self.pid}-{secrets.token_hex(4)}.tmp"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -824,6 +819,7 @@ class Agent:
             listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            self._remove_fallback()
             raise AttachError(f"cannot listen on {path}: {exc.strerror or exc}") from None
         self._inode = (st.st_dev, st.st_ino)
         self._listener = listener
@@ -831,6 +827,20 @@ class Agent:
         self._thread = threading.Thread(target=self._serve, name=AGENT_THREAD_NAME, daemon=True)
         self._thread.start()
         return path
+
+    def _directory(self) -> Path:
+        """The socket directory: the one asked for, else the usual one, else (when another
+        user or a symlink holds that) a fresh private fallback, said in a warning."""
+        if self.directory_arg is not None:
+            return paths.ensure_private_dir(Path(self.directory_arg))
+        usual = paths.runtime_dir()
+        try:
+            return paths.ensure_private_dir(usual)
+        except AttachError as exc:
+            fallback = paths.make_fallback_dir()
+            self.fallback = fallback
+            _log.warning("pyprobes agent: %s; listening in %s instead", exc, fallback)
+            return fallback
 
     def _serve(self) -> None:
         ident = _ident()
@@ -983,6 +993,7 @@ class Agent:
             with contextlib.suppress(OSError):
                 listener.close()
         self._unlink()
+        self._remove_fallback()
         waits = [c for c in clients if c.begin_close(bye=reason)]
         deadline = time.monotonic() + BYE_TIMEOUT
         for c in waits:
@@ -1004,6 +1015,11 @@ class Agent:
         if (st.st_dev, st.st_ino) == self._inode:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+    def _remove_fallback(self) -> None:
+        if self.fallback is not None and os.getpid() == self.pid:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.fallback)  # ours alone; fails harmlessly if not empty
 
     def forget_in_child(self) -> None:
         """After fork, in the child: serve nothing, unlink nothing, keep none of the probes."""
