@@ -421,3 +421,87 @@ def test_a_socket_path_too_long_says_what_to_do(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     with pytest.raises(AttachError, match="longer than 107 bytes: set XDG_RUNTIME_DIR"):
         Agent(deep).start()
+
+
+def test_idle_clients_are_let_go_and_free_their_slots(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_mod, "MAX_CLIENTS", 2)
+    agent.idle_timeout = 0.3
+    assert agent.path is not None
+    holder = greeted(agent)
+    idle = greeted(agent)
+    others: list[Raw] = []
+    try:
+        assert holder.request("add", id=1, specs=[f"p {HOT}"])["type"] == "ok"
+        full = Raw(agent.path)
+        others.append(full)
+        err = full.message()
+        assert err is not None and err["code"] == "limit"  # both slots held
+        bye = idle.message()  # no probes, no request: let go
+        assert bye is not None and bye["type"] == "bye"
+        assert str(bye["reason"]).startswith("this client held no probes and sent no request for")
+        assert "0.3s (PYPROBES_AGENT_IDLE_TIMEOUT)" in str(bye["reason"])
+        assert idle.message() is None
+        wait_for(lambda: len(agent.clients()) == 1)
+        late = greeted(agent)  # its slot is free again
+        others.append(late)
+        assert late.request("ping", id=2) == {"type": "ok", "re": 2}  # a request: timer anew
+        bye = late.message()
+        assert bye is not None and bye["type"] == "bye"
+        # the client holding a probe was never let go, idle as it was meanwhile
+        assert holder.request("ping", id=3) == {"type": "ok", "re": 3}
+        assert len(pyprobes.registered_probes()) == 1
+    finally:
+        for r in (holder, idle, *others):
+            r.close()
+    wait_for(lambda: not pyprobes.registered_probes())
+
+
+def test_an_add_matching_too_many_functions_is_refused_whole(agent: Agent) -> None:
+    from pyprobes.spec import parse_spec
+    from pyprobes.tracer.targets import count_matches
+
+    n = count_matches(parse_spec("p threading:*"))
+    assert n > 50
+    r = greeted(agent)
+    try:
+        agent.max_functions = n  # the default is 2,000
+        ok = r.request("add", id=1, specs=["p threading:*"])
+        assert ok["type"] == "ok" and ok["probes"][0]["probes"] == n  # type: ignore[index]
+        assert r.request("remove", id=2, handles=[1])["type"] == "ok"
+        agent.max_functions = n - 1
+        err = r.request("add", id=3, specs=[f"p {HOT}", "p threading:*"])
+        assert err["code"] == "limit" and err["re"] == 3
+        assert err["message"] == (
+            f"spec 2 (p threading:*) matches {n:,} functions (with the specs before it,"
+            f" {n + 1:,}), and one add may probe at most {n - 1:,} (PYPROBES_AGENT_MAX_FUNCTIONS"
+            " in the target): narrow its wildcard"
+        )
+        assert pyprobes.registered_probes() == []  # decided before anything was placed
+        agent.max_functions = agent_mod.MAX_FUNCTIONS_PER_ADD
+        err = r.request("add", id=4, specs=["r *:*"])
+        assert err["code"] == "limit" and "at most 2,000" in str(err["message"])
+        assert pyprobes.registered_probes() == []
+        assert r.request("add", id=5, specs=[f"p {HOT}"])["type"] == "ok"  # served on
+    finally:
+        r.close()
+    wait_for(lambda: not pyprobes.registered_probes())
+
+
+def test_the_limits_come_from_the_targets_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("PYPROBES_AGENT_IDLE_TIMEOUT", raising=False)
+    monkeypatch.delenv("PYPROBES_AGENT_MAX_FUNCTIONS", raising=False)
+    assert (Agent().idle_timeout, Agent().max_functions) == (60.0, 2000)
+    monkeypatch.setenv("PYPROBES_AGENT_IDLE_TIMEOUT", "2.5")
+    monkeypatch.setenv("PYPROBES_AGENT_MAX_FUNCTIONS", "7")
+    assert (Agent().idle_timeout, Agent().max_functions) == (2.5, 7)
+    with caplog.at_level(logging.WARNING, logger="pyprobes.agent"):
+        for idle, most in (("soon", "-3"), ("nan", "2.5"), ("0", "inf")):
+            monkeypatch.setenv("PYPROBES_AGENT_IDLE_TIMEOUT", idle)
+            monkeypatch.setenv("PYPROBES_AGENT_MAX_FUNCTIONS", most)
+            assert (Agent().idle_timeout, Agent().max_functions) == (60.0, 2000)
+    assert "PYPROBES_AGENT_IDLE_TIMEOUT='soon' is not a positive number: using 60" in caplog.text
+    assert "PYPROBES_AGENT_MAX_FUNCTIONS='-3' is not a positive number: using 2000" in caplog.text

@@ -11,7 +11,9 @@ Threads (all daemon, so the agent never keeps the process alive):
 - ``pyprobes-agent`` accepts connections, checks the peer's credentials (SO_PEERCRED: our
   uid or root) and starts the client's two threads;
 - ``pyprobes-agent-client-N`` reads, validates and answers that client's requests (it arms
-  and removes its probes);
+  and removes its probes); it lets the client go once it has held no probes and sent no
+  request for ``idle_timeout`` seconds, and refuses an ``add`` that would probe more than
+  ``max_functions`` functions before placing any (both bound what a client can cost);
 - ``pyprobes-agent-client-N-send`` is the only thread that writes to that client's socket:
   replies, event batches, loss reports. A stalled client blocks only this thread.
 
@@ -38,6 +40,7 @@ import logging
 import os
 import platform
 import secrets
+import select
 import socket
 import sys
 import threading
@@ -95,6 +98,12 @@ DETACH_GRACE = 4
 MAX_ARGV = 32
 MAX_QUEUED_REPLIES = 256
 MAX_ARG_CHARS = 256
+#: Seconds a client with no probes may stay without a request before it is let go.
+IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT_ENV = "PYPROBES_AGENT_IDLE_TIMEOUT"
+#: Functions one ``add`` may probe (a wildcard matching more is refused, nothing placed).
+MAX_FUNCTIONS_PER_ADD = 2000
+MAX_FUNCTIONS_ENV = "PYPROBES_AGENT_MAX_FUNCTIONS"
 
 _log = logging.getLogger("pyprobes.agent")
 _ident = threading.get_ident
@@ -133,6 +142,34 @@ def refusal_message(peer_uid: int, owner_uid: int) -> str:
         f"refused: this process belongs to uid {owner_uid} and only that user or root may"
         f" attach (you are uid {peer_uid}); run pyprobes as uid {owner_uid} or as root"
     )
+
+
+def _env_number(name: str, default: float, integer: bool = False) -> float:
+    """A positive number from the environment, else ``default`` (a bad value is warned
+    about, never fatal: the agent runs inside the program)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(int(text)) if integer else float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        _log.warning(
+            "pyprobes agent: %s=%r is not a positive number: using %g", name, text, default
+        )
+        return default
+    return value
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data (or EOF, or an error) within ``timeout`` seconds."""
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(1, int(timeout * 1000) + 1)))
+    except (OSError, ValueError):
+        return True  # closed meanwhile: let recv say so
 
 
 def _send_now(sock: socket.socket, message: dict[str, object]) -> None:
@@ -342,7 +379,22 @@ class _Client:
         greeted = False
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        idle = self.agent.idle_timeout
+        last = time.monotonic()  # of the last request: a client with no probes may idle
         while not self._closed:
+            if greeted and not self._specs:
+                left = last + idle - time.monotonic()
+                if left <= 0:
+                    self._finish(
+                        {
+                            "type": "bye",
+                            "reason": f"this client held no probes and sent no request for"
+                            f" {idle:g}s ({IDLE_TIMEOUT_ENV}): connect again when needed",
+                        }
+                    )
+                    return
+                if not _readable(sock, left):
+                    continue
             try:
                 data = sock.recv(65536)
             except TimeoutError:
@@ -385,6 +437,7 @@ class _Client:
                         )
                         return
                     greeted = True
+                    last = time.monotonic()
                     self.name = str(req.fields.get("client", ""))
                     sock.settimeout(None)
                     self.send(self.agent.welcome(self, req.id))
@@ -393,6 +446,7 @@ class _Client:
                     self._detach(req)
                     return
                 self._dispatch(req)
+                last = time.monotonic()
             if not greeted and time.monotonic() >= deadline:
                 self._finish(error(HANDSHAKE, "no hello within the handshake timeout", None))
                 return
@@ -441,6 +495,7 @@ class _Client:
                 raise ProtocolError(
                     BAD_SPEC, f"spec {i} ({text!r}) cannot be parsed: {exc!r}"
                 ) from None
+        self._check_functions(specs)
         with self._lock:
             if self._closed:
                 return
@@ -478,6 +533,29 @@ class _Client:
                 self._specs[entry.handle] = entry
             self._next_handle += len(new)
         self._reply(req, probes=[self._describe(e) for e in new])
+
+    def _check_functions(self, specs: list[ProbeSpec]) -> None:
+        """Refuse an add whose wildcards match more functions than one add may probe, before
+        anything is placed: registering thousands under busy threads takes the agent long."""
+        from pyprobes.tracer.targets import count_matches
+
+        limit = self.agent.max_functions
+        main = (
+            main_code() if any(s.target.has_wildcards and _targets_main(s) for s in specs) else None
+        )
+        names = main_names()
+        total = 0
+        for i, spec in enumerate(specs, 1):
+            n = count_matches(spec, main, names)
+            total += n
+            if total > limit:
+                before = f" (with the specs before it, {total:,})" if total != n else ""
+                raise ProtocolError(
+                    LIMIT,
+                    f"spec {i} ({spec.text or spec}) matches {n:,} functions{before}, and one add"
+                    f" may probe at most {limit:,} ({MAX_FUNCTIONS_ENV} in the target):"
+                    " narrow its wildcard",
+                )
 
     def _arm(self, entry: _Spec) -> None:
         from pyprobes.tracer import TraceSession
@@ -775,10 +853,25 @@ class Agent:
         directory: str | os.PathLike[str] | None = None,
         follow_fork: bool = False,
         idle_exit: bool = False,
+        *,
+        idle_timeout: float | None = None,
+        max_functions: int | None = None,
     ):
         self.directory_arg = directory
         self.follow_fork = follow_fork
         self.idle_exit = idle_exit
+        #: Seconds a client with no probes may go without a request (then it is let go).
+        self.idle_timeout = (
+            idle_timeout
+            if idle_timeout is not None
+            else _env_number(IDLE_TIMEOUT_ENV, IDLE_TIMEOUT)
+        )
+        #: Functions one add may probe.
+        self.max_functions = (
+            max_functions
+            if max_functions is not None
+            else int(_env_number(MAX_FUNCTIONS_ENV, MAX_FUNCTIONS_PER_ADD, integer=True))
+        )
         self.pid = os.getpid()
         self.path: Path | None = None
         #: The private directory made because the usual one was taken (removed at stop).

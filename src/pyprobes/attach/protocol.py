@@ -34,7 +34,8 @@ engine's listing records (``address``, ``kind``, ``symbol``, ``offset``, ``line`
 
 The agent also sends, unasked: ``events`` (``events``: a list of event records, as the JSON
 Lines output shows them), ``lost`` (``total`` and ``by_event``: events dropped for this
-client so far, cumulative) and ``bye`` (``reason``: the agent is stopping).
+client so far, cumulative) and ``bye`` (``reason``: the agent is stopping, or lets this idle
+client go; the connection closes after it).
 
 Errors are ``{"type": "error", "re": ID or null, "code": CODE, "message": TEXT}``; a message
 that gets one changed nothing. Codes: ``bad-json``, ``too-large``, ``bad-message``,
@@ -44,8 +45,12 @@ that gets one changed nothing. Codes: ``bad-json``, ``too-large``, ``bad-message
 Limits (client to agent): a line is at most ``MAX_LINE`` bytes, an ``add`` at most
 ``MAX_SPECS_PER_MESSAGE`` specs of ``MAX_SPEC_CHARS`` characters, a client at most
 ``MAX_SPECS_PER_CLIENT`` specs and ``MAX_PROBES_PER_CLIENT`` engine probes (wildcards place
-many), an agent ``MAX_CLIENTS`` clients. Specs are data: they are parsed by the probe
-language's parser and nothing a client sends is ever executed.
+many), an agent ``MAX_CLIENTS`` clients. The agent also refuses (``limit``, nothing placed)
+an ``add`` whose specs match more functions than it allows at once (2,000 by default,
+``PYPROBES_AGENT_MAX_FUNCTIONS`` in the target), and lets a client go (a ``bye``) once it has
+held no probes and sent no request for 60 s (``PYPROBES_AGENT_IDLE_TIMEOUT``), so idle
+clients cannot hold every slot. Specs are data: they are parsed by the probe language's
+parser and nothing a client sends is ever executed.
 """
 
 from __future__ import annotations

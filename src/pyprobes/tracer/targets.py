@@ -157,6 +157,25 @@ def placements_now(spec: ProbeSpec) -> list[Placement]:
     return out
 
 
+def count_matches(
+    spec: ProbeSpec, main: CodeType | None = None, main_names: tuple[str, ...] = (MAIN,)
+) -> int:
+    """How many functions ``spec`` would probe now, placing nothing: 1 for a single target;
+    for a wildcard, the distinct functions it matches in the modules already imported and,
+    when it names the program's module, in ``main`` (its running module code)."""
+    t = spec.target
+    if not t.has_wildcards:
+        return 1
+    seen: set[int] = set()
+    for name, mod in list(sys.modules.items()):
+        if mod is None or name == MAIN or not module_matches(t, name):
+            continue
+        seen.update(id(pl.addr) for pl in matches_in_tree(name, module_roots(mod), spec))
+    if main is not None and any(module_matches(t, n) for n in main_names):
+        seen.update(id(pl.addr) for pl in matches_in_tree(MAIN, [main], spec))
+    return len(seen)
+
+
 def check_module_known(spec: ProbeSpec) -> None:
     """Raise SymbolNotFoundError for a plain module name that cannot be imported."""
     t = spec.target
@@ -173,6 +192,7 @@ __all__ = [
     "InvalidProbeError",
     "Placement",
     "check_module_known",
+    "count_matches",
     "def_line",
     "matches_in_tree",
     "module_matches",
