@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import site
 import subprocess
 import sys
@@ -84,12 +85,13 @@ def test_set_to_1_the_program_is_attachable(
 def test_a_failed_start_is_one_line_and_the_program_runs(
     sitedir: Path, env: dict[str, str], runtime: Path
 ) -> None:
-    (runtime / "pyprobes").write_text("not a directory")
+    deep = runtime / ("d" * 60) / ("e" * 60)  # too long a socket path: nowhere to listen
+    deep.mkdir(parents=True)
     r = subprocess.run(
         [sys.executable, "-c", LAUNCH, str(sitedir), LOOP],
         capture_output=True,
         text=True,
-        env={**env, ENV_VAR: "1"},
+        env={**env, ENV_VAR: "1", "XDG_RUNTIME_DIR": str(deep)},
         input="",
         timeout=TIMEOUT,
     )
@@ -97,6 +99,29 @@ def test_a_failed_start_is_one_line_and_the_program_runs(
     assert r.stdout.startswith("ready ") and "done " in r.stdout
     (line,) = r.stderr.splitlines()
     assert line.startswith("pyprobes: PYPROBES_AGENT=1 but the agent did not start:")
+    assert "longer than 107 bytes" in line
+
+
+def test_a_taken_directory_is_one_line_and_the_agent_listens_elsewhere(
+    sitedir: Path, env: dict[str, str], runtime: Path
+) -> None:
+    (runtime / "pyprobes").write_text("not a directory")
+    r = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(sitedir), LOOP],
+        capture_output=True,
+        text=True,
+        env={**env, ENV_VAR: "1", "TMPDIR": str(runtime)},
+        input="",
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 0
+    assert r.stdout.startswith("ready ") and "done " in r.stdout
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"pyprobes agent: {runtime / 'pyprobes'} must be a directory")
+    assert f"; listening in {runtime}/pyprobes-{os.geteuid()}-" in line and line.endswith(
+        " instead"
+    )
+    assert sorted(p.name for p in runtime.iterdir()) == ["pyprobes"]  # the fallback went at exit
 
 
 def _installed() -> importlib.metadata.Distribution | None:

@@ -105,6 +105,8 @@ def query_agents(
                 continue  # no time left: reported as unanswered
             mine: list[str] = []
             row = _agent_row(pid, path, left, mine)
+            if row is not None and "error" in row and time.monotonic() >= deadline:
+                continue  # it ran out of time: reported as unanswered, as the ones not asked
             with lock:
                 results[pid] = row
                 noted.extend(mine)
