@@ -141,6 +141,7 @@ setup(
         Extension(
             "pyprobes._speedups",
             sources=["src/pyprobes/_speedups.c"],
+            depends=["src/pyprobes/_program.c"],  # included by _speedups.c
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt, "build": BuildWithPth, "build_pth": BuildPth},

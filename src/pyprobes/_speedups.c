@@ -23,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -1254,6 +1255,16 @@ ri_get_entry_time_ns(PyObject *self, void *closure)
     return PyLong_FromLongLong(r->entry_time_ns);
 }
 
+/* ns from an activation's entry to now (a program's $duration). */
+static inline long long
+ri_duration(RiData *r)
+{
+    if (r->entry_raw) {
+        return (long long)((double)(long long)(read_tsc() - r->entry_ticks) * tsc.rate);
+    }
+    return now_ns() - r->entry_time_ns;
+}
+
 static int
 ri_set_entry_time_ns(PyObject *self, PyObject *value, void *closure)
 {
@@ -2266,6 +2277,8 @@ nsites(PyObject *mod, PyObject *unused)
     return PyLong_FromSsize_t(sites.used);
 }
 
+#include "_program.c"
+
 /* --- handler calls ------------------------------------------------------------------------ */
 
 COLD void
@@ -2372,6 +2385,12 @@ kprobe_pre(PEnt *e, PyObject *ctx)
     PyObject *h = probe_attr(e, H_PRE);
     if (h == NULL) {
         return handler_failed(e->probe, ctx);
+    }
+    if (Py_IS_TYPE(h, &ProgType)) {
+        PEnv env = {ctx, 0, 0, Py_None, Py_None};
+        int rc = prog_run((ProgObj *)h, &env);
+        Py_DECREF(h);
+        return rc < 0 ? handler_failed(e->probe, ctx) : 0;
     }
     if (h != Py_None) {
         PyObject *r = call2(h, e->probe, ctx);
@@ -2616,7 +2635,27 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
         }
         Py_INCREF(s);
         PyObject *h = probe_attr(e, H_HANDLER);
-        if (h == NULL || h != Py_None) {
+        if (h != NULL && Py_IS_TYPE(h, &ProgType)) {
+            ProgObj *prog = (ProgObj *)h;
+            if (prog->needs_frame && ctx == NULL &&
+                (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
+                rc = -1;
+            }
+            else {
+                PEnv env = {ctx, 1, ri_duration(RI(ri)), retval, exc};
+                if (prog_run(prog, &env) < 0) {
+                    if (ctx == NULL &&
+                        (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
+                        rc = -1;
+                    }
+                    else {
+                        rc = handler_failed(e->probe, ctx);
+                    }
+                }
+            }
+            Py_DECREF(h);
+        }
+        else if (h == NULL || h != Py_None) {
             if (ctx == NULL &&
                 (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
                 Py_XDECREF(h);
@@ -3299,6 +3338,10 @@ PyInit__speedups(void)
     }
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (prog_module_init(m) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
 #ifdef Py_GIL_DISABLED

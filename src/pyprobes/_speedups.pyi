@@ -34,6 +34,19 @@ class RetState:
 
 class Site: ...
 
+class Program:
+    """A probe program run in C (see pyprobes.engine.program)."""
+
+    program: object
+    def __init__(
+        self,
+        lowered: tuple[object, ...],
+        program: object,
+        key_of: Callable[[object], str],
+        make_results: Callable[..., object],
+    ) -> None: ...
+    def take(self) -> object: ...
+
 def set_entry_clock(name: str) -> str: ...
 def set_close_emits_nothing(flag: bool) -> None: ...
 def frame_var(frame: FrameType, name: str) -> object: ...

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from types import CodeType
 
 from pyprobes import _speedups
-from pyprobes.engine import pycore, quirks
+from pyprobes.engine import program, pycore, quirks
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.pycore import (
@@ -76,6 +76,7 @@ __all__ = [
     "live_states",
     "nactive",
     "new_ret_state",
+    "program_handler",
     "publish",
     "uninstall",
 ]
@@ -225,6 +226,13 @@ def drop_ret_state(state: _speedups.RetState | None) -> None:
         return
     state.kill()  # the callbacks read a dead state as pycore reads ``rp._rstate is None``
     _py_drop_ret_state(state)
+
+
+def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:
+    """A handler that runs ``prog`` in C at each hit (the dispatch knows its type)."""
+    return _speedups.Program(
+        program.lower(prog), prog, key_of or program.default_key_of, program.results_from_raw
+    )
 
 
 def current_tool() -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from pyprobes.engine.probes import Kretprobe, Probe
+    from pyprobes.engine.program import KeyOf, Program
     from pyprobes.engine.resolve import Location
 
 ENV = "PYPROBES_CORE"
@@ -38,6 +39,7 @@ class Core(Protocol):
     def new_ret_state(self, rp: Kretprobe, maxactive: int) -> Any: ...
     def drop_ret_state(self, state: Any) -> None: ...
     def nactive(self, state: Any) -> int: ...
+    def program_handler(self, prog: Program, key_of: KeyOf | None = None) -> object: ...
 
 
 def select(env: str | None = None) -> Core:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any, Protocol
 
-from pyprobes.engine import quirks
+from pyprobes.engine import program, quirks
 from pyprobes.engine.context import (
     CALLBACK_CODE_IDS,
     CO_VARARGS,
@@ -812,6 +812,11 @@ os.register_at_fork(
 def live_states() -> Iterable[RetStateLike]:
     """The pools of every armed kretprobe (for tests and the listing)."""
     return list(_ret_states)
+
+
+def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:
+    """A handler that runs ``prog`` at each hit: the reference interpreter, called as any."""
+    return program.ProgramHandler(prog, key_of)
 
 
 def current_tool() -> int:

@@ -31,6 +31,7 @@ from pyprobes.engine.errors import (
 )
 from pyprobes.engine.imports import ImportWatcher, real_path
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
+from pyprobes.engine.program import KeyOf, Program, ProgramRunner
 from pyprobes.engine.resolve import (
     ENTRY,
     Location,
@@ -627,6 +628,15 @@ def registered_probes() -> list[Probe]:
 def count_active(rp: Kretprobe) -> int:
     """Instances of a kretprobe in use right now."""
     return _core.nactive(rp._rstate)
+
+
+def program_handler(prog: Program, key_of: KeyOf | None = None) -> ProgramRunner:
+    """A handler that runs ``prog`` in the selected core, with no Python call per hit there.
+
+    Give it as a kprobe's ``pre_handler`` or a kretprobe's ``handler``; ``take()`` reads and
+    resets what it gathered. ``key_of`` turns a key that is not a scalar into a str.
+    """
+    return _core.program_handler(prog, key_of)  # type: ignore[return-value]
 
 
 def core_name() -> str:

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.threads import thread_name
 from pyprobes.output import Event
 from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch_and_render, render
 
@@ -33,29 +34,6 @@ def _refresh_pid() -> None:
 
 
 os.register_at_fork(after_in_child=_refresh_pid)
-
-
-_get_ident = threading.get_ident
-
-
-def thread_name() -> str:
-    """The name of the calling thread, without ``threading.current_thread()``.
-
-    For a thread that ``threading`` did not start (``_thread``, C code) current_thread()
-    makes a ``_DummyThread`` that the program then sees in ``active_count()`` and
-    ``enumerate()``: forever on CPython 3.12, until the thread ends on 3.13+. So read
-    ``threading._active`` (the same dict current_thread() reads, on every version) and
-    name a thread not in it ``Dummy-<native thread id>``, creating nothing. Read each time:
-    ``threading`` rebinds ``_active`` in a forked child.
-    """
-    active = getattr(threading, "_active", None)
-    if isinstance(active, dict):
-        thread = active.get(_get_ident())
-        if thread is not None:
-            name = getattr(thread, "_name", None)  # the attribute Thread.name returns
-            if isinstance(name, str):
-                return name
-    return f"Dummy-{threading.get_native_id()}"
 
 
 def _where(frame: FrameType | None) -> str:

@@ -1,0 +1,780 @@
+/* --- PROGRAMS: pyprobes.engine.program run in C -------------------------------------------
+ * Included by _speedups.c (one translation unit: the dispatch inlines prog_run). A Program
+ * object is a probe's handler that the dispatch recognises by its type and runs here, with no
+ * Python call: read a few values from the hit, test the filter, bump a slot of the store. The
+ * reference is ProgramHandler in pyprobes/engine/program.py; every step follows it, in its
+ * order. ccore lowers the Program dataclass into plain tuples (program.lower) for make().
+ *
+ * No code of the probed program runs here: values are compared, hashed and tested only when
+ * they are exact str, int, bool, float or None (whose slots are CPython's own); other keys
+ * go to key_of, a function of ours. Everything runs with the GIL held; take() swaps the store
+ * out before it builds Python objects (which may run a collection, and so other threads). */
+
+enum { V_DURATION, V_RETVAL, V_EXCEPTION, V_THREAD, V_LOCAL };
+enum { C_CMP, C_TRUTH, C_ALL, C_ANY, C_NOT };
+enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOTIN };
+#define NBUCKETS 65
+
+typedef struct {
+    int kind;
+    PyObject *name; /* strong, interned: a local's name; else NULL */
+} PVar;
+
+typedef struct PCond {
+    int kind, op;
+    PVar var;
+    PyObject *konst; /* strong: a scalar, or a tuple for in / not in */
+    Py_ssize_t n;
+    struct PCond *parts;
+} PCond;
+
+typedef struct {
+    long long count, skipped, max;
+    unsigned long long total_lo, total_hi;
+    long long *buckets; /* nscales * NBUCKETS, or NULL without a histogram */
+} PSlot;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *program;      /* strong: the Program it was made from */
+    PyObject *key_of;       /* strong */
+    PyObject *make_results; /* strong: program.results_from_raw */
+    PCond *filter;          /* NULL: none */
+    int has_key, has_hist, needs_frame;
+    PVar key, hist;
+    Py_ssize_t nscales;
+    long long scales[8];
+    Py_ssize_t max_keys;
+    /* the store */
+    PyObject *keys; /* dict: key -> slot index (PyLong) */
+    PSlot *slots;
+    Py_ssize_t nslots, cap;
+    long long filtered, overflow;
+} ProgObj;
+
+static PyTypeObject ProgType;
+static PyObject *g_threading;   /* the threading module (strong) */
+static PyObject *s_active, *s_name_attr;
+static PyObject *g_fault_key;   /* "(fault)" */
+static PyObject *g_nan;         /* one float NaN: every NaN key is this one */
+
+static void
+pvar_clear(PVar *v)
+{
+    Py_CLEAR(v->name);
+}
+
+static void
+pcond_clear(PCond *c)
+{
+    pvar_clear(&c->var);
+    Py_CLEAR(c->konst);
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        pcond_clear(&c->parts[i]);
+    }
+    PyMem_Free(c->parts);
+    c->parts = NULL;
+    c->n = 0;
+}
+
+static int
+pvar_from(PyObject *t, PVar *out, int *needs_frame)
+{
+    long kind;
+    PyObject *name;
+    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "lO", &kind, &name)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "a lowered Var is (kind, name)");
+        }
+        return -1;
+    }
+    if (kind < V_DURATION || kind > V_LOCAL) {
+        PyErr_Format(PyExc_ValueError, "no Var kind %ld", kind);
+        return -1;
+    }
+    out->kind = (int)kind;
+    out->name = NULL;
+    if (kind == V_LOCAL) {
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "a local Var is named by a str");
+            return -1;
+        }
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name);
+        out->name = name;
+        *needs_frame = 1;
+    }
+    return 0;
+}
+
+static int
+pcond_from(PyObject *t, PCond *out, int *needs_frame, int depth)
+{
+    memset(out, 0, sizeof(*out));
+    if (depth > 100) {
+        PyErr_SetString(PyExc_RecursionError, "a program's filter nests too deep");
+        return -1;
+    }
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 2) {
+        PyErr_SetString(PyExc_TypeError, "a lowered condition is a tuple (kind, ...)");
+        return -1;
+    }
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(t, 0));
+    if (kind == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    out->kind = (int)kind;
+    switch (kind) {
+    case C_CMP: {
+        if (PyTuple_GET_SIZE(t) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a lowered Cmp is (0, op, var, const)");
+            return -1;
+        }
+        long op = PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
+        if (op < OP_EQ || op > OP_NOTIN) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_ValueError, "no comparison %ld", op);
+            }
+            return -1;
+        }
+        out->op = (int)op;
+        out->konst = Py_NewRef(PyTuple_GET_ITEM(t, 3));
+        return pvar_from(PyTuple_GET_ITEM(t, 2), &out->var, needs_frame);
+    }
+    case C_TRUTH:
+        return pvar_from(PyTuple_GET_ITEM(t, 1), &out->var, needs_frame);
+    case C_ALL:
+    case C_ANY:
+    case C_NOT: {
+        PyObject *parts = PyTuple_GET_ITEM(t, 1);
+        if (kind == C_NOT) {
+            out->parts = PyMem_Calloc(1, sizeof(PCond));
+            if (out->parts == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            out->n = 1;
+            return pcond_from(parts, &out->parts[0], needs_frame, depth + 1);
+        }
+        if (!PyTuple_Check(parts)) {
+            PyErr_SetString(PyExc_TypeError, "the parts of a lowered AllOf/AnyOf are a tuple");
+            return -1;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(parts);
+        out->parts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PCond));
+        if (out->parts == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            out->n = i + 1;
+            if (pcond_from(PyTuple_GET_ITEM(parts, i), &out->parts[i], needs_frame,
+                           depth + 1) < 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "no condition kind %ld", kind);
+        return -1;
+    }
+}
+
+static void
+prog_reset_store(ProgObj *p)
+{
+    for (Py_ssize_t i = 0; i < p->nslots; i++) {
+        PyMem_Free(p->slots[i].buckets);
+    }
+    PyMem_Free(p->slots);
+    p->slots = NULL;
+    p->nslots = p->cap = 0;
+    p->filtered = p->overflow = 0;
+}
+
+static void
+prog_dealloc(ProgObj *p)
+{
+    PyObject_GC_UnTrack(p);
+    Py_CLEAR(p->program);
+    Py_CLEAR(p->key_of);
+    Py_CLEAR(p->make_results);
+    Py_CLEAR(p->keys);
+    if (p->filter != NULL) {
+        pcond_clear(p->filter);
+        PyMem_Free(p->filter);
+    }
+    pvar_clear(&p->key);
+    pvar_clear(&p->hist);
+    prog_reset_store(p);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static int
+prog_traverse(ProgObj *p, visitproc visit, void *arg)
+{
+    Py_VISIT(p->program);
+    Py_VISIT(p->key_of);
+    Py_VISIT(p->make_results);
+    Py_VISIT(p->keys);
+    return 0;
+}
+
+static int
+prog_tp_clear(ProgObj *p)
+{
+    Py_CLEAR(p->key_of);
+    Py_CLEAR(p->make_results);
+    Py_CLEAR(p->keys);
+    return 0;
+}
+
+/* Program(lowered, program, key_of, make_results) */
+static PyObject *
+prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *lowered, *program, *key_of, *make_results;
+    if (!PyArg_ParseTuple(args, "O!OOO:Program", &PyTuple_Type, &lowered, &program, &key_of,
+                          &make_results)) {
+        return NULL;
+    }
+    PyObject *filter, *key, *hist, *scales;
+    Py_ssize_t max_keys;
+    if (!PyArg_ParseTuple(lowered, "OOOO!n", &filter, &key, &hist, &PyTuple_Type, &scales,
+                          &max_keys)) {
+        return NULL;
+    }
+    Py_ssize_t nscales = PyTuple_GET_SIZE(scales);
+    if (nscales < 1 || nscales > 8 || max_keys < 1) {
+        PyErr_SetString(PyExc_ValueError, "a program has 1 to 8 hist scales and max_keys >= 1");
+        return NULL;
+    }
+    ProgObj *p = (ProgObj *)type->tp_alloc(type, 0);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->program = Py_NewRef(program);
+    p->key_of = Py_NewRef(key_of);
+    p->make_results = Py_NewRef(make_results);
+    p->max_keys = max_keys;
+    p->nscales = nscales;
+    for (Py_ssize_t i = 0; i < nscales; i++) {
+        p->scales[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(scales, i));
+        if (p->scales[i] <= 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "hist scales are positive");
+            }
+            goto fail;
+        }
+    }
+    if (filter != Py_None) {
+        p->filter = PyMem_Calloc(1, sizeof(PCond));
+        if (p->filter == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        if (pcond_from(filter, p->filter, &p->needs_frame, 0) < 0) {
+            goto fail;
+        }
+    }
+    if (key != Py_None) {
+        p->has_key = 1;
+        if (pvar_from(key, &p->key, &p->needs_frame) < 0) {
+            goto fail;
+        }
+    }
+    if (hist != Py_None) {
+        p->has_hist = 1;
+        if (pvar_from(hist, &p->hist, &p->needs_frame) < 0) {
+            goto fail;
+        }
+    }
+    p->keys = PyDict_New();
+    if (p->keys == NULL) {
+        goto fail;
+    }
+    return (PyObject *)p;
+fail:
+    Py_DECREF(p);
+    return NULL;
+}
+
+/* --- per hit ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject *ctx;       /* the hit's context, or NULL: made by need_ctx when a local is read */
+    int has_duration;    /* a return */
+    long long duration;
+    PyObject *retval, *exc; /* borrowed (Py_None when absent) */
+} PEnv;
+
+static inline int
+is_scalar(PyObject *v)
+{
+    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v) ||
+           PyFloat_CheckExact(v) || v == Py_None;
+}
+
+/* engine.threads.thread_name() (new reference). */
+static PyObject *
+prog_thread_name(void)
+{
+    PyObject *active = PyObject_GetAttr(g_threading, s_active);
+    if (active == NULL) {
+        PyErr_Clear();
+    }
+    else if (PyDict_Check(active)) {
+        PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+        if (ident == NULL) {
+            Py_DECREF(active);
+            return NULL;
+        }
+        PyObject *t = PyDict_GetItemWithError(active, ident); /* int keys: no Python code */
+        Py_DECREF(ident);
+        if (t != NULL) {
+            Py_INCREF(t);
+            PyObject *name = PyObject_GetAttr(t, s_name_attr); /* as getattr(thread, "_name") */
+            Py_DECREF(t);
+            if (name != NULL && PyUnicode_Check(name)) {
+                Py_DECREF(active);
+                return name;
+            }
+            Py_XDECREF(name);
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(active);
+    return PyUnicode_FromFormat("Dummy-%lu", PyThread_get_thread_native_id());
+}
+
+/* A Var's value (new reference), or NULL with no error set when it cannot be read (the
+ * reference's UNREAD); NULL with an error only for an internal failure. */
+static PyObject *
+prog_read(PVar *v, PEnv *env)
+{
+    switch (v->kind) {
+    case V_DURATION:
+        return env->has_duration ? PyLong_FromLongLong(env->duration) : NULL;
+    case V_RETVAL:
+        if (!env->has_duration || env->exc != Py_None) {
+            return NULL;
+        }
+        return Py_NewRef(env->retval);
+    case V_EXCEPTION:
+        if (env->exc == Py_None) {
+            return Py_NewRef(Py_None);
+        }
+        return PyType_GetName(Py_TYPE(env->exc));
+    case V_THREAD:
+        return prog_thread_name();
+    default: {
+        if (env->ctx == NULL) {
+            return NULL;
+        }
+        PyObject *f = ctx_frame(env->ctx);
+        if (f == NULL || !PyFrame_Check(f)) {
+            PyErr_Clear();
+            return NULL;
+        }
+        PyObject *value = PyFrame_GetVar((PyFrameObject *)f, v->name);
+        if (value == NULL && PyErr_ExceptionMatches(PyExc_NameError)) {
+            PyErr_Clear();
+        }
+        return value;
+    }
+    }
+}
+
+static const int rich_ops[6] = {Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE};
+
+/* 1/0 as the reference's _compare; -1 only for an internal failure. */
+static int
+prog_compare(int op, PyObject *value, PyObject *konst)
+{
+    if (!is_scalar(value)) {
+        return 0;
+    }
+    if (op == OP_IN || op == OP_NOTIN) {
+        int found = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(konst) && !found; i++) {
+            PyObject *r = PyObject_RichCompare(value, PyTuple_GET_ITEM(konst, i), Py_EQ);
+            if (r == NULL) {
+                PyErr_Clear();
+                continue;
+            }
+            found = r == Py_True;
+            Py_DECREF(r);
+        }
+        return op == OP_IN ? found : !found;
+    }
+    PyObject *r = PyObject_RichCompare(value, konst, rich_ops[op]);
+    if (r == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    int t = r == Py_True; /* scalars compare to bools */
+    Py_DECREF(r);
+    return t;
+}
+
+static int
+prog_holds(PCond *c, PEnv *env)
+{
+    switch (c->kind) {
+    case C_CMP:
+    case C_TRUTH: {
+        PyObject *v = prog_read(&c->var, env);
+        if (v == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        int r = c->kind == C_CMP ? prog_compare(c->op, v, c->konst)
+                                 : (is_scalar(v) ? PyObject_IsTrue(v) : 0);
+        Py_DECREF(v);
+        return r;
+    }
+    case C_NOT: {
+        int r = prog_holds(&c->parts[0], env);
+        return r < 0 ? r : !r;
+    }
+    default:
+        for (Py_ssize_t i = 0; i < c->n; i++) {
+            int r = prog_holds(&c->parts[i], env);
+            if (r < 0) {
+                return r;
+            }
+            if (r == (c->kind == C_ANY)) {
+                return r;
+            }
+        }
+        return c->kind == C_ALL;
+    }
+}
+
+/* The slot of a key (NULL with no error: overflow; NULL with an error: failure). */
+static PSlot *
+prog_slot(ProgObj *p, PyObject *key)
+{
+    if (!p->has_key && p->nslots) {
+        return &p->slots[0];
+    }
+    if (p->has_key) {
+        PyObject *idx = PyDict_GetItemWithError(p->keys, key);
+        if (idx != NULL) {
+            return &p->slots[PyLong_AsSsize_t(idx)];
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (p->nslots >= p->max_keys) {
+        p->overflow++;
+        return NULL;
+    }
+    if (p->nslots == p->cap) {
+        Py_ssize_t cap = p->cap ? p->cap * 2 : 4;
+        PSlot *grown = PyMem_Realloc(p->slots, (size_t)cap * sizeof(PSlot));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        p->slots = grown;
+        p->cap = cap;
+    }
+    PSlot *s = &p->slots[p->nslots];
+    memset(s, 0, sizeof(*s));
+    if (p->has_hist) {
+        s->buckets = PyMem_Calloc((size_t)(p->nscales * NBUCKETS), sizeof(long long));
+        if (s->buckets == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    if (p->has_key) {
+        PyObject *idx = PyLong_FromSsize_t(p->nslots);
+        if (idx == NULL || PyDict_SetItem(p->keys, key, idx) < 0) {
+            Py_XDECREF(idx);
+            PyMem_Free(s->buckets);
+            return NULL;
+        }
+        Py_DECREF(idx);
+    }
+    p->nslots++;
+    return s;
+}
+
+/* The key of this hit (new reference; the reference's order of cases). */
+static PyObject *
+prog_key(ProgObj *p, PEnv *env)
+{
+    PyObject *v = prog_read(&p->key, env);
+    if (v == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(g_fault_key);
+    }
+    if (!is_scalar(v)) {
+        /* (type name, key_of(value)): a key whose hash and equality run no code */
+        PyObject *text = PyObject_CallOneArg(p->key_of, v); /* ours, never the program's */
+        PyObject *tname = PyType_GetName(Py_TYPE(v));
+        Py_DECREF(v);
+        PyObject *k = NULL;
+        if (text != NULL && tname != NULL) {
+            k = PyUnicode_CheckExact(text) ? PyTuple_Pack(2, tname, text)
+                                           : Py_NewRef(g_fault_key);
+        }
+        else if (tname != NULL && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+            PyErr_Clear(); /* key_of failed on this value: as a value that cannot be read */
+            k = Py_NewRef(g_fault_key);
+        }
+        Py_XDECREF(text);
+        Py_XDECREF(tname);
+        return k;
+    }
+    if (PyFloat_CheckExact(v) && isnan(PyFloat_AS_DOUBLE(v))) {
+        Py_DECREF(v);
+        return Py_NewRef(g_nan);
+    }
+    return v;
+}
+
+static inline int
+bit_length(unsigned long long v)
+{
+    return v ? 64 - __builtin_clzll(v) : 0;
+}
+
+/* The histogram value of this hit: 1 and *out, 0 to skip it, -1 on a failure. */
+static int
+prog_hist_value(ProgObj *p, PEnv *env, unsigned long long *out)
+{
+    if (p->hist.kind == V_DURATION && env->has_duration && env->duration >= 0) {
+        *out = (unsigned long long)env->duration; /* no int object for the usual case */
+        return 1;
+    }
+    PyObject *raw = prog_read(&p->hist, env);
+    if (raw == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int ok = 0;
+    if (PyLong_CheckExact(raw)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(raw, &overflow);
+        ok = !overflow && v >= 0;
+        *out = (unsigned long long)v;
+    }
+    else if (PyFloat_CheckExact(raw)) {
+        double d = PyFloat_AS_DOUBLE(raw);
+        ok = isfinite(d) && d >= 0 && d < 9223372036854775808.0;
+        *out = ok ? (unsigned long long)d : 0;
+    }
+    Py_DECREF(raw);
+    return ok;
+}
+
+/* Run the program for one hit: 0, or -1 with an exception (to the fault path). Every value
+ * is read first; from the slot lookup on nothing runs code (scalar or (str, str) keys), so
+ * no other thread can move the store while a slot pointer is held. */
+static int
+prog_run(ProgObj *p, PEnv *env)
+{
+    if (p->filter != NULL) {
+        int ok = prog_holds(p->filter, env);
+        if (ok < 0) {
+            return -1;
+        }
+        if (!ok) {
+            p->filtered++;
+            return 0;
+        }
+    }
+    PyObject *key = NULL;
+    if (p->has_key && (key = prog_key(p, env)) == NULL) {
+        return -1;
+    }
+    unsigned long long value = 0;
+    int counted = 0;
+    if (p->has_hist && (counted = prog_hist_value(p, env, &value)) < 0) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    PSlot *s = prog_slot(p, key);
+    Py_XDECREF(key); /* the dict holds it when it matters; a str, int or tuple frees no code */
+    if (s == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    s->count++;
+    if (!p->has_hist) {
+        return 0;
+    }
+    if (!counted) {
+        s->skipped++;
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < p->nscales; i++) {
+        int b = bit_length(value / (unsigned long long)p->scales[i]);
+        s->buckets[i * NBUCKETS + (b ? b : 1)]++;
+    }
+    unsigned long long lo = s->total_lo + value;
+    s->total_hi += lo < s->total_lo;
+    s->total_lo = lo;
+    if ((long long)value > s->max) {
+        s->max = (long long)value;
+    }
+    return 0;
+}
+
+/* --- reading the store -------------------------------------------------------------------- */
+
+static PyObject *
+slot_total(PSlot *s)
+{
+    PyObject *hi = PyLong_FromUnsignedLongLong(s->total_hi);
+    PyObject *lo = PyLong_FromUnsignedLongLong(s->total_lo);
+    PyObject *sh = PyLong_FromLong(64);
+    PyObject *r = NULL, *t = NULL;
+    if (hi && lo && sh && (t = PyNumber_Lshift(hi, sh)) != NULL) {
+        r = PyNumber_Or(t, lo);
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(sh);
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    return r;
+}
+
+/* take() -> make_results(slots, filtered, overflow), slots a list of
+ * (key, count, buckets: tuple of {index: n} per scale, total, max, skipped). */
+static PyObject *
+prog_take(ProgObj *p, PyObject *unused)
+{
+    /* Swap the store out first: building the result may run other threads' hits. */
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL) {
+        return NULL;
+    }
+    PyObject *keys = p->keys;
+    p->keys = fresh;
+    PSlot *slots = p->slots;
+    Py_ssize_t n = p->nslots;
+    long long filtered = p->filtered, overflow = p->overflow;
+    Py_ssize_t nscales = p->has_hist ? p->nscales : 0;
+    p->slots = NULL;
+    p->nslots = p->cap = 0;
+    p->filtered = p->overflow = 0;
+
+    PyObject *result = NULL;
+    PyObject *list = PyList_New(n);
+    PyObject **by_index = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+    if (list == NULL || by_index == NULL) {
+        goto done;
+    }
+    if (!PyDict_GET_SIZE(keys) && n) {
+        by_index[0] = Py_None; /* the one slot of a program without a key */
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(keys, &pos, &k, &v)) {
+        by_index[PyLong_AsSsize_t(v)] = k; /* borrowed: keys is held until the end */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PSlot *s = &slots[i];
+        PyObject *buckets = PyTuple_New(nscales);
+        if (buckets == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t j = 0; j < nscales; j++) {
+            PyObject *d = PyDict_New();
+            if (d == NULL) {
+                Py_DECREF(buckets);
+                goto done;
+            }
+            PyTuple_SET_ITEM(buckets, j, d);
+            for (int b = 0; b < NBUCKETS; b++) {
+                long long c = s->buckets[j * NBUCKETS + b];
+                if (c) {
+                    PyObject *bk = PyLong_FromLong(b), *bc = PyLong_FromLongLong(c);
+                    int rc = (bk && bc) ? PyDict_SetItem(d, bk, bc) : -1;
+                    Py_XDECREF(bk);
+                    Py_XDECREF(bc);
+                    if (rc < 0) {
+                        Py_DECREF(buckets);
+                        goto done;
+                    }
+                }
+            }
+        }
+        PyObject *total = slot_total(s);
+        if (total == NULL) {
+            Py_DECREF(buckets);
+            goto done;
+        }
+        PyObject *row = Py_BuildValue("(OLNNLL)", by_index[i] ? by_index[i] : Py_None,
+                                      s->count, buckets, total, s->max, s->skipped);
+        if (row == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    result = PyObject_CallFunction(p->make_results, "OLL", list, filtered, overflow);
+done:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyMem_Free(slots[i].buckets);
+    }
+    PyMem_Free(slots);
+    PyMem_Free(by_index);
+    Py_XDECREF(list);
+    Py_DECREF(keys);
+    return result;
+}
+
+static PyObject *
+prog_call(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    PyErr_SetString(PyExc_TypeError,
+                    "a C program runs only as a kprobe's pre_handler or a kretprobe's handler");
+    return NULL;
+}
+
+static PyMethodDef prog_methods[] = {
+    {"take", (PyCFunction)prog_take, METH_NOARGS,
+     "What was gathered so far (program.Results); the store starts over."},
+    {NULL},
+};
+
+static PyMemberDef prog_members[] = {
+    {"program", Py_T_OBJECT_EX, offsetof(ProgObj, program), Py_READONLY, "The Program run."},
+    {NULL},
+};
+
+static PyTypeObject ProgType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.Program",
+    .tp_basicsize = sizeof(ProgObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Program(lowered, program, key_of, make_results): a probe program run in C.",
+    .tp_new = prog_new,
+    .tp_dealloc = (destructor)prog_dealloc,
+    .tp_traverse = (traverseproc)prog_traverse,
+    .tp_clear = (inquiry)prog_tp_clear,
+    .tp_call = prog_call,
+    .tp_methods = prog_methods,
+    .tp_members = prog_members,
+};
+
+/* Module init's part: 0 or -1. */
+static int
+prog_module_init(PyObject *m)
+{
+    g_threading = PyImport_ImportModule("threading");
+    s_active = PyUnicode_InternFromString("_active");
+    s_name_attr = PyUnicode_InternFromString("_name");
+    g_fault_key = PyUnicode_InternFromString("(fault)");
+    g_nan = PyFloat_FromDouble(Py_NAN);
+    if (g_threading == NULL || s_active == NULL || s_name_attr == NULL || g_fault_key == NULL ||
+        g_nan == NULL || PyType_Ready(&ProgType) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(m, "Program", (PyObject *)&ProgType);
+}

@@ -1,0 +1,375 @@
+"""Probe programs: what a probe does per hit as plain data (a filter, a key, a histogram).
+
+A ``Program`` stands in for a Python handler when all a probe does is aggregate, as an eBPF
+program run by bpftrace does: the core runs it at the hit with no Python call (the C core in
+C, the Python core with ``ProgramHandler`` below, the readable reference), into a bounded
+per-probe store that ``take()`` reads and resets. Both cores give the same results for the
+same hits; ``tests/engine/test_program.py`` holds them equal.
+
+Per hit, in this order:
+
+1. ``filter`` false: counted in ``filtered``, nothing else happens.
+2. ``key`` read (``None``: one slot for every hit). A key that is not an exact ``str``,
+   ``int``, ``bool``, ``float`` or ``None`` becomes ``(type name, key_of(value))``, where
+   ``key_of`` is the handler's own function (never the program's code) and returns a str;
+   a value that cannot be read (or that key_of fails on) is ``FAULT_KEY``; every NaN is one.
+3. ``hist`` (if any) read: an int (not a bool) or finite float in ``[0, 2**63)`` counts.
+4. the key's slot (a new key beyond ``max_keys`` is counted in ``overflow`` and the hit
+   dropped): its count goes up, and the hist value is counted in log2 buckets after
+   integer division by each of ``hist_scales`` (bucket ``(v // d).bit_length() or 1``);
+   a hist value that does not count is counted in ``skipped``.
+
+Values (``Var``) are read without running the program's code: ``$duration`` (ns, return
+probes), ``$retval``, ``$exception`` (its type's name), ``$thread`` (the thread's name, as
+``threads.thread_name``) and locals by name. Filters (``Cmp``, ``AllOf``, ``AnyOf``, ``Not``,
+``Truth``) compare only exact builtin scalars with constants; any other operand, or a value
+that cannot be read, makes that comparison false, as ``spec.filter`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final, Protocol, Union
+
+from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.threads import thread_name
+
+#: What a key that cannot be read (an unbound local, a probe with no return value) becomes.
+FAULT_KEY: Final = "(fault)"
+HIST_LIMIT: Final = 1 << 63
+NBUCKETS: Final = 65
+#: The kinds of ``Var``.
+VAR_KINDS: Final = ("duration", "retval", "exception", "thread", "local")
+CMP_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
+SCALARS: Final = (str, int, bool, float, type(None))
+
+
+@dataclass(frozen=True, slots=True)
+class Var:
+    """A value read at the hit: ``kind`` is one of VAR_KINDS, ``name`` the local's name."""
+
+    kind: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in VAR_KINDS:
+            raise ValueError(f"a program reads {', '.join(VAR_KINDS)}, not {self.kind!r}")
+        if (self.kind == "local") != bool(self.name):
+            raise ValueError("a local Var needs a name, and only a local one")
+
+
+Const = Union[str, int, bool, float, None]  # noqa: UP007 (a runtime alias)
+
+
+@dataclass(frozen=True, slots=True)
+class Cmp:
+    """``var OP const``; for ``in``/``not in`` the constant is a tuple of scalars."""
+
+    op: str
+    var: Var
+    const: Const | tuple[Const, ...]
+
+    def __post_init__(self) -> None:
+        if self.op not in CMP_OPS:
+            raise ValueError(f"a comparison is one of {', '.join(CMP_OPS)}, not {self.op!r}")
+        consts = self.const if self.op in ("in", "not in") else (self.const,)
+        if not isinstance(consts, tuple) or not all(
+            type(c) in SCALARS for c in consts
+        ):  # exact types: a subclass could run code in __eq__
+            raise ValueError(f"{self.op} compares with scalar constants, not {self.const!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """``var`` used as a condition (``if x``): the truth of an exact scalar."""
+
+    var: Var
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Every part holds (``and``)."""
+
+    parts: tuple[Cond, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Some part holds (``or``)."""
+
+    parts: tuple[Cond, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """The part does not hold."""
+
+    part: Cond
+
+
+Cond = Union[Cmp, Truth, AllOf, AnyOf, Not]  # noqa: UP007 (a runtime alias)
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A filter, a key and a histogram: what an aggregating probe does per hit."""
+
+    filter: Cond | None = None
+    key: Var | None = None
+    hist: Var | None = None
+    hist_scales: tuple[int, ...] = (1,)
+    max_keys: int = 4096
+
+    def __post_init__(self) -> None:
+        if not self.hist_scales or not all(type(d) is int and d > 0 for d in self.hist_scales):
+            raise ValueError(f"hist_scales are positive ints, not {self.hist_scales!r}")
+        if type(self.max_keys) is not int or self.max_keys < 1:
+            raise ValueError(f"max_keys is a positive int, not {self.max_keys!r}")
+
+    def vars(self) -> set[Var]:
+        """Every value the program reads."""
+        out: set[Var] = {v for v in (self.key, self.hist) if v is not None}
+        todo: list[Cond] = [self.filter] if self.filter is not None else []
+        while todo:
+            c = todo.pop()
+            if isinstance(c, Cmp | Truth):
+                out.add(c.var)
+            elif isinstance(c, Not):
+                todo.append(c.part)
+            else:
+                todo.extend(c.parts)
+        return out
+
+
+@dataclass(slots=True)
+class Slot:
+    """What one key gathered: hits, and the histogram of ``hist`` (one bucket dict per scale)."""
+
+    count: int = 0
+    buckets: tuple[dict[int, int], ...] = ()
+    total: int = 0
+    max: int = 0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class Results:
+    """What a program gathered since the last take(): slots by key, and what it dropped."""
+
+    slots: dict[object, Slot] = field(default_factory=dict)
+    filtered: int = 0
+    overflow: int = 0
+
+
+KeyOf = Callable[[object], str]
+
+
+class ProgramRunner(Protocol):
+    """What ``program_handler`` gives, from either core: a handler with a store."""
+
+    @property
+    def program(self) -> Program: ...
+    def take(self) -> Results: ...
+
+
+def default_key_of(value: object) -> str:
+    """How a key that is not a scalar is told apart when no key_of is given: not at all."""
+    return ""
+
+
+class _Unread:
+    """A value that could not be read."""
+
+
+UNREAD: Final = _Unread()
+
+
+# --- the reference interpreter ------------------------------------------------------------------
+
+
+_ORDER: Final[dict[str, Callable[[object, object], bool]]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,  # type: ignore[dict-item]
+    "<=": operator.le,  # type: ignore[dict-item]
+    ">": operator.gt,  # type: ignore[dict-item]
+    ">=": operator.ge,  # type: ignore[dict-item]
+}
+
+
+def _compare(op: str, value: object, const: object) -> bool:
+    if type(value) not in SCALARS:
+        return False
+    if op in {"in", "not in"}:
+        assert isinstance(const, tuple)
+        found = False
+        for c in const:
+            try:
+                if value == c:
+                    found = True
+                    break
+            except Exception:
+                pass
+        return found if op == "in" else not found
+    try:
+        return bool(_ORDER[op](value, const))
+    except TypeError:  # "a" < 1: no order, the comparison is false
+        return False
+
+
+class ProgramHandler:
+    """The pure-Python core's program runner: a handler object the core calls per hit.
+
+    It is a kprobe's pre_handler or a kretprobe's handler. take() swaps the whole store in one
+    assignment; a hit that another thread is in the middle of at that moment may still land
+    in the store taken (and be lost to both). The C core's take() has no such window.
+    """
+
+    def __init__(self, program: Program, key_of: KeyOf | None = None) -> None:
+        self.program = program
+        self.key_of = key_of or default_key_of
+        self._results = Results()
+
+    def take(self) -> Results:
+        """What was gathered so far; the store starts over (``--interval``)."""
+        taken, self._results = self._results, Results()
+        return taken
+
+    def __call__(self, first: object, ctx: ProbeContext) -> None:
+        """A kprobe's pre_handler ``(probe, ctx)`` or a kretprobe's handler ``(ri, ctx)``."""
+        if isinstance(first, KretprobeInstance):
+            self._hit(ctx, ctx.time_ns - first.entry_time_ns)
+        else:
+            self._hit(ctx, None)
+
+    def _read(self, var: Var, ctx: ProbeContext, duration: int | None) -> object:
+        kind = var.kind
+        if kind == "duration":
+            return UNREAD if duration is None else duration
+        if kind == "retval":
+            return UNREAD if duration is None or ctx.exception is not None else ctx.retval
+        if kind == "exception":
+            exc = ctx.exception
+            return None if exc is None else type(exc).__name__
+        if kind == "thread":
+            return thread_name()
+        frame: FrameType | None = ctx.frame
+        if frame is None:
+            return UNREAD
+        try:
+            return read_local(frame, var.name)
+        except KeyError:
+            return UNREAD
+
+    def _holds(self, c: Cond, ctx: ProbeContext, duration: int | None) -> bool:
+        if isinstance(c, Cmp):
+            value = self._read(c.var, ctx, duration)
+            return value is not UNREAD and _compare(c.op, value, c.const)
+        if isinstance(c, Truth):
+            value = self._read(c.var, ctx, duration)
+            return type(value) in SCALARS and bool(value)
+        if isinstance(c, Not):
+            return not self._holds(c.part, ctx, duration)
+        if isinstance(c, AllOf):
+            return all(self._holds(p, ctx, duration) for p in c.parts)
+        return any(self._holds(p, ctx, duration) for p in c.parts)
+
+    def _key(self, ctx: ProbeContext, duration: int | None) -> object:
+        assert self.program.key is not None
+        key = self._read(self.program.key, ctx, duration)
+        if key is UNREAD:
+            return FAULT_KEY
+        if type(key) not in SCALARS:
+            try:
+                text = self.key_of(key)
+            except Exception:
+                return FAULT_KEY
+            return (type(key).__name__, text) if type(text) is str else FAULT_KEY
+        if type(key) is float and math.isnan(key):
+            return math.nan  # one key for every NaN
+        return key
+
+    def _hist_value(self, ctx: ProbeContext, duration: int | None) -> int | None:
+        assert self.program.hist is not None
+        raw = self._read(self.program.hist, ctx, duration)
+        if type(raw) is int and 0 <= raw < HIST_LIMIT:
+            return raw
+        if type(raw) is float and math.isfinite(raw) and 0 <= raw < HIST_LIMIT:
+            return int(raw)
+        return None
+
+    def _hit(self, ctx: ProbeContext, duration: int | None) -> None:
+        prog = self.program
+        res = self._results
+        if prog.filter is not None and not self._holds(prog.filter, ctx, duration):
+            res.filtered += 1
+            return
+        key = self._key(ctx, duration) if prog.key is not None else None
+        value = self._hist_value(ctx, duration) if prog.hist is not None else None
+        slot = res.slots.get(key)
+        if slot is None:
+            if len(res.slots) >= prog.max_keys:
+                res.overflow += 1
+                return
+            nscales = len(prog.hist_scales) if prog.hist is not None else 0
+            slot = res.slots[key] = Slot(buckets=tuple({} for _ in range(nscales)))
+        slot.count += 1
+        if prog.hist is None:
+            return
+        if value is None:
+            slot.skipped += 1
+            return
+        for d, buckets in zip(prog.hist_scales, slot.buckets, strict=True):
+            i = (value // d).bit_length() or 1
+            buckets[i] = buckets.get(i, 0) + 1
+        slot.total += value
+        slot.max = max(slot.max, value)
+
+
+# --- what the C core is given, and gives back ------------------------------------------------
+
+_VAR_INDEX: Final = {kind: i for i, kind in enumerate(VAR_KINDS)}
+_OP_INDEX: Final = {op: i for i, op in enumerate(CMP_OPS)}
+Lowered = tuple[object, ...]
+
+
+def _lower_var(v: Var) -> tuple[int, str | None]:
+    return (_VAR_INDEX[v.kind], v.name or None)
+
+
+def _lower_cond(c: Cond) -> Lowered:
+    if isinstance(c, Cmp):
+        return (0, _OP_INDEX[c.op], _lower_var(c.var), c.const)
+    if isinstance(c, Truth):
+        return (1, _lower_var(c.var))
+    if isinstance(c, AllOf):
+        return (2, tuple(_lower_cond(p) for p in c.parts))
+    if isinstance(c, AnyOf):
+        return (3, tuple(_lower_cond(p) for p in c.parts))
+    return (4, _lower_cond(c.part))
+
+
+def lower(program: Program) -> Lowered:
+    """The program as nested tuples of ints, strs and constants (what a C core parses)."""
+    return (
+        None if program.filter is None else _lower_cond(program.filter),
+        None if program.key is None else _lower_var(program.key),
+        None if program.hist is None else _lower_var(program.hist),
+        program.hist_scales,
+        program.max_keys,
+    )
+
+
+RawSlot = tuple[object, int, tuple[dict[int, int], ...], int, int, int]
+
+
+def results_from_raw(slots: list[RawSlot], filtered: int, overflow: int) -> Results:
+    """Results from a C core's rows ``(key, count, buckets, total, max, skipped)``."""
+    out = Results(filtered=filtered, overflow=overflow)
+    for key, count, buckets, total, high, skipped in slots:
+        out.slots[key] = Slot(count, buckets, total, high, skipped)
+    return out

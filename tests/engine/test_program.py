@@ -1,0 +1,343 @@
+"""Probe programs (engine/program.py): a filter, a key and a histogram run by the core per hit.
+
+The suite runs once per core, so each test checks the core that runs; the differential test at
+the end runs one workload under both cores in subprocesses and compares the results exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import pyprobes
+from pyprobes import Kprobe, Kretprobe
+from pyprobes.engine.program import (
+    FAULT_KEY,
+    AllOf,
+    AnyOf,
+    Cmp,
+    Not,
+    Program,
+    ProgramHandler,
+    Results,
+    Truth,
+    Var,
+)
+
+DUR = Var("duration")
+RET = Var("retval")
+
+
+def n_local() -> Var:
+    return Var("local", "n")
+
+
+def work(n: object) -> object:
+    return n
+
+
+def fails(n: int) -> int:
+    if n % 2:
+        raise ValueError(n)
+    return n
+
+
+@contextmanager
+def on_return(fn: object, prog: Program, **kw: object) -> Iterator[object]:
+    h = pyprobes.program_handler(prog, **kw)  # type: ignore[arg-type]
+    rp = Kretprobe(addr=fn, handler=h, maxactive=64)
+    pyprobes.register_kretprobe(rp)
+    try:
+        yield h
+    finally:
+        pyprobes.unregister_kretprobe(rp)
+
+
+@contextmanager
+def on_entry(fn: object, prog: Program, **kw: object) -> Iterator[object]:
+    h = pyprobes.program_handler(prog, **kw)  # type: ignore[arg-type]
+    kp = Kprobe(addr=fn, pre_handler=h)
+    pyprobes.register_kprobe(kp)
+    try:
+        yield h
+    finally:
+        pyprobes.unregister_kprobe(kp)
+
+
+def take(h: object) -> Results:
+    r = h.take()  # type: ignore[attr-defined]
+    assert isinstance(r, Results)
+    return r
+
+
+def test_the_handler_is_the_cores_own() -> None:
+    h = pyprobes.program_handler(Program())
+    if pyprobes.core_name() == "c":
+        assert type(h).__module__ == "pyprobes._speedups"
+    else:
+        assert isinstance(h, ProgramHandler)
+
+
+def test_a_duration_histogram_counts_every_return_in_three_scales() -> None:
+    prog = Program(hist=DUR, hist_scales=(1, 1000, 1_000_000))
+    with on_return(work, prog) as h:
+        for i in range(500):
+            work(i)
+    r = take(h)
+    assert list(r.slots) == [None]
+    slot = r.slots[None]
+    assert slot.count == 500 and slot.skipped == 0
+    assert [sum(b.values()) for b in slot.buckets] == [500, 500, 500]
+    assert 0 < slot.max <= slot.total
+    # bucket k of scale d holds values v with (v // d).bit_length() == k (1 also holds 0)
+    ns_top = max(slot.buckets[0])
+    assert (slot.max.bit_length() or 1) == ns_top
+    assert take(h).slots == {}  # take() reset the store
+
+
+def test_a_histogram_of_a_local_puts_each_value_in_its_log2_bucket() -> None:
+    with on_return(work, Program(hist=n_local())) as h:
+        for v in (0, 1, 2, 3, 4, 7, 8, 1000, 2**62, 2**63, -1, 2.9, math.inf, "x", True):
+            work(v)
+    slot = take(h).slots[None]
+    assert slot.count == 15
+    assert slot.buckets == ({1: 2, 2: 3, 3: 2, 4: 1, 10: 1, 63: 1},)
+    assert slot.skipped == 5  # 2**63, -1, inf, "x", True (a bool is not a number here)
+    assert slot.total == 0 + 1 + 2 + 3 + 4 + 7 + 8 + 1000 + 2**62 + 2
+    assert slot.max == 2**62
+
+
+def test_a_filter_on_a_local_counts_what_it_drops() -> None:
+    prog = Program(filter=Cmp(">", n_local(), 5))
+    with on_return(work, prog) as h:
+        for i in range(10):
+            work(i)
+        work("a")  # "a" > 5 is no comparison: false
+        work([9])  # not a scalar: false
+    r = take(h)
+    assert r.slots[None].count == 4 and r.filtered == 8
+
+
+def test_filters_combine_and_never_run_the_programs_code() -> None:
+    ran: list[str] = []
+
+    class Sneaky:
+        def __eq__(self, other: object) -> bool:
+            ran.append("eq")
+            return True
+
+        def __bool__(self) -> bool:
+            ran.append("bool")
+            return True
+
+        __hash__ = object.__hash__
+
+    n = n_local()
+    prog = Program(
+        filter=AnyOf(
+            (
+                AllOf((Cmp(">=", n, 3), Cmp("<", n, 5))),
+                Cmp("in", n, ("x", 10)),
+                Not(AnyOf((Cmp("!=", n, 99), Truth(n)))),
+            )
+        ),
+        key=n,
+    )
+    with on_return(work, prog) as h:
+        for v in (1, 3, 4, 5, 10, "x", "y", 99, Sneaky()):
+            work(v)
+    r = take(h)
+    # a Sneaky compares as nothing: every Cmp on it is false, so Not(...) holds; its key is
+    # (type name, key_of(value)), key_of "" when none is given
+    assert {k: s.count for k, s in r.slots.items()} == {
+        3: 1, 4: 1, 10: 1, "x": 1, ("Sneaky", ""): 1,
+    }  # fmt: skip
+    assert r.filtered == 4
+    assert ran == []
+
+
+def test_keys_scalars_others_through_key_of_and_unbound_locals() -> None:
+    def late(flag: bool) -> None:
+        if flag:
+            m = 1  # noqa: F841 (read by the program)
+
+    with on_return(work, Program(key=n_local()), key_of=json.dumps) as h:
+        for v in ("a", "a", 1, 1.0, None, True, [1, 2], float("nan"), float("nan")):
+            work(v)
+    slots = take(h).slots
+    counts = {k: s.count for k, s in slots.items() if not (isinstance(k, float) and k != k)}
+    # 1, 1.0 and True are one dict key, as in Python
+    assert counts == {"a": 2, 1: 3, None: 1, ("list", "[1, 2]"): 1}
+    assert [s.count for k, s in slots.items() if isinstance(k, float) and k != k] == [2]
+    with on_return(late, Program(key=Var("local", "m"))) as h:
+        late(True)
+        late(False)
+    assert {k: s.count for k, s in take(h).slots.items()} == {1: 1, FAULT_KEY: 1}
+
+
+def test_a_key_of_that_fails_or_gives_no_str_is_a_fault_key() -> None:
+    def bad(v: object) -> str:
+        raise RuntimeError("no")
+
+    with on_return(work, Program(key=n_local()), key_of=bad) as h:
+        work([1])
+    with on_return(work, Program(key=n_local()), key_of=lambda v: 3) as h2:  # type: ignore[arg-type, return-value]
+        work([1])
+    assert list(take(h).slots) == [FAULT_KEY]
+    assert list(take(h2).slots) == [FAULT_KEY]
+
+
+def test_new_keys_beyond_max_keys_are_counted_as_overflow() -> None:
+    with on_return(work, Program(key=n_local(), max_keys=3)) as h:
+        for i in range(10):
+            work(i % 5)
+    r = take(h)
+    assert {k: s.count for k, s in r.slots.items()} == {0: 2, 1: 2, 2: 2}
+    assert r.overflow == 4
+
+
+def test_retval_and_exception_at_a_return() -> None:
+    with on_return(fails, Program(key=Var("exception"), hist=RET)) as h:
+        for i in range(6):
+            try:
+                fails(i)
+            except ValueError:
+                pass
+    slots = take(h).slots
+    assert slots["ValueError"].count == 3
+    assert slots["ValueError"].skipped == 3  # no return value when it raised
+    assert slots[None].count == 3 and slots[None].buckets == ({1: 1, 2: 1, 3: 1},)
+
+
+def test_thread_names_as_keys() -> None:
+    barrier = threading.Barrier(3)
+
+    def body() -> None:
+        barrier.wait()
+        for _ in range(5):
+            work(1)
+
+    threads = [threading.Thread(target=body, name=f"w{i}") for i in range(3)]
+    with on_return(work, Program(key=Var("thread"))) as h:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        work(2)
+    counts = {k: s.count for k, s in take(h).slots.items()}
+    assert counts == {"w0": 5, "w1": 5, "w2": 5, threading.current_thread().name: 1}
+
+
+def test_an_entry_program_counts_and_reads_arguments() -> None:
+    with on_entry(work, Program(filter=Cmp("==", n_local(), "hit"), key=n_local())) as h:
+        for v in ("hit", "miss", "hit"):
+            work(v)
+    r = take(h)
+    assert {k: s.count for k, s in r.slots.items()} == {"hit": 2} and r.filtered == 1
+    with on_entry(work, Program(hist=DUR)) as h:
+        work(1)
+    slot = take(h).slots[None]
+    assert slot.count == 1 and slot.skipped == 1  # an entry has no duration
+
+
+def test_coroutine_activations_are_timed_across_awaits() -> None:
+    async def step(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    async def main() -> None:
+        await asyncio.gather(*(step(i) for i in range(50)))
+
+    with on_return(step, Program(hist=RET)) as h:
+        asyncio.run(main())
+    slot = take(h).slots[None]
+    assert slot.count == 50 and slot.total == sum(range(50))
+
+
+def test_a_probe_with_a_program_keeps_counting_hits() -> None:
+    h = pyprobes.program_handler(Program())
+    rp = Kretprobe(addr=work, handler=h)
+    pyprobes.register_kretprobe(rp)
+    try:
+        for i in range(7):
+            work(i)
+    finally:
+        pyprobes.unregister_kretprobe(rp)
+    assert rp.nhit == 7 and rp.nfault == 0
+    assert take(h).slots[None].count == 7
+
+
+def test_bad_programs_are_refused_when_made() -> None:
+    with pytest.raises(ValueError, match="reads"):
+        Var("bogus")
+    with pytest.raises(ValueError, match="a local Var needs a name"):
+        Var("local")
+    with pytest.raises(ValueError, match="scalar constants"):
+        Cmp("in", n_local(), 3)
+    with pytest.raises(ValueError, match="scalar constants"):
+        Cmp("==", n_local(), [1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="comparison is one of"):
+        Cmp("=~", n_local(), 1)
+    with pytest.raises(ValueError, match="max_keys"):
+        Program(max_keys=0)
+    with pytest.raises(ValueError, match="hist_scales"):
+        Program(hist_scales=(0,))
+
+
+DIFFERENTIAL = r"""
+import json
+import pyprobes
+from pyprobes import Kretprobe
+from pyprobes.engine.program import AllOf, Cmp, Not, Program, Var
+
+def work(n, tag):
+    return n
+
+n, tag = Var("local", "n"), Var("local", "tag")
+progs = [
+    Program(hist=n, key=tag, hist_scales=(1, 10)),
+    Program(filter=AllOf((Cmp(">", n, 10), Not(Cmp("in", tag, ("b",))))), key=Var("retval")),
+    Program(key=tag, max_keys=2, hist=Var("retval")),
+]
+handlers = [pyprobes.program_handler(p, key_of=repr) for p in progs]
+probes = [Kretprobe(addr=work, handler=h) for h in handlers]
+pyprobes.register_kretprobes(probes)
+def body(k):
+    for i in range(300):
+        work((i * 7919 + k) % 1000 if i % 11 else [i], "abcd"[i % 4] if i % 13 else (i,))
+for k in range(3):  # in order: which keys come first decides the overflow
+    body(k)
+pyprobes.unregister_kretprobes(probes)
+out = []
+for h in handlers:
+    r = h.take()
+    slots = sorted((repr(k), s.count, [sorted(b.items()) for b in s.buckets], s.total, s.max,
+                    s.skipped) for k, s in r.slots.items())
+    out.append([slots, r.filtered, r.overflow])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(
+    not pyprobes.engine.core.c_core_available(), reason="the C core is not built here"
+)
+def test_both_cores_gather_the_same_results() -> None:
+    runs = {}
+    for core in ("python", "c"):
+        env = dict(os.environ, PYPROBES_CORE=core)
+        done = subprocess.run(
+            [sys.executable, "-c", DIFFERENTIAL], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        runs[core] = json.loads(done.stdout)
+    assert runs["python"] == runs["c"]
+    assert runs["c"][2][2] > 0  # the overflow case did overflow
