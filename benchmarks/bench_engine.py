@@ -49,6 +49,7 @@ except ImportError:  # not installed: use the repository's src/ layout
     import pyprobes
 
 from pyprobes import Jprobe, Kprobe, Kretprobe
+from pyprobes.engine.program import Program, Var
 
 MON = sys.monitoring
 EV = MON.events
@@ -324,6 +325,31 @@ def build_contenders(depth: int) -> list[Contender]:
         )
     )
 
+    # Probe programs (issue 13): what `pyprobes run --count` / `--hist` run per hit, in the core.
+    t = make_call_target("f_prog_count")
+    cs.append(
+        _probe_contender(
+            "prog-count",
+            "Kprobe(addr=f, pre_handler=program_handler(Program())): a count",
+            t,
+            lambda t=t: Kprobe(addr=t.func, pre_handler=pyprobes.program_handler(Program())),
+        )
+    )
+    t = make_call_target("f_prog_hist")
+    cs.append(
+        _probe_contender(
+            "prog-hist",
+            "Kretprobe(addr=f, handler=program_handler(Program(hist=$duration))): a histogram",
+            t,
+            lambda t=t: Kretprobe(
+                addr=t.func,
+                handler=pyprobes.program_handler(
+                    Program(hist=Var("duration"), hist_scales=(1, 1000, 1_000_000))
+                ),
+            ),
+        )
+    )
+
     t = make_call_target("f_unprobed")
     other = make_call_target("g_unprobed_other")
     cs.append(
@@ -420,7 +446,17 @@ def measure(cs: Sequence[Contender], rounds: int, seed: int, warm_iters: int, ch
 # --- statistics and report --------------------------------------------------------------------
 
 #: The contenders measured per call of f (beside the baseline), in table order.
-CALL_MEASURES = ("floor-k", "kprobe", "jprobe", "floor-r", "kretprobe", "floor-r1", "kretprobe-h")
+CALL_MEASURES = (
+    "floor-k",
+    "kprobe",
+    "jprobe",
+    "floor-r",
+    "kretprobe",
+    "floor-r1",
+    "kretprobe-h",
+    "prog-count",
+    "prog-hist",
+)
 
 
 @dataclass
@@ -501,6 +537,8 @@ def summarise(cs: Sequence[Contender], depth: int) -> list[Row]:
         ("kretprobe", "kprobe"),
         ("kretprobe-h", "floor-r1"),
         ("kretprobe-h", "kprobe"),
+        ("prog-count", "kprobe"),
+        ("prog-hist", "kretprobe-h"),
     ):
         note = " (kernel doc: 1.5x-1.75x)" if (a, b) == ("kretprobe-h", "kprobe") else ""
         rows.append(

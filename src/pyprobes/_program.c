@@ -356,11 +356,11 @@ prog_read(PVar *v, PEnv *env)
     switch (v->kind) {
     case V_DURATION:
         return env->has_duration ? PyLong_FromLongLong(env->duration) : NULL;
-    case V_RETVAL:
-        if (!env->has_duration || env->exc != Py_None) {
+    case V_RETVAL: /* None when it raised, as in a return event */
+        if (!env->has_duration) {
             return NULL;
         }
-        return Py_NewRef(env->retval);
+        return Py_NewRef(env->exc != Py_None ? Py_None : env->retval);
     case V_EXCEPTION:
         if (env->exc == Py_None) {
             return Py_NewRef(Py_None);
@@ -387,32 +387,33 @@ prog_read(PVar *v, PEnv *env)
 }
 
 static const int rich_ops[6] = {Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE};
+#define P_FAULT 2 /* a comparison that cannot be made: the whole filter is false */
 
-/* 1/0 as the reference's _compare; -1 only for an internal failure. */
+/* 1, 0 or P_FAULT as the reference's _compare; -1 only for an internal failure. */
 static int
 prog_compare(int op, PyObject *value, PyObject *konst)
 {
-    if (!is_scalar(value)) {
-        return 0;
-    }
+    int scalar = is_scalar(value);
     if (op == OP_IN || op == OP_NOTIN) {
         int found = 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(konst) && !found; i++) {
+        for (Py_ssize_t i = 0; scalar && i < PyTuple_GET_SIZE(konst) && !found; i++) {
             PyObject *r = PyObject_RichCompare(value, PyTuple_GET_ITEM(konst, i), Py_EQ);
             if (r == NULL) {
-                PyErr_Clear();
-                continue;
+                return -1; /* (scalars compare for equality without raising) */
             }
             found = r == Py_True;
             Py_DECREF(r);
         }
         return op == OP_IN ? found : !found;
     }
+    if (!scalar) {
+        return op == OP_NE ? 1 : (op == OP_EQ ? 0 : P_FAULT);
+    }
     PyObject *r = PyObject_RichCompare(value, konst, rich_ops[op]);
     if (r == NULL) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
-            return 0;
+            return P_FAULT;
         }
         return -1;
     }
@@ -421,6 +422,7 @@ prog_compare(int op, PyObject *value, PyObject *konst)
     return t;
 }
 
+/* 1, 0, P_FAULT or -1 (internal failure): parts in order, stopping at the first that decides. */
 static int
 prog_holds(PCond *c, PEnv *env)
 {
@@ -429,28 +431,30 @@ prog_holds(PCond *c, PEnv *env)
     case C_TRUTH: {
         PyObject *v = prog_read(&c->var, env);
         if (v == NULL) {
-            return PyErr_Occurred() ? -1 : 0;
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            v = Py_NewRef(g_fault_key); /* what spec.capture makes of a value it cannot read */
         }
         int r = c->kind == C_CMP ? prog_compare(c->op, v, c->konst)
-                                 : (is_scalar(v) ? PyObject_IsTrue(v) : 0);
+                                 : (is_scalar(v) ? PyObject_IsTrue(v) : P_FAULT);
         Py_DECREF(v);
         return r;
     }
     case C_NOT: {
         int r = prog_holds(&c->parts[0], env);
-        return r < 0 ? r : !r;
+        return (r < 0 || r == P_FAULT) ? r : !r;
     }
-    default:
+    default: {
+        int want = c->kind == C_ANY;
         for (Py_ssize_t i = 0; i < c->n; i++) {
             int r = prog_holds(&c->parts[i], env);
-            if (r < 0) {
-                return r;
-            }
-            if (r == (c->kind == C_ANY)) {
+            if (r < 0 || r == P_FAULT || r == want) {
                 return r;
             }
         }
-        return c->kind == C_ALL;
+        return !want;
+    }
     }
 }
 
@@ -584,7 +588,7 @@ prog_run(ProgObj *p, PEnv *env)
         if (ok < 0) {
             return -1;
         }
-        if (!ok) {
+        if (ok != 1) {
             p->filtered++;
             return 0;
         }

@@ -22,8 +22,10 @@ Per hit, in this order:
 Values (``Var``) are read without running the program's code: ``$duration`` (ns, return
 probes), ``$retval``, ``$exception`` (its type's name), ``$thread`` (the thread's name, as
 ``threads.thread_name``) and locals by name. Filters (``Cmp``, ``AllOf``, ``AnyOf``, ``Not``,
-``Truth``) compare only exact builtin scalars with constants; any other operand, or a value
-that cannot be read, makes that comparison false, as ``spec.filter`` does.
+``Truth``) behave as ``spec.filter`` over captured values: a value that cannot be read is the
+string ``(fault)``; a non-scalar value (never touched) equals no constant; an order that
+cannot be made (``None < 1``, a non-scalar) or the truth of a non-scalar is a fault, and a
+fault makes the whole filter false (parts are taken in order, ``and``/``or`` stop early).
 """
 
 from __future__ import annotations
@@ -201,24 +203,24 @@ _ORDER: Final[dict[str, Callable[[object, object], bool]]] = {
 }
 
 
-def _compare(op: str, value: object, const: object) -> bool:
-    if type(value) not in SCALARS:
-        return False
+#: A comparison that cannot be made: the whole filter is false (as a raise in spec.filter).
+FAULT: Final = None
+
+
+def _compare(op: str, value: object, const: object) -> bool | None:
+    """True, False, or FAULT (an order between values that have none, or a non-scalar)."""
     if op in {"in", "not in"}:
         assert isinstance(const, tuple)
-        found = False
-        for c in const:
-            try:
-                if value == c:
-                    found = True
-                    break
-            except Exception:
-                pass
+        found = type(value) in SCALARS and any(value == c for c in const)
         return found if op == "in" else not found
+    if type(value) not in SCALARS:
+        return op == "!="  # never equal to a scalar constant; and no order
+    if op in {"==", "!="}:
+        return bool(_ORDER[op](value, const))
     try:
         return bool(_ORDER[op](value, const))
-    except TypeError:  # "a" < 1: no order, the comparison is false
-        return False
+    except TypeError:  # "a" < 1
+        return FAULT
 
 
 class ProgramHandler:
@@ -250,8 +252,10 @@ class ProgramHandler:
         kind = var.kind
         if kind == "duration":
             return UNREAD if duration is None else duration
-        if kind == "retval":
-            return UNREAD if duration is None or ctx.exception is not None else ctx.retval
+        if kind == "retval":  # None when it raised, as in a return event
+            if duration is None:
+                return UNREAD
+            return None if ctx.exception is not None else ctx.retval
         if kind == "exception":
             exc = ctx.exception
             return None if exc is None else type(exc).__name__
@@ -265,18 +269,24 @@ class ProgramHandler:
         except KeyError:
             return UNREAD
 
-    def _holds(self, c: Cond, ctx: ProbeContext, duration: int | None) -> bool:
-        if isinstance(c, Cmp):
+    def _holds(self, c: Cond, ctx: ProbeContext, duration: int | None) -> bool | None:
+        """True, False or FAULT; parts in order, stopping at the first that decides."""
+        if isinstance(c, Cmp | Truth):
             value = self._read(c.var, ctx, duration)
-            return value is not UNREAD and _compare(c.op, value, c.const)
-        if isinstance(c, Truth):
-            value = self._read(c.var, ctx, duration)
-            return type(value) in SCALARS and bool(value)
+            if value is UNREAD:
+                value = FAULT_KEY  # what spec.capture makes of a value it cannot read
+            if isinstance(c, Cmp):
+                return _compare(c.op, value, c.const)
+            return bool(value) if type(value) in SCALARS else FAULT
         if isinstance(c, Not):
-            return not self._holds(c.part, ctx, duration)
-        if isinstance(c, AllOf):
-            return all(self._holds(p, ctx, duration) for p in c.parts)
-        return any(self._holds(p, ctx, duration) for p in c.parts)
+            inner = self._holds(c.part, ctx, duration)
+            return FAULT if inner is FAULT else not inner
+        want = isinstance(c, AnyOf)  # the answer that ends the walk
+        for part in c.parts:
+            r = self._holds(part, ctx, duration)
+            if r is FAULT or r is want:
+                return r
+        return not want
 
     def _key(self, ctx: ProbeContext, duration: int | None) -> object:
         assert self.program.key is not None
@@ -305,7 +315,7 @@ class ProgramHandler:
     def _hit(self, ctx: ProbeContext, duration: int | None) -> None:
         prog = self.program
         res = self._results
-        if prog.filter is not None and not self._holds(prog.filter, ctx, duration):
+        if prog.filter is not None and self._holds(prog.filter, ctx, duration) is not True:
             res.filtered += 1
             return
         key = self._key(ctx, duration) if prog.key is not None else None
