@@ -14,6 +14,8 @@ enum { V_DURATION, V_RETVAL, V_EXCEPTION, V_THREAD, V_LOCAL };
 enum { C_CMP, C_TRUTH, C_ALL, C_ANY, C_NOT };
 enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOTIN };
 #define NBUCKETS 65
+#define NEED_FRAME 1    /* a local is read */
+#define NEED_DURATION 2 /* $duration is read */
 
 typedef struct {
     int kind;
@@ -40,7 +42,8 @@ typedef struct {
     PyObject *key_of;       /* strong */
     PyObject *make_results; /* strong: program.results_from_raw */
     PCond *filter;          /* NULL: none */
-    int has_key, has_hist, needs_frame;
+    int has_key, has_hist;
+    int needs; /* NEED_FRAME | NEED_DURATION: what a hit must supply (nothing else is read) */
     PVar key, hist;
     Py_ssize_t nscales;
     long long scales[8];
@@ -78,7 +81,7 @@ pcond_clear(PCond *c)
 }
 
 static int
-pvar_from(PyObject *t, PVar *out, int *needs_frame)
+pvar_from(PyObject *t, PVar *out, int *needs)
 {
     long kind;
     PyObject *name;
@@ -94,6 +97,9 @@ pvar_from(PyObject *t, PVar *out, int *needs_frame)
     }
     out->kind = (int)kind;
     out->name = NULL;
+    if (kind == V_DURATION) {
+        *needs |= NEED_DURATION;
+    }
     if (kind == V_LOCAL) {
         if (!PyUnicode_Check(name)) {
             PyErr_SetString(PyExc_TypeError, "a local Var is named by a str");
@@ -102,13 +108,13 @@ pvar_from(PyObject *t, PVar *out, int *needs_frame)
         Py_INCREF(name);
         PyUnicode_InternInPlace(&name);
         out->name = name;
-        *needs_frame = 1;
+        *needs |= NEED_FRAME;
     }
     return 0;
 }
 
 static int
-pcond_from(PyObject *t, PCond *out, int *needs_frame, int depth)
+pcond_from(PyObject *t, PCond *out, int *needs, int depth)
 {
     memset(out, 0, sizeof(*out));
     if (depth > 100) {
@@ -139,10 +145,10 @@ pcond_from(PyObject *t, PCond *out, int *needs_frame, int depth)
         }
         out->op = (int)op;
         out->konst = Py_NewRef(PyTuple_GET_ITEM(t, 3));
-        return pvar_from(PyTuple_GET_ITEM(t, 2), &out->var, needs_frame);
+        return pvar_from(PyTuple_GET_ITEM(t, 2), &out->var, needs);
     }
     case C_TRUTH:
-        return pvar_from(PyTuple_GET_ITEM(t, 1), &out->var, needs_frame);
+        return pvar_from(PyTuple_GET_ITEM(t, 1), &out->var, needs);
     case C_ALL:
     case C_ANY:
     case C_NOT: {
@@ -154,7 +160,7 @@ pcond_from(PyObject *t, PCond *out, int *needs_frame, int depth)
                 return -1;
             }
             out->n = 1;
-            return pcond_from(parts, &out->parts[0], needs_frame, depth + 1);
+            return pcond_from(parts, &out->parts[0], needs, depth + 1);
         }
         if (!PyTuple_Check(parts)) {
             PyErr_SetString(PyExc_TypeError, "the parts of a lowered AllOf/AnyOf are a tuple");
@@ -168,7 +174,7 @@ pcond_from(PyObject *t, PCond *out, int *needs_frame, int depth)
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             out->n = i + 1;
-            if (pcond_from(PyTuple_GET_ITEM(parts, i), &out->parts[i], needs_frame,
+            if (pcond_from(PyTuple_GET_ITEM(parts, i), &out->parts[i], needs,
                            depth + 1) < 0) {
                 return -1;
             }
@@ -274,19 +280,19 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             PyErr_NoMemory();
             goto fail;
         }
-        if (pcond_from(filter, p->filter, &p->needs_frame, 0) < 0) {
+        if (pcond_from(filter, p->filter, &p->needs, 0) < 0) {
             goto fail;
         }
     }
     if (key != Py_None) {
         p->has_key = 1;
-        if (pvar_from(key, &p->key, &p->needs_frame) < 0) {
+        if (pvar_from(key, &p->key, &p->needs) < 0) {
             goto fail;
         }
     }
     if (hist != Py_None) {
         p->has_hist = 1;
-        if (pvar_from(hist, &p->hist, &p->needs_frame) < 0) {
+        if (pvar_from(hist, &p->hist, &p->needs) < 0) {
             goto fail;
         }
     }
@@ -305,7 +311,7 @@ fail:
 typedef struct {
     PyObject *ctx;       /* the hit's context, or NULL: made by need_ctx when a local is read */
     int has_duration;    /* a return */
-    long long duration;
+    long long duration;  /* valid at a return when the program reads it (NEED_DURATION) */
     PyObject *retval, *exc; /* borrowed (Py_None when absent) */
 } PEnv;
 

@@ -2637,12 +2637,13 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
         PyObject *h = probe_attr(e, H_HANDLER);
         if (h != NULL && Py_IS_TYPE(h, &ProgType)) {
             ProgObj *prog = (ProgObj *)h;
-            if (prog->needs_frame && ctx == NULL &&
+            if ((prog->needs & NEED_FRAME) && ctx == NULL &&
                 (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
                 rc = -1;
             }
             else {
-                PEnv env = {ctx, 1, ri_duration(RI(ri)), retval, exc};
+                long long d = (prog->needs & NEED_DURATION) ? ri_duration(RI(ri)) : 0;
+                PEnv env = {ctx, 1, d, retval, exc};
                 if (prog_run(prog, &env) < 0) {
                     if (ctx == NULL &&
                         (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {

@@ -82,19 +82,24 @@ def test_set_to_1_the_program_is_attachable(
     assert not (runtime / "pyprobes" / f"{pid}.sock").exists()
 
 
+def _run_loop(sitedir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The LOOP program with the hook's site dir, to its end (its stdin closed)."""
+    return subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(sitedir), LOOP],
+        capture_output=True,
+        text=True,
+        env=env,
+        input="",
+        timeout=TIMEOUT,
+    )
+
+
 def test_a_failed_start_is_one_line_and_the_program_runs(
     sitedir: Path, env: dict[str, str], runtime: Path
 ) -> None:
     deep = runtime / ("d" * 60) / ("e" * 60)  # too long a socket path: nowhere to listen
     deep.mkdir(parents=True)
-    r = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(sitedir), LOOP],
-        capture_output=True,
-        text=True,
-        env={**env, ENV_VAR: "1", "XDG_RUNTIME_DIR": str(deep)},
-        input="",
-        timeout=TIMEOUT,
-    )
+    r = _run_loop(sitedir, {**env, ENV_VAR: "1", "XDG_RUNTIME_DIR": str(deep)})
     assert r.returncode == 0
     assert r.stdout.startswith("ready ") and "done " in r.stdout
     (line,) = r.stderr.splitlines()
@@ -106,14 +111,7 @@ def test_a_taken_directory_is_one_line_and_the_agent_listens_elsewhere(
     sitedir: Path, env: dict[str, str], runtime: Path
 ) -> None:
     (runtime / "pyprobes").write_text("not a directory")
-    r = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(sitedir), LOOP],
-        capture_output=True,
-        text=True,
-        env={**env, ENV_VAR: "1", "TMPDIR": str(runtime)},
-        input="",
-        timeout=TIMEOUT,
-    )
+    r = _run_loop(sitedir, {**env, ENV_VAR: "1", "TMPDIR": str(runtime)})
     assert r.returncode == 0
     assert r.stdout.startswith("ready ") and "done " in r.stdout
     (line,) = r.stderr.splitlines()
