@@ -1313,6 +1313,7 @@ typedef struct {
     Counters *counters;    /* strong: rp's */
     PyObject **free;       /* strong references to idle instances (a stack) */
     Py_ssize_t nfree, free_cap;
+    Py_ssize_t nalloc;     /* instances made so far: the pool grows lazily up to maxactive */
     /* The activations, frame pointer -> instance (strong; the instance holds a frame object
      * key). One is held in the solo slot, the usual case of calls that do not overlap (a
      * pointer compare instead of a hash table insert and delete); the others in the map. A
@@ -1385,6 +1386,7 @@ rs_push_free(RetState *s, PyObject *ri)
         PyObject **n = PyMem_Realloc(s->free, (size_t)cap * sizeof(PyObject *));
         if (n == NULL) {
             Py_DECREF(ri); /* the pool shrinks by one rather than fail the program */
+            s->nalloc--;
             PyErr_NoMemory();
             return -1;
         }
@@ -1393,6 +1395,20 @@ rs_push_free(RetState *s, PyObject *ri)
     }
     s->free[s->nfree++] = ri;
     return 0;
+}
+
+/* Make one more instance for the pool (below maxactive): instances are made when first
+ * needed, not at registration, so a large maxactive is free until calls overlap. */
+static int
+rs_grow(RetState *s)
+{
+    PyObject *ri = RiType->tp_alloc(RiType, 0);
+    if (ri == NULL) {
+        return -1;
+    }
+    RI(ri)->rp = Py_NewRef(s->rp);
+    s->nalloc++;
+    return rs_push_free(s, ri);
 }
 
 /* Return an instance to the pool, dropping what it referenced (pycore RetState.recycle).
@@ -1653,21 +1669,7 @@ rs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->rp = Py_NewRef(rp);
     s->counters = counters;
     s->maxactive = maxactive;
-    s->free = maxactive ? PyMem_Malloc((size_t)maxactive * sizeof(PyObject *)) : NULL;
-    if (maxactive && s->free == NULL) {
-        Py_DECREF(s);
-        return PyErr_NoMemory();
-    }
-    s->free_cap = maxactive;
-    for (Py_ssize_t i = 0; i < maxactive; i++) {
-        PyObject *ri = RiType->tp_alloc(RiType, 0);
-        if (ri == NULL) {
-            Py_DECREF(s);
-            return NULL;
-        }
-        RI(ri)->rp = Py_NewRef(rp);
-        s->free[s->nfree++] = ri;
-    }
+    /* No instance is made yet: a large maxactive costs only what is used (rs_grow). */
     return (PyObject *)s;
 }
 
@@ -1788,7 +1790,7 @@ rs_py_end(RetState *s, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 rs_get_nactive(RetState *s, void *closure)
 {
-    return PyLong_FromSsize_t(s->maxactive - s->nfree);
+    return PyLong_FromSsize_t(s->nalloc - s->nfree);
 }
 
 static PyObject *
@@ -2519,6 +2521,9 @@ kret_entry(PEnt *e, Hit *hit, int gen_code)
         if (stale != NULL) {
             rs_recycle(s, stale);
         }
+    }
+    if (s->nfree == 0 && s->nalloc < s->maxactive && rs_grow(s) < 0) {
+        PyErr_Clear(); /* no memory for one more: this call is a miss, the program goes on */
     }
     if (s->nfree == 0) {
         long long now = now_ns();

@@ -848,3 +848,24 @@ def test_keyboard_interrupt_from_a_fault_handler_keeps_the_pool_whole(where: str
         assert rp.nactive == 0
     finally:
         pyprobes.unregister_kretprobe(rp)
+
+
+def test_a_large_maxactive_costs_only_the_instances_used() -> None:
+    """The pool grows lazily up to maxactive: registering a million costs no million objects,
+    and calls that overlap get instances made on demand, then kept for reuse."""
+    import gc
+    import tracemalloc
+
+    rp = Kretprobe(symbol_name="_kret_targets:held", handler=lambda ri, ctx: None)
+    rp.maxactive = 1_000_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with registered(rp):
+            used, _ = tracemalloc.get_traced_memory()
+            assert used < 1_000_000  # bytes: a preallocated pool would be about 100 MB
+            with HeldThreads(5):
+                assert rp.nactive == 5
+            assert (rp.nhit, rp.nmissed, rp.nactive) == (5, 0, 0)
+    finally:
+        tracemalloc.stop()

@@ -13,8 +13,9 @@ def test_table_is_aligned_and_ends_with_lost_total() -> None:
         "EVENT       HITS  MISSES  LOST\n"
         "slow_loads    12       0     0\n"
         "r_loads_0   1234       1     3\n"
-        "misses on r_loads_0: more calls were in flight at once than the return probe's"
-        " instances (maxactive); give it more with rN, e.g. 'r100:EVENT TARGET'\n"
+        "pyprobes: warning: misses on r_loads_0: more calls were in flight at once than the"
+        " return probe's instances (maxactive), and the calls missed are in no event or"
+        " aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'\n"
         "3 events lost\n"
     )
 

@@ -54,7 +54,7 @@ def test_bad_kind(text: str, column: int, suggestion: str) -> None:
         ("r-1 json:loads", "bad maxactive '-1'"),
         ("r1.5 json:loads", "bad maxactive '1.5'"),
         ("r0 json:loads", "maxactive must be positive"),
-        ("r4097 json:loads", "too big (at most 4096)"),
+        ("r1048577 json:loads", "too big (at most 1048576)"),
         ("r99999999999999999999 json:loads", "too big"),
         ("p5 json:loads", "only applies to return probes"),
     ],

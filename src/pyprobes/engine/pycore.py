@@ -105,14 +105,24 @@ class RetState:
     cannot leak an activation into the new registration.
     """
 
-    __slots__ = ("active", "free", "last_reclaim", "maxactive", "rp")
+    __slots__ = ("active", "free", "last_reclaim", "maxactive", "nalloc", "rp")
 
     def __init__(self, rp: Kretprobe, maxactive: int) -> None:
         self.rp = rp
         self.maxactive = maxactive
-        self.free = [KretprobeInstance(rp) for _ in range(maxactive)]
+        # Instances are made when first needed (grow), so a large maxactive costs nothing
+        # until calls overlap that much.
+        self.free: list[KretprobeInstance] = []
+        self.nalloc = 0
         self.active: dict[int, KretprobeInstance] = {}
         self.last_reclaim = 0
+
+    def grow(self) -> KretprobeInstance | None:
+        """One more instance for the pool, or None when ``maxactive`` are made already."""
+        if self.nalloc >= self.maxactive:
+            return None
+        self.nalloc += 1
+        return KretprobeInstance(self.rp)
 
     def recycle(self, ri: KretprobeInstance) -> None:
         """Return an instance to the pool, dropping what it referenced."""
@@ -150,7 +160,7 @@ class RetState:
 
     @property
     def nactive(self) -> int:
-        return self.maxactive - len(self.free)
+        return self.nalloc - len(self.free)
 
 
 class _Holder:
@@ -365,9 +375,12 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
     state: RetState | None = rp._rstate
     if state is None:
         return
+    ri: KretprobeInstance | None
     try:
         ri = state.free.pop()
     except IndexError:
+        ri = state.grow()
+    if ri is None:
         now = time.perf_counter_ns()
         if now - state.last_reclaim < _RECLAIM_INTERVAL_NS:
             rp.nmissed += 1

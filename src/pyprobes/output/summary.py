@@ -39,8 +39,9 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
     if missed:
         # MISSES are return-probe calls not traced: every instance of the pool was in use
         lines.append(
-            f"misses on {', '.join(missed)}: more calls were in flight at once than the return"
-            " probe's instances (maxactive); give it more with rN, e.g. 'r100:EVENT TARGET'"
+            f"pyprobes: warning: misses on {', '.join(missed)}: more calls were in flight at"
+            " once than the return probe's instances (maxactive), and the calls missed are in"
+            " no event or aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'"
         )
     lines.append(f"{lost_total} event{'' if lost_total == 1 else 's'} lost")
     return "\n".join(lines) + "\n"

@@ -41,10 +41,11 @@ from pyprobes.spec.filter import Filter, compile_filter
 from pyprobes.spec.model import Attr, FetchArg, Index, IndexKey, ProbeSpec, Root, Step, Target
 from pyprobes.spec.parser import parse_spec, parse_spec_file
 from pyprobes.spec.target import default_event
-from pyprobes.spec.vocab import DEFAULT_GROUP, SPECIAL_VARS, TYPES, Kind
+from pyprobes.spec.vocab import DEFAULT_GROUP, DEFAULT_MAXACTIVE, SPECIAL_VARS, TYPES, Kind
 
 __all__ = [
     "DEFAULT_GROUP",
+    "DEFAULT_MAXACTIVE",
     "FAULT",
     "SPECIAL_VARS",
     "TYPES",

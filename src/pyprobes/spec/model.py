@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from pyprobes.spec.filter import Filter
-from pyprobes.spec.vocab import Kind
+from pyprobes.spec.vocab import DEFAULT_MAXACTIVE, Kind
 
 IndexKey = str | int | float | bool | None
 
@@ -137,6 +137,11 @@ class ProbeSpec:
     def is_return(self) -> bool:
         """Whether this is a return probe (kind ``r``)."""
         return self.kind == "r"
+
+    @property
+    def pool_size(self) -> int:
+        """The instances its return probes may use: N of ``rN``, else DEFAULT_MAXACTIVE."""
+        return self.maxactive or DEFAULT_MAXACTIVE
 
     def __str__(self) -> str:
         """The canonical spelling, which parses back to an equal spec."""

@@ -25,8 +25,14 @@ SPECIAL_VARS: Final = (
 #: The ``$`` variables that only exist once the function has returned.
 RETURN_ONLY_VARS: Final = frozenset({"$retval", "$exception", "$duration"})
 
-#: The kernel's KRETPROBE_MAXACTIVE_MAX: tracefs refuses a larger ``rN`` too.
-MAXACTIVE_MAX: Final = 4096
+#: The largest ``rN``. The kernel's KRETPROBE_MAXACTIVE_MAX is 4096, but a Python activation
+#: costs one small object, made only when calls overlap that much (the pool grows lazily).
+MAXACTIVE_MAX: Final = 1 << 20
+
+#: The pool of an ``r`` probe without N. The kernel's max(10, 2 * CPUs) fits kernel code;
+#: Python overlaps calls in threads, tasks, generators and recursion by the thousand (100
+#: asyncio handlers, a recursive parser), and a pool that runs dry biases every statistic.
+DEFAULT_MAXACTIVE: Final = 1 << 16
 
 
 def variables_for(kind: Kind) -> tuple[str, ...]:

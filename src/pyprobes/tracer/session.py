@@ -79,7 +79,7 @@ class TraceSession:
                 addr=pl.addr,
                 filename=pl.filename,
                 handler=rec.on_return,
-                maxactive=c.spec.maxactive,
+                maxactive=c.spec.pool_size,
             )
             pyprobes.register_kretprobe(probe)
         else:
