@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import pytest
 
 from test_run import pyprobes
 
@@ -45,3 +44,33 @@ def test_an_explicit_small_pool_misses_and_says_how_to_raise_it() -> None:
     assert summary_rows(run.stderr) == {"h": (10, 90)}
     warning = [line for line in run.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "misses on h" in warning[0] and "'r1000000:" in warning[0]
+
+
+@pytest.mark.parametrize(
+    "program_args",
+    [["-x", "-q"], ["-h"], ["-e", "X", "--count"], ["--", "-m", "y"], ["-mfoo"]],
+)
+def test_everything_after_dash_m_module_is_the_programs(program_args: list[str]) -> None:
+    """As ``python -m mod ARGS``: pyprobes parses none of ARGS (not -h, not -e, not -m)."""
+    run = pyprobes("run", "-e", "r:w __main__:work", "--count", "-m", "argv_mod", *program_args)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{program_args!r} 2\n"
+    assert summary_rows(run.stderr) == {"w": (1, 0)}
+
+
+def test_module_glued_to_dash_m_and_script_arguments_are_the_programs() -> None:
+    glued = pyprobes("run", "-e", "r:w __main__:work", "-margv_mod", "-h")
+    assert glued.returncode == 0, glued.stderr
+    assert glued.stdout == "['-h'] 2\n"
+    script = pyprobes("run", "-e", "r:w __main__:work", "argv_mod.py", "-m", "x", "-e", "y")
+    assert script.returncode == 0, script.stderr
+    assert script.stdout == "['-m', 'x', '-e', 'y'] 2\n"
+    assert summary_rows(script.stderr) == {"w": (1, 0)}
+
+
+def test_option_values_that_look_like_dash_m_stay_ours() -> None:
+    """``--by -m``-like values are skipped by their option, not taken for the module."""
+    run = pyprobes("run", "--probe=r:w __main__:work", "--hist", "-m", "argv_mod", "a")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "['a'] 2\n"
+    assert "w $duration:" in run.stderr

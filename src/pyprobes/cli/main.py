@@ -24,11 +24,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``run``, the program's own arguments are set aside first."""
+    if not argv or argv[0] != "run":
+        return parser.parse_args(argv)
+    sub = run.subparser(parser)
+    ours, module, script, rest = run.split_program_args(sub, argv[1:])
+    args = parser.parse_args([argv[0], *ours])
+    if module is not None:
+        args.module = module
+    if script is not None:
+        args.target = script
+    if module is not None or script is not None:
+        args.args = rest
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors are one line on stderr and a non-zero status, not a traceback."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else 2
     try:

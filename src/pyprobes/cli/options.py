@@ -89,7 +89,7 @@ def fix_optional_field(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
     """``--hist SCRIPT`` means a histogram of $duration: give the word back to the program."""
     known = {fa.name for spec in specs for fa in spec.fetchargs} | set(SPECIAL_VARS)
     hist = args.hist
-    if hist is None or hist in known:
+    if hist is None or hist in known or getattr(args, "module", None) is not None:
         return
     if getattr(args, "target", None) is not None or getattr(args, "args", None):
         args.args = [args.target, *args.args] if args.target is not None else list(args.args)

@@ -44,6 +44,68 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def subparser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``run`` subcommand's parser inside the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices["run"]
+            return sub
+    raise LookupError("no run subcommand")
+
+
+def _value_options(parser: argparse.ArgumentParser) -> tuple[dict[str, object], set[str]]:
+    """The parser's option strings -> nargs, and the long ones (argparse accepts prefixes)."""
+    nargs: dict[str, object] = {}
+    for action in parser._actions:
+        for opt in action.option_strings:
+            nargs[opt] = action.nargs
+    return nargs, {o for o in nargs if o.startswith("--")}
+
+
+def split_program_args(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], str | None, str | None, list[str]]:
+    """Split ``run``'s arguments where the program's begin, as ``python`` does: everything
+    after SCRIPT or ``-m MODULE`` belongs to the program (``-m pytest -x -q``, ``-m mod -h``).
+
+    Returns (our arguments, MODULE or None, SCRIPT or None, the program's arguments). Only our
+    options are scanned, with their values skipped, so ``-e '-m'`` is a value, not a module.
+    """
+    nargs, longs = _value_options(parser)
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            if i + 1 < len(argv):
+                return argv[:i], None, argv[i + 1], argv[i + 2 :]
+            return argv[:i], None, None, []
+        if tok == "-m":
+            if i + 1 >= len(argv):
+                return argv, None, None, []  # argparse says "expected one argument"
+            return argv[:i], argv[i + 1], None, argv[i + 2 :]
+        if tok.startswith("-m") and not tok.startswith("--"):
+            return argv[:i], tok[2:], None, argv[i + 1 :]
+        if not tok.startswith("-") or tok == "-":
+            return argv[:i], None, tok, argv[i + 1 :]
+        name = tok.split("=", 1)[0]
+        if name.startswith("--") and name not in nargs:
+            matches = [o for o in longs if o.startswith(name)]
+            name = matches[0] if len(matches) == 1 else name
+        elif not name.startswith("--") and len(tok) > 2:
+            name = tok[:2]  # -eSPEC: the value is in the token
+            i += 1
+            continue
+        n = nargs.get(name, 0)
+        if "=" in tok or n == 0:
+            i += 1
+        elif n == "?":
+            nxt = argv[i + 1] if i + 1 < len(argv) else "-"
+            i += 1 if nxt.startswith("-") else 2
+        else:
+            i += 2
+    return argv, None, None, []
+
+
 class _Reporter:
     """Prints aggregations (every --interval, and once at the end) and the exit summary."""
 
@@ -132,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
-        rest = ([args.target] if args.target is not None else []) + args.args
-        prog = program.load_module(args.module, rest)
+        prog = program.load_module(args.module, args.args)
     else:
         prog = program.load_script(args.target, args.args)
     if args.listen:
