@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -84,7 +86,9 @@ def test_threads_entry_and_return_events_as_json(tmp_path: Path) -> None:
 
 
 def test_asyncio_latency_histogram_and_text_events() -> None:
-    run = pyprobes("run", "-e", "r:lat __main__:fetch i $retval", "--hist", "async_prog.py")
+    run = pyprobes(
+        "run", "-e", "r:lat __main__:fetch i $retval", "--hist", "--events", "async_prog.py"
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == "gathered [0, 2, 4, 6, 8]\n"
     lines = [ln for ln in run.stderr.splitlines() if ": lat: (" in ln]
@@ -172,7 +176,14 @@ def test_wildcard_probes_functions_of_modules_imported_later(tmp_path: Path) -> 
 
 def test_filter_and_count_by(tmp_path: Path) -> None:
     run = pyprobes(
-        "run", "-e", "p:big __main__:work n if n >= 30", "--count", "--by", "n", "threads_prog.py"
+        "run",
+        "-e",
+        "p:big __main__:work n if n >= 30",
+        "--count",
+        "--by",
+        "n",
+        "--events",
+        "threads_prog.py",
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr.count(": big: (") == 2
@@ -276,8 +287,13 @@ def test_interval_prints_and_resets_aggregations(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    counts = [int(ln.split(":")[1]) for ln in run.stderr.splitlines() if ln.startswith("@t")]
+    lines = run.stderr.splitlines()
+    counts = [int(ln.split(":")[1]) for ln in lines if ln.startswith("@t")]
     assert len(counts) >= 3  # several interval prints and the final one
+    # Each interval block starts with its local time (HH:MM:SS), the final one has none.
+    stamps = [i for i, ln in enumerate(lines) if re.fullmatch(r"\d\d:\d\d:\d\d", ln)]
+    assert len(stamps) == len(counts) - 1
+    assert all(lines[i + 1].startswith("@t") for i in stamps)
     total = int(run.stderr.split("\nt ")[1].split()[0])  # hits from the summary row
     assert sum(counts) == total  # each print counted only what came since the last one
 
@@ -358,7 +374,7 @@ def test_text_events_and_by_keys_escape_what_the_program_names(tmp_path: Path) -
     )
     run = pyprobes(
         "run", "-e", "p:w __main__:work s l $thread", "-e", "r:wr __main__:work $retval",
-        "--count", "--by", "$thread", str(prog), cwd=tmp_path,
+        "--count", "--by", "$thread", "--events", str(prog), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert not TERMINAL_CONTROLS & set(run.stderr), ascii(run.stderr)
@@ -414,7 +430,7 @@ def test_an_output_that_fails_says_why(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout == "done\n"
     lines = run.stderr.splitlines()
-    assert lines[-1] == "1000 events lost"
+    assert lines[-1].startswith("1000 events lost (LOST: ")
     assert (
         "pyprobes: writing events to /dev/full failed: [Errno 28] No space left on device;"
         " 1000 events lost"
@@ -467,3 +483,55 @@ def test_sigterm_and_sighup_print_the_report_and_die_by_the_signal(
     assert err.splitlines()[-3:] == ["EVENT  HITS  MISSES  LOST", "t         1       0     0",
                                      "0 events lost"]  # fmt: skip
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("probes", [["-e", "p:t __main__:tick i", "--count"], []])
+def test_sigterm_with_listen_removes_the_agents_socket(tmp_path: Path, probes: list[str]) -> None:
+    """Issue 17.6: a SIGTERM ends ``run --listen`` (with or without probes of its own) as
+    cleanly as the end of the program: the socket goes, the status is still -SIGTERM."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    prog = tmp_path / "waiting.py"
+    prog.write_text(WAITING)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEFAULT_SIGNALS_EXEC, "-m", "pyprobes", "run", "--listen",
+         *probes, str(prog)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "XDG_RUNTIME_DIR": str(runtime)}, cwd=tmp_path,
+    )  # fmt: skip
+    sock = runtime / "pyprobes" / f"{proc.pid}.sock"
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        assert sock.exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert not sock.exists(), err
+    assert "Traceback" not in err
+    if probes:
+        assert "@t: 1\n" in err and err.rstrip().endswith("0 events lost")
+
+
+def test_version_names_pyprobes_and_the_python() -> None:
+    run = pyprobes("--version")
+    assert run.returncode == 0
+    assert run.stdout == f"pyprobes 0.1.0 (CPython {platform.python_version()})\n"
+
+
+def test_text_lines_name_both_ends_in_probe_syntax_and_show_what_raised() -> None:
+    """Issue 17.12: a return line's site is ``module:qualname:line`` as the entry's probe is,
+    and a return that raised says ``raised=TYPE``, not ``$retval=None``."""
+    run = pyprobes(
+        "run", "-e", "p:in __main__:inner", "-e", "r:out __main__:inner $retval", "raising_prog.py"
+    )
+    assert run.returncode == 1
+    (entry,) = [ln for ln in run.stderr.splitlines() if ": in: (" in ln]
+    (ret,) = [ln for ln in run.stderr.splitlines() if ": out: (" in ln]
+    assert entry.endswith(": in: (__main__:inner+0)")
+    assert re.search(
+        r": out: \(__main__:outer:\d+ <- __main__:inner\) raised=ZeroDivisionError$", ret
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
 from test_run import pyprobes
 
 
@@ -74,3 +76,82 @@ def test_option_values_that_look_like_dash_m_stay_ours() -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout == "['a'] 2\n"
     assert "w $duration:" in run.stderr
+
+
+def test_aggregations_alone_print_no_events_unless_asked(tmp_path: Path) -> None:
+    """--hist/--count print only the aggregations (bpftrace's maps); --events, -o or --format
+    add the events back."""
+    spec = ("-e", "r:w __main__:work n")
+    quiet = pyprobes("run", *spec, "--count", "argv_mod.py")
+    assert quiet.returncode == 0, quiet.stderr
+    assert ": w: (" not in quiet.stderr and summary_rows(quiet.stderr) == {"w": (1, 0)}
+    assert "@w: 1" in quiet.stderr or "count" in quiet.stderr.lower()
+    loud = pyprobes("run", *spec, "--hist", "--events", "argv_mod.py")
+    assert loud.stderr.count(": w: (") == 1 and "w $duration:" in loud.stderr
+    out = tmp_path / "ev.jsonl"
+    filed = pyprobes("run", *spec, "--count", "--format", "json", "-o", str(out), "argv_mod.py")
+    assert filed.returncode == 0, filed.stderr
+    assert [json.loads(line)["event"] for line in out.read_text().splitlines()] == ["w"]
+    plain = pyprobes("run", *spec, "argv_mod.py")
+    assert plain.stderr.count(": w: (") == 1
+
+
+def test_unit_shows_the_duration_histogram_in_that_unit() -> None:
+    run = pyprobes("run", "-e", "r:w __main__:work", "--hist", "--unit", "msecs", "argv_mod.py")
+    assert run.returncode == 0, run.stderr
+    assert "w $duration:\n     msecs " in run.stderr
+    assert "avg = 0.0" in run.stderr and "avg = 0.0 msecs" not in run.stderr
+    bad = pyprobes(
+        "run", "-e", "r:w __main__:work n", "--hist", "n", "--unit", "usecs", "argv_mod.py"
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == "pyprobes: error: --unit usecs applies to --hist of $duration only\n"
+
+
+def test_by_function_gives_one_count_and_histogram_per_function() -> None:
+    """Issue 17.3: bpftrace's ``@[probefunc]``: a wildcard broken down by function."""
+    run = pyprobes("run", "-e", "r:f __main__:?", "--hist", "--by", "$function", "funcs_prog.py")
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert [ln for ln in lines if ln.startswith("@f[")] == [
+        "@f['__main__:c']: 3",
+        "@f['__main__:b']: 2",
+        "@f['__main__:a']: 1",
+    ]
+    heads = [ln for ln in lines if ln.endswith(" $duration:")]
+    assert heads == [f"f['__main__:{n}'] $duration:" for n in "cba"]
+    assert "f $duration:" not in lines  # no histogram of everything mixed
+
+
+def test_by_caller_is_fetched_for_the_key() -> None:
+    run = pyprobes("run", "-e", "p:f __main__:c", "--by", "$caller", "funcs_prog.py")
+    assert run.returncode == 0, run.stderr
+    keyed = sorted(ln for ln in run.stderr.splitlines() if ln.startswith("@f["))
+    assert [ln.rsplit("funcs_prog.py:", 1)[1] for ln in keyed] == ["19']: 1", "24']: 1", "25']: 1"]
+
+
+@pytest.mark.parametrize(
+    ("by", "error"),
+    [
+        ("nosuch", "--by nosuch: no probe has a fetch arg of that name; use a fetch arg"),
+        ("$bogus", "--by $bogus: no probe has a $variable of that name; use a fetch arg"),
+        ("$functon", "did you mean '$function'?"),
+        ("$duration", "--by $duration: '$duration' is only available in return probes"),
+    ],
+)
+def test_by_a_field_no_probe_has_is_one_line_and_runs_nothing(by: str, error: str) -> None:
+    run = pyprobes("run", "-e", "p:f __main__:c i", "--by", by, "argv_mod.py")
+    assert run.returncode == 2
+    assert run.stdout == ""  # the program did not run
+    assert len(run.stderr.splitlines()) == 1 and error in run.stderr, run.stderr
+
+
+def test_a_typo_in_the_programs_own_names_fails_before_it_runs() -> None:
+    """Issue 17.9: one line with "did you mean", the program never started (no output, no
+    empty summary table)."""
+    run = pyprobes("run", "-e", "p __main__:wrk", "--count", "argv_mod.py")
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr == (
+        "pyprobes: error: __main__ defines no function 'wrk'; did you mean 'work'?\n"
+    )

@@ -67,19 +67,35 @@ def test_render_is_the_funclatency_table() -> None:
         "         0 -> 1          : 1        |**********                              |\n"
         "         2 -> 3          : 2        |********************                    |\n"
         "         4 -> 7          : 4        |****************************************|\n"
-        "avg = 4.0 nsecs, total = 28 nsecs, count = 7\n"
+        "avg = 4.00 nsecs, total = 28 nsecs, count = 7\n"
     )
 
 
 def test_render_in_a_larger_unit_scales_avg_and_total() -> None:
     text = _hist([1_500_000, 2_500_000]).render("msecs")
     assert text.splitlines()[0].startswith("     msecs ")
-    assert text.splitlines()[-1] == "avg = 2.0 msecs, total = 4.0 msecs, count = 2"
+    assert text.splitlines()[-1] == "avg = 2.00 msecs, total = 4.00 msecs, count = 2"
 
 
-def test_auto_unit_follows_the_magnitude() -> None:
-    assert _hist([50_000]).auto_unit() == "nsecs"
+def test_averages_keep_three_significant_digits() -> None:
+    """Issue 17.4: a sub-unit mean is not printed as ``avg = 0.0 msecs``."""
+    assert _hist([10_000] * 3).render("msecs").splitlines()[-1] == (
+        "avg = 0.0100 msecs, total = 0.0300 msecs, count = 3"
+    )
+    assert _hist([123_456]).render("usecs").splitlines()[-1].startswith("avg = 123.5 usecs")
+
+
+def test_auto_unit_follows_the_distribution_not_the_maximum() -> None:
+    """Issue 17.4: 4,600,406 of 4,601,377 durations fell in one ``0 -> 1 msecs`` bucket
+    because a few slow calls chose the unit; the bulk decides now."""
+    fast_with_outliers = _hist([2_000] * 999 + [300_000_000])
+    assert fast_with_outliers.auto_unit() == "nsecs"
+    rows = fast_with_outliers.buckets("nsecs")
+    assert rows[0] == (1024, 2047, 999)
+    assert _hist([5_000]).auto_unit() == "nsecs"
+    assert _hist([50_000]).auto_unit() == "usecs"
     assert _hist([5_000_000]).auto_unit() == "usecs"
+    assert _hist([50_000] * 96 + [1] * 4).auto_unit() == "usecs"  # 4 % below 8us: still usecs
     assert _hist([500_000_000]).auto_unit() == "msecs"
     assert _hist([500_000_000]).render().splitlines()[0].lstrip().startswith("msecs")
     assert _hist([5], unit="bytes").render().lstrip().startswith("bytes")

@@ -21,7 +21,7 @@ ENTRY_FIELDS = {
     "thread_name",
     "args",
 }
-RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns"}
+RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns", "site"}
 
 
 def _event(kind: str = "p", **kw: object) -> Event:

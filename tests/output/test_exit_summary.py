@@ -16,7 +16,8 @@ def test_table_is_aligned_and_ends_with_lost_total() -> None:
         "pyprobes: warning: misses on r_loads_0: more calls were in flight at once than the"
         " return probe's instances (maxactive), and the calls missed are in no event or"
         " aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'\n"
-        "3 events lost\n"
+        "3 events lost (LOST: probe hits whose events were never written: the output could"
+        " not keep up, or failed)\n"
     )
 
 
@@ -27,7 +28,16 @@ def test_no_miss_no_hint() -> None:
 
 def test_plain_tuples_are_accepted_and_one_event_is_singular() -> None:
     text = format_summary([("e", 1, 0, 1)], 1)
-    assert text.splitlines()[-1] == "1 event lost"
+    assert text.splitlines()[-1].startswith("1 event lost (LOST: probe hits whose events")
+
+
+def test_lost_is_explained_only_when_not_zero() -> None:
+    """Issue 17.12: a summary with losses says what LOST means; a clean one stays short."""
+    assert format_summary([("e", 3, 0, 2)], 2).splitlines()[-1] == (
+        "2 events lost (LOST: probe hits whose events were never written: the output could"
+        " not keep up, or failed)"
+    )
+    assert format_summary([("e", 3, 0, 0)], 0).splitlines()[-1] == "0 events lost"
 
 
 def test_no_rows_still_reports_lost() -> None:

@@ -89,6 +89,7 @@ def test_return_has_all_fields() -> None:
         "retval": 1,
         "exception": None,
         "duration_ns": 99,
+        "site": "",
     }
 
 

@@ -146,3 +146,17 @@ def test_untrusted_text_in_every_field_is_escaped_for_the_terminal() -> None:
 def test_printable_unicode_is_kept() -> None:
     line = TextRenderer().render(_event(thread_name="wörker-工作", args={"s": "é"}))
     assert line.startswith("wörker-工作-1234 ") and "s='é'" in line
+
+
+def test_a_return_that_raised_says_so_instead_of_retval_none() -> None:
+    ev = _event(
+        "r",
+        probe="json:loads",
+        site="app:main:17",
+        args={"$retval": None, "n": 1},
+        exception="ValueError('bad')",
+        duration_ns=5,
+    )
+    assert TextRenderer().render(ev).endswith("(app:main:17 <- json:loads) n=1 raised=ValueError\n")
+    shown = _event("r", probe="p", args={"$exception": "KeyError('k')"}, exception="KeyError('k')")
+    assert TextRenderer().render(shown).endswith("(app.py:17 <- p) $exception=\"KeyError('k')\"\n")

@@ -160,6 +160,7 @@ def event_from_json(d: Mapping[str, Any]) -> Event | None:
             retval=d.get("retval"),
             exception=d.get("exception"),
             duration_ns=d.get("duration_ns"),
+            site=str(d.get("site", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -19,12 +19,20 @@ from pyprobes.attach.errors import AgentGoneError
 from pyprobes.cli.options import (
     UsageError,
     add_tracing_options,
+    check_fields,
     load_specs,
     make_aggregator,
     open_output,
     output_failure,
+    wants_events,
 )
-from pyprobes.output import Aggregator, EventWriter, SummaryRow, format_summary
+from pyprobes.output import (
+    Aggregator,
+    EventWriter,
+    SummaryRow,
+    format_summary,
+    interval_stamp,
+)
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import ProbeSpec
 
@@ -58,9 +66,12 @@ def _err(text: str) -> None:
 class _Stream:
     """Feeds the agent's messages to the writer and the aggregator; keeps the counts."""
 
-    def __init__(self, conn: AgentConnection, writer: EventWriter, agg: Aggregator | None):
+    def __init__(
+        self, conn: AgentConnection, writer: EventWriter, agg: Aggregator | None, events: bool
+    ) -> None:
         self.conn = conn
         self.writer = writer
+        self.events = events
         self.agg = agg
         self.received: dict[str, int] = {}
         self.bad = 0
@@ -78,7 +89,8 @@ class _Stream:
                     self.bad += 1
                     continue
                 self.received[event.event] = self.received.get(event.event, 0) + 1
-                self.writer.emit(event)
+                if self.events:
+                    self.writer.emit(event)
                 if self.agg is not None:
                     self.agg.add(event)
         elif kind in ("lost", "detached"):
@@ -123,7 +135,8 @@ class _Stream:
                 return
             if next_print is not None and now >= next_print:
                 if self.agg is not None:
-                    _err(self.agg.snapshot_and_reset().render())
+                    block = self.agg.snapshot_and_reset().render()
+                    _err(f"{interval_stamp(time.time())}\n{block}")
                 next_print += interval or 0
             wake = min(t for t in (until, next_print, now + 0.2) if t is not None)
             msg = self.conn.receive(max(0.0, wake - now))
@@ -166,7 +179,7 @@ def attach(args: argparse.Namespace) -> int:
         if args.hist is None or not args.hist.isdigit():
             raise UsageError("give the PID of the process to attach to")
         args.pid, args.hist = int(args.hist), "$duration"
-    specs = load_specs(args)
+    specs = check_fields(args, load_specs(args))
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends it as Ctrl-C does
     try:
         return _attach(args, specs)
@@ -199,7 +212,7 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
             + ("; Ctrl-C to detach" if not args.duration else f"; detaching in {args.duration:g}s")
         )
         with open_output(args) as writer:
-            stream = _Stream(conn, writer, aggregator)
+            stream = _Stream(conn, writer, aggregator, wants_events(args))
             until = time.monotonic() + args.duration if args.duration else None
             try:
                 stream.pump(until, args.interval)

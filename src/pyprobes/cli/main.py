@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
 
+from pyprobes import __version__
 from pyprobes.cli import attach, check, listing, ps, run
 from pyprobes.cli.options import UsageError
 from pyprobes.cli.program import ProgramError
@@ -16,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyprobes",
         description="Linux kprobes for Python: probe any function or line of a program.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"pyprobes {__version__} (CPython {platform.python_version()})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

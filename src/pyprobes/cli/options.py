@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +17,19 @@ from pyprobes.output import (
     StreamSink,
     get_renderer,
 )
+from pyprobes.output.aggregate import DURATION_FIELD
 from pyprobes.output.sanitize import terminal_safe
-from pyprobes.spec import SPECIAL_VARS, ProbeSpec, parse_spec, parse_spec_file
+from pyprobes.output.units import TIME_UNITS
+from pyprobes.spec import (
+    SPECIAL_VARS,
+    FetchArg,
+    ProbeSpec,
+    Root,
+    parse_spec,
+    parse_spec_file,
+)
+from pyprobes.spec.diagnostics import did_you_mean
+from pyprobes.spec.vocab import RETURN_ONLY_VARS, return_only_message
 
 
 class UsageError(Exception):
@@ -43,8 +55,11 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
         help="a file of probe specs, one per line, # comments",
     )
     parser.add_argument("-o", "--output", metavar="FILE", help="write events here (default stderr)")
+    parser.add_argument("--format", choices=sorted(RENDERERS), help="event format (default text)")
     parser.add_argument(
-        "--format", choices=sorted(RENDERERS), default="text", help="event format (default text)"
+        "--events",
+        action="store_true",
+        help="write events also with --hist/--count/--by/--stats (implied by -o and --format)",
     )
     parser.add_argument(
         "--hist",
@@ -52,6 +67,11 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
         const="$duration",
         metavar="FIELD",
         help="log2 histogram of FIELD (default $duration) per event",
+    )
+    parser.add_argument(
+        "--unit",
+        choices=[name for name, _ in TIME_UNITS],
+        help="show the $duration histogram in this unit (default: chosen by the distribution)",
     )
     parser.add_argument("--count", action="store_true", help="count events (per --by key)")
     parser.add_argument("--by", metavar="FIELD", help="count events per value of FIELD")
@@ -97,11 +117,62 @@ def fix_optional_field(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
     args.hist = "$duration"
 
 
+def wants_events(args: argparse.Namespace) -> bool:
+    """Events are written unless only aggregations were asked for (as bpftrace prints only
+    its maps): with --hist, --count, --by or --stats, only -o, --format or --events adds them."""
+    if not (args.hist or args.count or args.by or args.stats):
+        return True
+    return bool(args.output or args.format or args.events)
+
+
+#: Fields every event has (derived from the record, nothing fetched): bpftrace's probefunc,
+#: probe, and the thread and place of the hit.
+EVENT_FIELDS = ("$function", "$probe", "$thread", "$location")
+#: ``$`` variables a spec must fetch to aggregate on them: added to specs that lack them.
+FETCHED_FIELDS = ("$caller", "$stack", "$args")
+
+
+def check_fields(args: argparse.Namespace, specs: list[ProbeSpec]) -> list[ProbeSpec]:
+    """Refuse a --by/--hist/--stats FIELD no probe can give (one line, with what would do);
+    returns the specs, with ``$caller``/``$stack``/``$args`` fetched where a field needs it."""
+    fetched = {fa.name for spec in specs for fa in spec.fetchargs}
+    any_return = any(spec.is_return for spec in specs)
+    for option, name in (("--by", args.by), ("--hist", args.hist), ("--stats", args.stats)):
+        if name is None or name in fetched or name in EVENT_FIELDS:
+            continue
+        if name in RETURN_ONLY_VARS:
+            if any_return:
+                continue
+            raise UsageError(f"{option} {name}: {return_only_message(name)}")
+        if name in FETCHED_FIELDS:
+            specs = [_fetching(spec, name) for spec in specs]
+            continue
+        known = [*sorted(fetched), *EVENT_FIELDS, *RETURN_ONLY_VARS, *FETCHED_FIELDS]
+        what = "a $variable" if name.startswith("$") else "a fetch arg"
+        raise UsageError(
+            f"{option} {name}: no probe has {what} of that name{did_you_mean(name, known)};"
+            f" use a fetch arg of a probe ({', '.join(sorted(fetched)) or 'none given'}) or"
+            f" one of {', '.join(EVENT_FIELDS + FETCHED_FIELDS)}"
+            + (f", {', '.join(sorted(RETURN_ONLY_VARS))}" if any_return else "")
+        )
+    return specs
+
+
+def _fetching(spec: ProbeSpec, name: str) -> ProbeSpec:
+    if any(fa.name == name for fa in spec.fetchargs):
+        return spec
+    arg = FetchArg(name=name, expr=name, path=(Root(name),))
+    return dataclasses.replace(spec, fetchargs=(*spec.fetchargs, arg))
+
+
 def make_aggregator(args: argparse.Namespace) -> Aggregator | None:
     """The aggregations asked for, or None."""
     if not (args.hist or args.count or args.by or args.stats):
         return None
+    if args.unit is not None and args.hist != DURATION_FIELD:
+        raise UsageError(f"--unit {args.unit} applies to --hist of $duration only")
     return Aggregator(
+        hist_unit=args.unit,
         hist_field=args.hist,
         count=bool(args.count or args.by),
         by_field=args.by,
@@ -114,7 +185,7 @@ def open_output(args: argparse.Namespace) -> Iterator[EventWriter]:
     """An event writer for ``-o``/``--format``; closed (drained, footer written) on exit."""
     sink: Sink = FileSink(args.output) if args.output else StreamSink(sys.stderr)
     try:
-        writer = EventWriter(get_renderer(args.format), sink)
+        writer = EventWriter(get_renderer(args.format or "text"), sink)
     except OSError as exc:
         raise UsageError(f"cannot write to {args.output!r}: {exc.strerror}") from None
     try:

@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 from pyprobes.cli import program
@@ -17,8 +19,9 @@ from pyprobes.cli.options import (
     make_aggregator,
     open_output,
     output_failure,
+    wants_events,
 )
-from pyprobes.output import Aggregator, EventWriter, format_summary
+from pyprobes.output import Aggregator, EventWriter, format_summary, interval_stamp
 from pyprobes.tracer import TraceSession
 
 
@@ -125,11 +128,13 @@ class _Reporter:
         # second waits for it to be written: the process must not exit (or die) mid-report.
         self._once = threading.Lock()
         self._reported = False
+        self.after: list[Callable[[], None]] = []  # run once the report is out (stop the agent)
 
     def periodic(self, interval: float) -> None:
         while not self._done.wait(interval):
             if self.aggregator is not None:
-                _err(self.aggregator.snapshot_and_reset().render())
+                block = self.aggregator.snapshot_and_reset().render()
+                _err(f"{interval_stamp(time.time())}\n{block}")
 
     def final(self) -> None:
         with self._once:
@@ -146,23 +151,28 @@ class _Reporter:
                 _err(failure)
             lost = self.writer.lost_by_event()
             _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+            for after in self.after:
+                after()
 
 
 #: Signals that end the run as Ctrl-C does (with the report), then kill it as they would have.
 TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _report_and_die(reporter: _Reporter, signum: int) -> None:
-    reporter.final()
-    os.kill(os.getpid(), signum)  # its disposition is SIG_DFL again: the process dies by it
+def _end_and_die(end: Callable[[], None], signum: int) -> None:
+    try:
+        end()
+    finally:
+        os.kill(os.getpid(), signum)  # its disposition is SIG_DFL again: the process dies by it
 
 
-def _end_on_signals(reporter: _Reporter) -> None:
-    """SIGTERM and SIGHUP print the aggregations and summary, then kill the program by that
-    same signal (status -N / 128+N, as without pyprobes). Only where the disposition is the
-    default: an ignored SIGHUP (nohup) stays ignored, and a handler the program installs
-    replaces ours. The handler only starts a bare ``_thread`` (no ``threading`` lock, which
-    the interrupted main thread may hold) that reports; a second signal kills at once."""
+def _end_on_signals(end: Callable[[], None]) -> None:
+    """SIGTERM and SIGHUP run ``end`` (print the aggregations and summary, remove the agent's
+    socket), then kill the program by that same signal (status -N / 128+N, as without
+    pyprobes). Only where the disposition is the default: an ignored SIGHUP (nohup) stays
+    ignored, and a handler the program installs replaces ours. The handler only starts a
+    bare ``_thread`` (no ``threading`` lock, which the interrupted main thread may hold) that
+    reports; a second signal kills at once."""
     pid = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -170,11 +180,15 @@ def _end_on_signals(reporter: _Reporter) -> None:
         if os.getpid() != pid:  # a forked child: the parent reports
             os.kill(os.getpid(), signum)
             return
-        _thread.start_new_thread(_report_and_die, (reporter, signum))
+        _thread.start_new_thread(_end_and_die, (end, signum))
 
     for sig in TERMINATING:
         if signal.getsignal(sig) is signal.SIG_DFL:
             signal.signal(sig, handler)
+
+
+def _drop(event: object) -> None:
+    """The event sink when only aggregations are printed."""
 
 
 def _err(text: str) -> None:
@@ -187,10 +201,11 @@ def _err(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the program under the probes; returns its exit status."""
-    from pyprobes.cli.options import UsageError, fix_optional_field
+    from pyprobes.cli.options import UsageError, check_fields, fix_optional_field
 
     specs = [] if _listen_only(args) else load_specs(args)
     fix_optional_field(args, specs)
+    specs = check_fields(args, specs)
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
@@ -203,10 +218,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_listening(prog)
     aggregator = make_aggregator(args)
     with open_output(args) as writer:
-        session = TraceSession(specs, writer.emit, aggregator)
+        session = TraceSession(specs, writer.emit if wants_events(args) else _drop, aggregator)
         session.arm()
+        try:
+            # The program's own names are resolved on its compiled code before it runs: a
+            # typo fails here, with "did you mean", not after the whole program ran.
+            session.arm_main(prog.code, prog.names)
+        except BaseException:
+            session.stop()
+            raise
         reporter = _Reporter(session, writer, aggregator, args)
-        _end_on_signals(reporter)
+        if args.listen:
+            reporter.after.append(_stop_agent)
+        _end_on_signals(reporter.final)
         if args.interval:
             threading.Thread(
                 target=reporter.periodic,
@@ -220,11 +244,9 @@ def run(args: argparse.Namespace) -> int:
             timer.daemon = True
             timer.start()
         try:
-            status = program.run(prog, lambda code: session.arm_main(code, prog.names))
+            status = program.run(prog, lambda code: None)
         finally:
             reporter.final()
-    if args.listen:
-        _stop_agent()
     if status == program.KEYBOARD_INTERRUPT:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -254,6 +276,7 @@ def _stop_agent() -> None:
 
 def _run_listening(prog: program.Program) -> int:
     """Run the program with the agent only: its output and exit status are its own."""
+    _end_on_signals(_stop_agent)
     try:
         status = program.run(prog, lambda code: None)
     finally:

@@ -22,7 +22,7 @@ from pyprobes.output.render_chrome import ChromeRenderer
 from pyprobes.output.render_json import JsonRenderer
 from pyprobes.output.render_text import TextRenderer, format_value
 from pyprobes.output.sinks import FileSink, Sink, SinkHandle, StreamSink
-from pyprobes.output.summary import SummaryRow, format_summary
+from pyprobes.output.summary import SummaryRow, format_summary, interval_stamp
 from pyprobes.output.units import format_duration
 from pyprobes.output.writer import WRITER_THREAD_NAME, EventWriter
 
@@ -55,4 +55,5 @@ __all__ = [
     "format_summary",
     "format_value",
     "get_renderer",
+    "interval_stamp",
 ]

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
-from pyprobes.output.records import RETURN, Event
+from pyprobes.output.records import RETURN, Event, function_of
 from pyprobes.output.render_text import format_value
 from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, terminal_safe
 from pyprobes.output.units import TIME_UNITS, format_duration
@@ -111,14 +111,17 @@ class Log2Histogram:
         return f"Log2Histogram(unit={self.unit!r}, count={self.count}, total={self.total})"
 
     def auto_unit(self) -> str:
-        """The unit to show: for nsecs, by the largest value (<100us: nsecs, <100ms: usecs)."""
-        if len(self._scales) == 1:
+        """The unit to show, by the distribution, not the maximum: the largest of nsecs,
+        usecs and msecs in which at most 5 % of the values are below 8 units, so the bulk
+        of the durations spreads over buckets instead of piling into ``0 -> 1`` (a few
+        slow outliers do not push the fast majority into one bucket)."""
+        if len(self._scales) == 1 or not self.count:
             return self.unit
-        if self.max < 100_000:
-            return "nsecs"
-        if self.max < 100_000_000:
-            return "usecs"
-        return "msecs"
+        for (name, _), buckets in reversed(list(zip(self._scales, self._buckets, strict=True))):
+            below_8 = buckets.get(1, 0) + buckets.get(2, 0) + buckets.get(3, 0)
+            if below_8 * 20 <= self.count:
+                return name
+        return self._scales[0][0]
 
     def _scale(self, unit: str | None) -> tuple[str, int, dict[int, int]]:
         name = self.auto_unit() if unit is None else unit
@@ -151,10 +154,20 @@ class Log2Histogram:
             stars = 0 if n == 0 else max(1, n * BAR_WIDTH // peak)
             bar = "*" * stars
             lines.append(f"{lo:>{width}} -> {hi:<{width}} : {n:<8} |{bar:<{BAR_WIDTH}}|")
-        avg = self.total / self.count / divisor
-        total = int_text(self.total) if divisor == 1 else f"{self.total / divisor:.1f}"
-        lines.append(f"avg = {avg:.1f} {name}, total = {total} {name}, count = {self.count}")
+        avg = _amount(self.total / self.count / divisor)
+        total = int_text(self.total) if divisor == 1 else _amount(self.total / divisor)
+        lines.append(f"avg = {avg} {name}, total = {total} {name}, count = {self.count}")
         return "\n".join(lines) + "\n"
+
+
+def _amount(x: float) -> str:
+    """A mean or total with three significant digits at least: 1200.0, 12.3, 4.00, 0.0123
+    (not ``0.0`` for a sub-unit average)."""
+    if x >= 10 or x <= 0:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.{min(9, 2 - math.floor(math.log10(x)))}f}"
 
 
 # -- counts by key -----------------------------------------------------------------------
@@ -464,8 +477,9 @@ def field_value(event: Event, name: str) -> object:
     """The value of field ``name`` in ``event``, or MISSING.
 
     A fetch arg of that name wins; else ``$duration`` is duration_ns, ``$retval`` and
-    ``$exception`` come from a return event, ``$thread`` is the thread name and
-    ``$location`` where the event fired.
+    ``$exception`` come from a return event, ``$thread`` is the thread name,
+    ``$location`` where the event fired, ``$function`` the probed function
+    (``module:qualname``) and ``$probe`` the probe's own text.
     """
     args = event.args
     if name in args:
@@ -480,6 +494,10 @@ def field_value(event: Event, name: str) -> object:
         return event.thread_name
     if name == "$location":
         return event.location
+    if name == "$function":
+        return function_of(event.probe)
+    if name == "$probe":
+        return event.probe
     return MISSING
 
 
@@ -511,6 +529,7 @@ class AggregatorConfig:
     count: bool = False
     by_field: str | None = None
     stats_field: str | None = None
+    hist_unit: str | None = None  # nsecs/usecs/msecs for a $duration histogram; None: auto
 
 
 @dataclass(slots=True)
@@ -523,12 +542,17 @@ class EventAggregates:
     hist: Log2Histogram | None = None
     stats: Stats | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    #: With --by and --hist: one histogram per key (bpftrace's ``@[probefunc] = hist()``).
+    hist_by: dict[Hashable, Log2Histogram] = field(default_factory=dict)
 
     def merge(self, other: EventAggregates) -> EventAggregates:
         """A new EventAggregates with both added up; neither input changes."""
         skipped = dict(self.skipped)
         for name, n in other.skipped.items():
             skipped[name] = skipped.get(name, 0) + n
+        hist_by = {k: h.copy() for k, h in self.hist_by.items()}
+        for k, h in other.hist_by.items():
+            hist_by[k] = hist_by[k].merge(h) if k in hist_by else h.copy()
         return EventAggregates(
             event=self.event,
             hits=self.hits + other.hits,
@@ -536,6 +560,7 @@ class EventAggregates:
             hist=_merged(self.hist, other.hist),
             stats=_merged(self.stats, other.stats),
             skipped=skipped,
+            hist_by=hist_by,
         )
 
     def copy(self) -> EventAggregates:
@@ -551,7 +576,13 @@ class EventAggregates:
         if self.by is not None:
             out.append(self.by.render(event))
         if self.hist is not None:
-            out.append(f"{event} {config.hist_field}:\n{self.hist.render()}")
+            out.append(f"{event} {config.hist_field}:\n{self.hist.render(config.hist_unit)}")
+        if self.hist_by and self.by is not None:
+            for key, _ in self.by.most_common():
+                hist = self.hist_by.get(key)
+                if hist is not None:
+                    head = f"{event}[{key_text(key)}] {config.hist_field}:"
+                    out.append(f"{head}\n{hist.render(config.hist_unit)}")
         if self.stats is not None:
             fmt = format_duration if config.stats_field == DURATION_FIELD else None
             out.append(f"{event} {config.stats_field}: {self.stats.render(fmt)}")
@@ -587,8 +618,9 @@ class Aggregator:
         count: bool = False,
         by_field: str | None = None,
         stats_field: str | None = None,
+        hist_unit: str | None = None,
     ) -> None:
-        self.config = AggregatorConfig(hist_field, count, by_field, stats_field)
+        self.config = AggregatorConfig(hist_field, count, by_field, stats_field, hist_unit)
         self._lock = threading.Lock()
         self._per_event: dict[str, EventAggregates] = {}
 
@@ -600,6 +632,7 @@ class Aggregator:
             count=config.count,
             by_field=config.by_field,
             stats_field=config.stats_field,
+            hist_unit=config.hist_unit,
         )
 
     def add(self, event: Event) -> None:
@@ -638,9 +671,15 @@ class Aggregator:
                     agg.by = CountBy()
                 agg.by.add(by_key)
             if hist_value is not None:
-                if agg.hist is None:
-                    agg.hist = Log2Histogram(hist_unit)
-                agg.hist.add(hist_value)
+                if config.by_field is None:
+                    if agg.hist is None:
+                        agg.hist = Log2Histogram(hist_unit)
+                    agg.hist.add(hist_value)
+                elif by_value is not MISSING:
+                    hist = agg.hist_by.get(by_key)
+                    if hist is None:
+                        hist = agg.hist_by[by_key] = Log2Histogram(hist_unit)
+                    hist.add(hist_value)
             if stats_value is not None:
                 if agg.stats is None:
                     agg.stats = Stats()

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 ENTRY = "p"
 RETURN = "r"
+
+_OFFSET = re.compile(r"\+\d+$")
+_REL_LINE = re.compile(r"(.+:.+):\d+$")
+
+
+@functools.lru_cache(maxsize=4096)
+def function_of(probe: str) -> str:
+    """The ``module:qualname`` a probe text names (bpftrace's probefunc): ``json:loads+0``
+    and ``json:loads:3`` are ``json:loads``; a module line (``json:12``) stays as it is."""
+    head = _OFFSET.sub("", probe)
+    m = _REL_LINE.fullmatch(head)
+    return m.group(1) if m is not None else head
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +45,9 @@ class Event:
     retval: object = None
     exception: str | None = None
     duration_ns: int | None = None
+    #: For a return, its site in probe syntax (``module:qualname:line`` of the caller), so
+    #: text lines name both ends alike; ``location`` keeps the caller's path:line.
+    site: str = ""
 
     @property
     def is_return(self) -> bool:
@@ -55,4 +72,5 @@ class Event:
             out["retval"] = self.retval
             out["exception"] = self.exception
             out["duration_ns"] = self.duration_ns
+            out["site"] = self.site
         return out

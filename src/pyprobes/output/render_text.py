@@ -33,6 +33,12 @@ def format_arg(name: str, value: object) -> str:
     return format_value(value)
 
 
+def _exception_type(text: str | None) -> str:
+    """The type name at the head of an exception's rendering (``ValueError('x')``)."""
+    head = (text or "?").split("(", 1)[0].split(":", 1)[0].strip()
+    return head or "?"
+
+
 class TextRenderer:
     """Renders ``{thread}-{pid} [{tid}] {secs}: {event}: ({probe}) name=value ...`` lines."""
 
@@ -45,14 +51,22 @@ class TextRenderer:
         return ""
 
     def render(self, event: Event) -> str:
-        """One line, newline-terminated; a return shows ``(return site <- probe)``."""
-        where = f"{event.location} <- {event.probe}" if event.kind == RETURN else event.probe
+        """One line, newline-terminated; a return shows ``(return site <- probe)``, both in
+        probe syntax, and one that raised says ``raised=TYPE`` instead of a ``$retval``."""
+        returned = event.kind == RETURN
+        where = f"{event.site or event.location} <- {event.probe}" if returned else event.probe
         line = (
             f"{event.thread_name}-{event.pid} [{event.thread_id}] "
             f"{event.time_ns / 1e9:.6f}: {event.event}: ({where})"
         )
-        if event.args:
-            line += " " + " ".join(f"{k}={format_arg(k, v)}" for k, v in event.args.items())
+        raised = returned and event.exception is not None
+        args = event.args
+        if raised and "$retval" in args:
+            args = {k: v for k, v in args.items() if k != "$retval"}
+        if args:
+            line += " " + " ".join(f"{k}={format_arg(k, v)}" for k, v in args.items())
+        if raised and "$exception" not in args:
+            line += f" raised={_exception_type(event.exception)}"
         # Thread names, locations and probe names come from the program, untrusted: escape
         # what a terminal would act on (values are repr/JSON-escaped already), so one event
         # stays one line and UTF-8 can encode it.

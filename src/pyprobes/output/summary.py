@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -18,6 +19,11 @@ class SummaryRow(NamedTuple):
 
 
 _HEADERS = ("EVENT", "HITS", "MISSES", "LOST")
+
+#: What LOST means, said when it is not zero (MISSES have their own warning line).
+LOST_LEGEND = (
+    " (LOST: probe hits whose events were never written: the output could not keep up, or failed)"
+)
 
 
 def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_total: int) -> str:
@@ -43,5 +49,13 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
             " once than the return probe's instances (maxactive), and the calls missed are in"
             " no event or aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'"
         )
-    lines.append(f"{lost_total} event{'' if lost_total == 1 else 's'} lost")
+    lost_line = f"{lost_total} event{'' if lost_total == 1 else 's'} lost"
+    if lost_total:
+        lost_line += LOST_LEGEND
+    lines.append(lost_line)
     return "\n".join(lines) + "\n"
+
+
+def interval_stamp(wall: float) -> str:
+    """The line above each ``--interval`` block: local ``HH:MM:SS``, as funclatency -T."""
+    return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -42,6 +42,15 @@ def _where(frame: FrameType | None) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+def _site(frame: FrameType | None) -> str:
+    """``module:qualname:line`` of a frame, as a probe spec names a line (no code runs)."""
+    if frame is None:
+        return "?"
+    name = dict.get(frame.f_globals, "__name__")
+    module = name if type(name) is str else "?"
+    return f"{module}:{frame.f_code.co_qualname}:{frame.f_lineno}"
+
+
 def _stack(frame: FrameType | None) -> list[str]:
     out: list[str] = []
     while frame is not None and len(out) < STACK_DEPTH:
@@ -151,13 +160,14 @@ class HitRecorder:
             return
         spec = self.spec
         exc = ctx.exception
+        caller = frame.f_back if frame is not None else None
         self.emit(
             Event(
                 event=spec.event,
                 group=spec.group,
                 kind="r",
                 probe=self.probe_text,
-                location=_where(frame.f_back if frame is not None else None),
+                location=_where(caller),
                 time_ns=now,
                 pid=_pid,
                 thread_id=threading.get_native_id(),
@@ -166,5 +176,6 @@ class HitRecorder:
                 retval=None if exc is not None else render(ctx.retval),
                 exception=exception_text(exc),
                 duration_ns=duration,
+                site=_site(caller),
             )
         )

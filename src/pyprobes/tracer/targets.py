@@ -26,6 +26,7 @@ from pyprobes.engine import (
 )
 from pyprobes.engine.blacklist import check
 from pyprobes.spec import ProbeSpec, Target
+from pyprobes.spec.diagnostics import did_you_mean
 
 MAIN = "__main__"
 
@@ -134,7 +135,10 @@ def placements_in_module(spec: ProbeSpec, module: str, root: CodeType) -> list[P
     assert t.qualname is not None
     code = find_code_by_qualname([root], t.qualname)
     if code is None:
-        raise SymbolNotFoundError(f"{module} defines no function {t.qualname!r}")
+        defined = {c.co_qualname for c in iter_code_tree(root) if c is not root}
+        raise SymbolNotFoundError(
+            f"{module} defines no function {t.qualname!r}{did_you_mean(t.qualname, defined)}"
+        )
     return [place_in_code(module, code, spec)]
 
 
