@@ -7,6 +7,7 @@ process, or an environment that asked for an agent that is not there.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,7 +46,9 @@ def _probes(cli: Cli, pid: int) -> list[object]:
 def test_each_forked_worker_is_attachable(
     mode: str, sitedir: Path, env: dict[str, str], cli: Cli, runtime: Path
 ) -> None:
-    child = Child([sys.executable, "-c", LAUNCH, str(sitedir), PREFORK, mode], {**env, ENV_VAR: "1"})
+    child = Child(
+        [sys.executable, "-c", LAUNCH, str(sitedir), PREFORK, mode], {**env, ENV_VAR: "1"}
+    )
     try:
         parent = child.ready()
         workers = {}
@@ -107,3 +110,22 @@ def test_an_environment_asking_for_an_agent_that_is_not_there_is_said(
         assert child.finish() == 0
     finally:
         child.kill()
+
+
+def test_a_fork_of_an_agent_that_does_not_follow_forks_is_said_so(
+    spawn: Callable[..., Child], cli: Cli
+) -> None:
+    child = spawn(LOOP)  # pyprobes run --listen: an explicit agent, which does not follow
+    pid = child.ready()
+    child.send("fork\n")
+    _, line = child.wait_line(lambda s: s.startswith("child "))
+    forked = int(line.split()[1])
+    try:
+        r = cli("list", str(forked))
+        assert r.returncode == 1
+        (line,) = r.stderr.strip().splitlines()
+        assert f"process {forked} runs no pyprobes agent (it has no agent socket)" in line
+        assert f"it is a fork of process {pid}, whose agent does not follow forks" in line
+    finally:
+        os.kill(forked, 9)
+    assert child.finish() == 0

@@ -1148,8 +1148,9 @@ def start(
     by ``os.fork()`` starts an agent of its own (on its own socket) right after the fork;
     otherwise children do not serve. ``PYPROBES_AGENT=1`` starts it with ``follow_fork`` (the
     switch is for the whole program: pre-fork servers' workers become attachable); an
-    explicit call does not follow forks unless asked, as the program chose where to serve. With ``idle_exit`` the agent stops once its last client
-    has gone (the 3.14 bootstrap does not use it: its agent stays for the next client).
+    explicit call does not follow forks unless asked, as the program chose where to serve.
+    With ``idle_exit`` the agent stops once its last client has gone (the 3.14 bootstrap
+    does not use it: its agent stays for the next client).
     Raises AttachError saying what to do when it cannot listen.
     """
     global _agent

@@ -50,7 +50,7 @@ def with_fork():
             os.close(w)
             for fd in stops:
                 os.close(fd)
-            serve(k, lambda: bool(select.select([r], [], [], 0.002)[0]))
+            serve(k, lambda r=r: bool(select.select([r], [], [], 0.002)[0]))
             raise SystemExit(10 + k)
         os.close(r)
         stops.append(w)
