@@ -129,3 +129,36 @@ def test_a_fork_of_an_agent_that_does_not_follow_forks_is_said_so(
     finally:
         os.kill(forked, 9)
     assert child.finish() == 0
+
+
+def test_a_fork_that_execs_another_program_is_not_python_and_its_socket_goes(
+    sitedir: Path, env: dict[str, str], cli: Cli, runtime: Path
+) -> None:
+    # The forked child serves from right after the fork, then execs: its socket stays behind
+    code = (
+        "import os, sys\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.execvp('sh', ['sh', '-c', 'echo execd; exec sleep 600'])\n"
+        "print('ready', pid, flush=True)\n"
+        "sys.stdin.read()\n"
+        "os.kill(pid, 9)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    prog = runtime / "fork_exec.py"
+    prog.write_text(code)
+    child = Child([sys.executable, "-c", LAUNCH, str(sitedir), str(prog)], {**env, ENV_VAR: "1"})
+    try:
+        pid = child.ready()
+        child.wait_line(lambda s: s == "execd")
+        sock = runtime / "pyprobes" / f"{pid}.sock"
+        assert sock.exists()
+        r = cli("attach", str(pid), "-e", "p json:loads")
+        assert r.returncode == 1
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"pyprobes: error: process {pid} is not a CPython process (")
+        assert not sock.exists()  # nobody listened on it: removed
+        assert child.finish() == 0
+        assert not any("pyprobes" in e for e in child.err_lines)  # (3.12+ warns of the fork)
+    finally:
+        child.kill()

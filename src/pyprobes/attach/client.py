@@ -71,9 +71,16 @@ def _same_exe(a: int, b: int, proc: str = "/proc") -> bool:
 
 
 def _no_agent(pid: int, proc: str = "/proc") -> NoAgentError:
-    """Why ``pid`` has no agent socket, as far as its environment and its parent tell."""
+    """Why ``pid`` has no agent, as far as /proc tells: it is no CPython, or what its
+    environment or its parent suggest."""
     from pyprobes.attach.autostart import ENV_VAR
 
+    other = bootstrap.not_cpython(pid, proc)
+    if other is not None:
+        return NotPythonError(
+            f"process {pid} is not a CPython process ({other}): pyprobes attaches only to"
+            " CPython programs"
+        )
     head = f"process {pid} runs no pyprobes agent (it has no agent socket)"
     if paths.process_environ(pid, proc).get(ENV_VAR) == "1":
         return NoAgentError(
@@ -117,12 +124,8 @@ def locate(pid: int, *, start_agent: bool = True) -> Path:
     if path is not None:
         return path
     _check_reachable(pid)
-    other = bootstrap.not_cpython(pid)
-    if other is not None:
-        raise NotPythonError(
-            f"process {pid} is not a CPython process ({other}): pyprobes attaches only to"
-            " CPython programs"
-        )
+    if bootstrap.not_cpython(pid) is not None:
+        raise _no_agent(pid)
     if start_agent and hasattr(sys, "remote_exec"):
         return bootstrap.inject(pid)
     raise _no_agent(pid)
