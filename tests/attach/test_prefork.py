@@ -162,3 +162,25 @@ def test_a_fork_that_execs_another_program_is_not_python_and_its_socket_goes(
         assert not any("pyprobes" in e for e in child.err_lines)  # (3.12+ warns of the fork)
     finally:
         child.kill()
+
+
+def test_workers_listen_beside_a_parent_that_fell_back_and_warn_nothing_more(
+    sitedir: Path, env: dict[str, str], cli: Cli, runtime: Path
+) -> None:
+    (runtime / "pyprobes").write_text("not a directory")  # the usual directory is taken
+    e = {**env, ENV_VAR: "1", "TMPDIR": str(runtime)}
+    child = Child([sys.executable, "-c", LAUNCH, str(sitedir), PREFORK, "fork"], e)
+    try:
+        child.ready()
+        _, line = child.wait_line(lambda s: s.startswith("worker 0 "))
+        worker = int(line.split()[2])
+        (fallback,) = runtime.glob("pyprobes-*")
+        assert (fallback / f"{worker}.sock").exists()
+        r = cli("attach", str(worker), "-e", "p:w __main__:work n", "--duration", "0.5")
+        assert r.returncode == 0, r.stderr
+        assert ": w: (__main__:work+0) n=" in r.stderr
+        assert child.finish() == 0
+        (warning,) = child.err_lines  # the parent's, once; none from the workers
+        assert warning.startswith(f"pyprobes agent: {runtime / 'pyprobes'} must be a directory")
+    finally:
+        child.kill()

@@ -1230,8 +1230,11 @@ def _start_in_child(parent: Agent) -> None:
     warning line, never an exception out of ``os.fork()``."""
     global _agent
     try:
+        directory = parent.directory_arg
+        if directory is None and parent.fallback is not None and parent.path is not None:
+            directory = parent.path.parent  # the parent's private fallback: warned once there
         agent = Agent(
-            parent.directory_arg,
+            directory,
             follow_fork=True,
             idle_exit=parent.idle_exit,
             idle_timeout=parent.idle_timeout,
