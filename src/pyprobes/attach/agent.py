@@ -29,7 +29,8 @@ ever held while taking the other (the agent copies its client list first).
 After ``os.fork()`` the child forgets the parent's agent: it closes its copies of the
 sockets (the parent keeps serving them; nothing is unlinked), removes the probes that the
 parent's clients own (they belong to connections the child does not have), and serves only
-if the agent was started with ``follow_fork=True``, then on a socket of its own.
+if the agent was started with ``follow_fork=True`` (``PYPROBES_AGENT=1`` is), then on a socket
+of its own, started within ``os.fork()`` with fresh locks and never an exception.
 """
 
 from __future__ import annotations
