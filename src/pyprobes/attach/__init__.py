@@ -26,6 +26,7 @@ from pyprobes.attach.errors import (
     ImpostorError,
     NoAgentError,
     NoSuchProcessError,
+    NotPythonError,
     ProtocolError,
     RemoteError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ImpostorError",
     "NoAgentError",
     "NoSuchProcessError",
+    "NotPythonError",
     "ProtocolError",
     "RemoteError",
 ]

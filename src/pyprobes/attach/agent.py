@@ -29,7 +29,8 @@ ever held while taking the other (the agent copies its client list first).
 After ``os.fork()`` the child forgets the parent's agent: it closes its copies of the
 sockets (the parent keeps serving them; nothing is unlinked), removes the probes that the
 parent's clients own (they belong to connections the child does not have), and serves only
-if the agent was started with ``follow_fork=True``, then on a socket of its own.
+if the agent was started with ``follow_fork=True`` (``PYPROBES_AGENT=1`` is), then on a socket
+of its own, started within ``os.fork()`` with fresh locks and never an exception.
 """
 
 from __future__ import annotations
@@ -884,6 +885,8 @@ class Agent:
         self._listener: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        #: Whether start() first removes the sockets of dead processes from the directory.
+        self.clean_on_start = True
 
     @property
     def running(self) -> bool:
@@ -893,7 +896,8 @@ class Agent:
     def start(self) -> Path:
         """Bind the socket (0600, in a private directory) and start the server thread."""
         directory = self._directory()
-        paths.clean_stale(directory, keep=self.pid)
+        if self.clean_on_start:
+            paths.clean_stale(directory, keep=self.pid)
         path = paths.socket_path(self.pid, directory)
         try:
             paths.check_path_length(path)
@@ -1143,8 +1147,11 @@ def start(
 
     ``directory`` overrides the per-user socket directory. With ``follow_fork`` a child made
     by ``os.fork()`` starts an agent of its own (on its own socket) right after the fork;
-    otherwise children do not serve. With ``idle_exit`` the agent stops once its last client
-    has gone (the 3.14 bootstrap does not use it: its agent stays for the next client).
+    otherwise children do not serve. ``PYPROBES_AGENT=1`` starts it with ``follow_fork`` (the
+    switch is for the whole program: pre-fork servers' workers become attachable); an
+    explicit call does not follow forks unless asked, as the program chose where to serve.
+    With ``idle_exit`` the agent stops once its last client has gone (the 3.14 bootstrap
+    does not use it: its agent stays for the next client).
     Raises AttachError saying what to do when it cannot listen.
     """
     global _agent
@@ -1198,20 +1205,72 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    """In a fork child: forget the parent's agent; with ``follow_fork``, serve our own.
+
+    Runs inside ``os.fork()`` in the child, where only the forking thread exists: it takes
+    no lock that a vanished thread could hold (each is made anew first) and never raises.
+    """
     global _agent, _state_lock, _own_threads, _own_lock
-    _state_lock = threading.Lock()
-    _own_lock = threading.Lock()
-    _own_threads = frozenset()
-    agent, _agent = _agent, None
+    try:
+        _state_lock = threading.Lock()
+        _own_lock = threading.Lock()
+        _own_threads = frozenset()
+        agent, _agent = _agent, None
+    except Exception:
+        return
     if agent is None:
         return
     with contextlib.suppress(Exception):
         agent.forget_in_child()
     if agent.follow_fork:
-        try:
-            start(agent.directory_arg, follow_fork=True)
-        except Exception as exc:
+        _start_in_child(agent)
+
+
+def _start_in_child(parent: Agent) -> None:
+    """Start the fork child's agent on its own socket (its pid's path); a failure is one
+    warning line, never an exception out of ``os.fork()``."""
+    global _agent
+    try:
+        directory = parent.directory_arg
+        if directory is None and parent.fallback is not None and parent.path is not None:
+            directory = parent.path.parent  # the parent's private fallback: warned once there
+        agent = Agent(
+            directory,
+            follow_fork=True,
+            idle_exit=parent.idle_exit,
+            idle_timeout=parent.idle_timeout,
+            max_functions=parent.max_functions,
+        )
+        agent.clean_on_start = False  # the parent swept the directory; a child starts fast
+        agent.start()
+        _agent = agent
+        _stop_with_multiprocessing(agent)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
             _log.warning("pyprobes agent: the forked child could not start its agent: %s", exc)
+
+
+def _stop_with_multiprocessing(agent: Agent) -> None:
+    """A ``multiprocessing`` fork child clears atexit and ends with ``os._exit``: have it
+    stop the agent (and unlink its socket) with its own exit functions instead."""
+    util = sys.modules.get("multiprocessing.util")
+    register = getattr(util, "register_after_fork", None)
+    if register is None:
+        return
+
+    def finalize_at_exit(obj: Agent) -> None:
+        # Run by Process._bootstrap after it cleared the finalizers: register ours now.
+        with contextlib.suppress(Exception):
+            if _agent is obj:
+                util.Finalize(obj, _stop_quietly, args=(obj,), exitpriority=0)  # type: ignore[union-attr]
+
+    with contextlib.suppress(Exception):
+        register(agent, finalize_at_exit)
+
+
+def _stop_quietly(agent: Agent) -> None:
+    with contextlib.suppress(Exception):
+        _stop_agent(agent)
 
 
 atexit.register(_at_exit)

@@ -3,7 +3,9 @@
 pyprobes installs ``pyprobes_agent.pth`` into site-packages; ``site`` runs its one line at
 every interpreter start. With the variable unset that line costs one environment look-up;
 set to ``1`` it imports this module, which starts the agent (as coverage.py's ``.pth`` starts
-measuring subprocesses). Child processes inherit the variable and get agents of their own.
+measuring subprocesses). Child processes inherit the variable and get agents of their own:
+an exec'd one through this hook, a forked one (gunicorn, uwsgi and multiprocessing workers)
+because this agent follows forks: each child serves its own socket from right after the fork.
 A failure never stops the program: it is one line on stderr.
 """
 
@@ -25,7 +27,7 @@ def autostart() -> str | None:
     try:
         from pyprobes.attach.agent import start
 
-        return start()
+        return start(follow_fork=True)
     except Exception as exc:
         try:
             sys.stderr.write(f"pyprobes: {ENV_VAR}=1 but the agent did not start: {exc}\n")

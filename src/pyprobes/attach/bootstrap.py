@@ -133,6 +133,22 @@ def target_python_version(pid: int, proc: str = "/proc") -> tuple[int, int] | No
     return None
 
 
+def not_cpython(pid: int, proc: str = "/proc") -> str | None:
+    """Why ``pid`` is surely no CPython process (its executable, for a message), or None when
+    it may be one or /proc does not tell us: no ``python`` in its executable's name nor in
+    any file it maps (libpython, a ``pythonN.M/`` extension module)."""
+    try:
+        exe = os.readlink(f"{proc}/{pid}/exe")
+        if "python" in os.path.basename(exe).lower():
+            return None
+        with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            if any("python" in line.lower() for line in f):
+                return None
+    except OSError:
+        return None
+    return f"its executable is {exe.removesuffix(' (deleted)')} and it loads no libpython"
+
+
 def ptrace_scope(proc: str = "/proc") -> int | None:
     """Yama's ``kernel.yama.ptrace_scope`` (None without Yama)."""
     try:
@@ -433,6 +449,7 @@ __all__ = [
     "how_to_start_agent",
     "inject",
     "main_thread_state",
+    "not_cpython",
     "ptrace_scope",
     "remote_exec_problem",
     "target_python_version",

@@ -30,6 +30,7 @@ from pyprobes.attach.errors import (
     ImpostorError,
     NoAgentError,
     NoSuchProcessError,
+    NotPythonError,
     ProtocolError,
     RemoteError,
 )
@@ -50,7 +51,54 @@ REPLY_TIMEOUT = 30.0
 Message = dict[str, Any]
 
 
-def _no_agent(pid: int) -> NoAgentError:
+def _parent_pid(pid: int, proc: str = "/proc") -> int | None:
+    """The parent of ``pid`` per /proc (None when it does not say)."""
+    try:
+        with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _same_exe(a: int, b: int, proc: str = "/proc") -> bool:
+    try:
+        return os.readlink(f"{proc}/{a}/exe") == os.readlink(f"{proc}/{b}/exe")
+    except OSError:
+        return False
+
+
+def _no_agent(pid: int, proc: str = "/proc") -> NoAgentError:
+    """Why ``pid`` has no agent, as far as /proc tells: it is no CPython, or what its
+    environment or its parent suggest."""
+    from pyprobes.attach.autostart import ENV_VAR
+
+    other = bootstrap.not_cpython(pid, proc)
+    if other is not None:
+        return NotPythonError(
+            f"process {pid} is not a CPython process ({other}): pyprobes attaches only to"
+            " CPython programs"
+        )
+    head = f"process {pid} runs no pyprobes agent (it has no agent socket)"
+    if paths.process_environ(pid, proc).get(ENV_VAR) == "1":
+        return NoAgentError(
+            f"{head}, although its environment sets {ENV_VAR}=1: it is still starting (try"
+            " again), or its agent failed to start (its stderr has a 'pyprobes' line saying"
+            " why) or was stopped, or its python never ran the start-up hook (it was started"
+            " with -S or -I, or pyprobes is not installed in that interpreter), or it was"
+            " forked by a parent whose agent did not follow forks; restart it, or call"
+            " pyprobes.agent.start() in it"
+        )
+    ppid = _parent_pid(pid, proc)
+    forked = ppid is not None and ppid > 1 and _same_exe(pid, ppid, proc)
+    if forked and ppid is not None and paths.find_socket(ppid, proc) is not None:
+        return NoAgentError(
+            f"{head}: it is a fork of process {ppid}, whose agent does not follow forks:"
+            f" start that with {ENV_VAR}=1 or pyprobes.agent.start(follow_fork=True), or"
+            f" attach to {ppid}"
+        )
     return NoAgentError(
         f"process {pid} runs no pyprobes agent: {bootstrap.how_to_start_agent(pid)}"
     )
@@ -76,6 +124,8 @@ def locate(pid: int, *, start_agent: bool = True) -> Path:
     if path is not None:
         return path
     _check_reachable(pid)
+    if bootstrap.not_cpython(pid) is not None:
+        raise _no_agent(pid)
     if start_agent and hasattr(sys, "remote_exec"):
         return bootstrap.inject(pid)
     raise _no_agent(pid)

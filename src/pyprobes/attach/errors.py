@@ -26,6 +26,12 @@ class NoAgentError(AttachError, LookupError):
     slug = "no-agent"
 
 
+class NotPythonError(NoAgentError):
+    """The process is not a CPython program: no agent can serve in it."""
+
+    slug = "not-python"
+
+
 class AttachPermissionError(AttachError, PermissionError):
     """The process or its agent belongs to another user, or ptrace is not allowed."""
 
