@@ -67,6 +67,15 @@ class EventWriter:
         self.render_errors = 0
         self.error: BaseException | None = None
         self._handle = sink.open()
+        # The header is written now, on the caller's thread: a program that ends by
+        # os._exit before the writer thread ever runs still leaves a loadable (empty) file.
+        try:
+            header = renderer.header()
+        except Exception as exc:
+            self.error = exc
+            self._accepting = False
+        else:
+            self._write(header)
         self._thread = threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True)
         _live_writers.add(self)
         self._thread.start()
@@ -183,13 +192,6 @@ class EventWriter:
         buf = self._buf
         wake = self._wake
         try:
-            try:
-                header = self._renderer.header()
-            except Exception as exc:
-                self.error = exc
-                self._accepting = False
-                return
-            self._write(header)
             while self.error is None and not self._abandoned:
                 wake.wait()
                 # Clear before draining: an append after the drain then sets it again.
