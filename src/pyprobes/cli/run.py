@@ -133,6 +133,7 @@ class _Reporter:
     def periodic(self, interval: float) -> None:
         while not self._done.wait(interval):
             if self.aggregator is not None:
+                self.session.collect()
                 block = self.aggregator.snapshot_and_reset().render()
                 _err(f"{interval_stamp(time.time())}\n{block}")
 
@@ -143,6 +144,7 @@ class _Reporter:
             self._reported = True
             self._done.set()
             self.session.stop()
+            self.session.collect()
             self.writer.close()
             if self.aggregator is not None:
                 _err(self.aggregator.render())
@@ -218,7 +220,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_listening(prog)
     aggregator = make_aggregator(args)
     with open_output(args) as writer:
-        session = TraceSession(specs, writer.emit if wants_events(args) else _drop, aggregator)
+        events = wants_events(args)
+        # Aggregations alone: the probes that can run as programs in the core do (no Python
+        # call per hit); collect() folds their results in before each print.
+        session = TraceSession(specs, writer.emit if events else _drop, aggregator, events=events)
         session.arm()
         try:
             # The program's own names are resolved on its compiled code before it runs: a

@@ -74,6 +74,19 @@ class Log2Histogram:
         """Mean value in ``unit``, None when empty."""
         return self.total / self.count if self.count else None
 
+    @classmethod
+    def from_buckets(
+        cls, unit: str, buckets: tuple[dict[int, int], ...], count: int, total: int, high: int
+    ) -> Log2Histogram:
+        """A histogram of values already bucketed (by a probe program), one dict per unit."""
+        new = cls(unit)
+        if len(buckets) != len(new._scales):
+            n = len(new._scales)
+            raise ValueError(f"a {unit} histogram has {n} scales, not {len(buckets)}")
+        new._buckets = [dict(b) for b in buckets]
+        new.count, new.total, new.max = count, total, high
+        return new
+
     def copy(self) -> Log2Histogram:
         """An independent copy."""
         new = Log2Histogram(self.unit)
@@ -686,6 +699,45 @@ class Aggregator:
                 agg.stats.add(stats_value)
             for name in skipped:
                 agg.skipped[name] = agg.skipped.get(name, 0) + 1
+
+    def add_totals(
+        self,
+        event: str,
+        rows: list[tuple[object, int, tuple[dict[int, int], ...], int, int, int]],
+        *,
+        keyed: bool,
+        hist_unit: str,
+    ) -> None:
+        """Aggregate what a probe program gathered for ``event``, as add() would its events.
+
+        Each row is ``(key, hits, hist buckets per unit, total, max, skipped)``: ``key`` is
+        the --by value (when ``keyed``), and hits that had no histogram value are skipped.
+        """
+        config = self.config
+        rows = [r for r in rows if r[1] and (config.count or keyed or r[2])]
+        if not rows:
+            return
+        with self._lock:
+            agg = self._per_event.get(event)
+            if agg is None:
+                agg = self._per_event[event] = EventAggregates(event)
+            for key, hits, buckets, total, high, skipped in rows:
+                agg.hits += hits
+                if keyed:
+                    if agg.by is None:
+                        agg.by = CountBy()
+                    agg.by.add(key, hits)
+                counted = hits - skipped
+                if buckets and counted and (keyed or config.by_field is None):
+                    hist = Log2Histogram.from_buckets(hist_unit, buckets, counted, total, high)
+                    if not keyed:
+                        agg.hist = hist if agg.hist is None else agg.hist.merge(hist)
+                    else:  # one histogram per key, as add() keeps them
+                        ck = canonical_key(key)
+                        mine = agg.hist_by.get(ck)
+                        agg.hist_by[ck] = hist if mine is None else mine.merge(hist)
+                if skipped and config.hist_field is not None:
+                    agg.skipped[config.hist_field] = agg.skipped.get(config.hist_field, 0) + skipped
 
     def snapshot_and_reset(self) -> Aggregator:
         """What was aggregated so far, as a new Aggregator; this one starts over (--interval)."""

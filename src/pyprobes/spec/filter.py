@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final
 
+from pyprobes.engine import program as prog
 from pyprobes.engine.errors import SpecError
 from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
 from pyprobes.spec.lexer import scan_string
@@ -89,6 +90,32 @@ class _Fault(Exception):
     """An operand the filter refuses to touch: the filter is False."""
 
 
+class _Foreign:
+    """What a filter sees of an object that is not a builtin value: it compares with nothing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<foreign>"
+
+
+FOREIGN: Final = _Foreign()
+
+
+def filter_value(raw: object, rendered: object) -> object:
+    """What a filter compares for a captured value: the value itself when it is a builtin
+    scalar (whole: a long str is not cut), its bounded rendering when it is a builtin
+    container, else FOREIGN (any comparison with it makes the filter False), so that a
+    filter never compares the text our rendering made of an object. Probe programs
+    (engine.program) compare exactly so."""
+    kind = type(raw)
+    if kind in _SCALARS:
+        return raw
+    if kind in _CONTAINERS:
+        return rendered
+    return FOREIGN
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """A compiled ``if`` expression: call it with an env of name -> value to get True/False.
@@ -101,6 +128,9 @@ class Filter:
     text: str
     names: frozenset[str]
     evaluate: Evaluator = field(repr=False, compare=False)
+    #: The same filter as a probe program's condition, when it has that form: fetch-arg names
+    #: are ``Var("local", NAME)`` placeholders that the tracer maps to what they fetch.
+    plan: prog.Cond | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, env: Env) -> bool:
         try:
@@ -437,4 +467,94 @@ def compile_filter(
         variables=allowed,
     )
     evaluate = compiler.build(tree.body)
-    return Filter(text=text, names=frozenset(compiler.used), evaluate=evaluate)
+    return Filter(
+        text=text,
+        names=frozenset(compiler.used),
+        evaluate=evaluate,
+        plan=_plan(tree.body, by_normal_form),
+    )
+
+
+# --- the filter as a program's condition ----------------------------------------------------
+
+_PLAN_VARS: Final = {
+    "$duration": prog.Var("duration"),
+    "$retval": prog.Var("retval"),
+    "$thread": prog.Var("thread"),
+}
+_PLAN_OPS: Final[dict[type[ast.cmpop], str]] = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
+_FLIPPED: Final = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _plan_var(node: ast.expr, names: Mapping[str, str]) -> prog.Var | None:
+    if not isinstance(node, ast.Name):
+        return None
+    if node.id.startswith(_MANGLE):
+        return _PLAN_VARS.get("$" + node.id.removeprefix(_MANGLE))
+    name = names.get(node.id)  # (ast gives identifiers NFKC-normalised)
+    return None if name is None else prog.Var("local", name)
+
+
+def _plan_const(node: ast.expr) -> object:
+    """A scalar literal's value, or _plan_const (not one)."""
+    match node:
+        case ast.Constant(value=value) if value is None or type(value) in (str, int, float, bool):
+            return value
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as v)) if (
+            type(v) is not bool
+        ):
+            return -v
+        case ast.UnaryOp(op=ast.UAdd(), operand=ast.Constant(value=v)) if type(v) in (int, float):
+            return v
+    return _plan_const
+
+
+def _plan(node: ast.expr, names: Mapping[str, str], depth: int = 0) -> prog.Cond | None:
+    """``node`` as a program condition, or None when some part has no such form (a chained
+    comparison, two names compared, ``is`` other than ``is None``, a bare name, bytes, $exception/$args/...)."""
+    if depth > MAX_DEPTH:
+        return None
+    match node:
+        case ast.BoolOp(op=ast.And() | ast.Or() as op, values=values):
+            parts = [_plan(v, names, depth + 1) for v in values]
+            if any(p is None for p in parts):
+                return None
+            kept = tuple(p for p in parts if p is not None)
+            return prog.AllOf(kept) if isinstance(op, ast.And) else prog.AnyOf(kept)
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            inner = _plan(operand, names, depth + 1)
+            return None if inner is None else prog.Not(inner)
+        case ast.Compare(
+            left=left, ops=[ast.Is() | ast.IsNot() as op], comparators=[ast.Constant(value=None)]
+        ):
+            # Only None is None: a scalar equals None only when it is None, and a non-scalar
+            # equals no constant in a program, so ``is None`` is ``== None`` there.
+            var = _plan_var(left, names)
+            return None if var is None else prog.Cmp("==" if isinstance(op, ast.Is) else "!=", var, None)
+        case ast.Compare(left=left, ops=[op], comparators=[right]) if type(op) in _PLAN_OPS:
+            name = _PLAN_OPS[type(op)]
+            var, const = _plan_var(left, names), None
+            if name in ("in", "not in"):
+                if var is None or not isinstance(right, ast.Tuple | ast.List | ast.Set):
+                    return None
+                items = tuple(_plan_const(e) for e in right.elts)
+                if any(i is _plan_const for i in items):
+                    return None
+                return prog.Cmp(name, var, items)  # type: ignore[arg-type]
+            if var is not None:
+                const = _plan_const(right)
+            else:
+                var, const, name = _plan_var(right, names), _plan_const(left), _FLIPPED[name]
+            if var is None or const is _plan_const:
+                return None
+            return prog.Cmp(name, var, const)  # type: ignore[arg-type]
+    return None

@@ -17,7 +17,8 @@ from typing import Any
 from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
 from pyprobes.engine.threads import thread_name
 from pyprobes.output import Event
-from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch_and_render, render
+from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render
+from pyprobes.spec.filter import filter_value
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
@@ -104,22 +105,29 @@ class HitRecorder:
         return resolve
 
     def _args(self, resolve: Callable[[str], object]) -> dict[str, object] | None:
-        args: dict[str, object] = {fa.name: fetch_and_render(fa, resolve) for fa in self.fetchargs}
         f = self.filter
-        if f is not None:
-            env: dict[str, Any] = dict(args)
-            for name in self._filter_specials:
-                if name not in env:
-                    try:
-                        env[name] = (
-                            resolve(name)
-                            if name in ("$duration", "$thread")
-                            else render(resolve(name))
-                        )
-                    except Exception:
-                        env[name] = FAULT
-            if not f(env):
-                return None
+        if f is None:
+            return {fa.name: fetch_and_render(fa, resolve) for fa in self.fetchargs}
+        args: dict[str, object] = {}
+        env: dict[str, Any] = {}
+        for fa in self.fetchargs:
+            try:
+                raw = fetch(fa, resolve)
+            except Exception:
+                args[fa.name] = env[fa.name] = FAULT
+                continue
+            rendered = args[fa.name] = render(raw, fa.type)
+            env[fa.name] = rendered if fa.type is not None else filter_value(raw, rendered)
+        for name in self._filter_specials:
+            if name not in env:
+                try:
+                    raw = resolve(name)
+                except Exception:
+                    env[name] = FAULT
+                    continue
+                env[name] = filter_value(raw, render(raw))
+        if not f(env):
+            return None
         return args
 
     def on_entry(self, p: object, ctx: ProbeContext) -> None:

@@ -12,11 +12,13 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import CodeType
+from typing import Any
 
 import pyprobes
 from pyprobes.engine import Kprobe, Kretprobe, Probe, ProbeError
 from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
+from pyprobes.tracer import programs
 from pyprobes.tracer.hits import Emit, HitRecorder
 from pyprobes.tracer.targets import (
     MAIN,
@@ -37,10 +39,16 @@ class _Compiled:
     probes: list[Probe] = field(default_factory=list)
     codes: set[int] = field(default_factory=set)  # code ids placed by code (no duplicates)
     wants_imports: bool = False
+    plan: programs.Plan | None = None  # run as a program in the core (when it has one)
+    handlers: list[tuple[Any, str]] = field(default_factory=list)  # (program, probe text)
 
 
 class TraceSession:
     """Probes for a list of specs, feeding ``emit`` (a writer) and an optional aggregator.
+
+    With ``events=False`` nothing is written (``emit`` is not called): the hits only feed the
+    aggregator, and every spec that has a program form (``tracer.programs``) runs as a program
+    in the core, whose results ``collect()`` folds into the aggregator.
 
     The session's lock guards its own lists: it is taken by ``arm``/``stop`` and by the import
     listener (which runs in whatever thread imports a module), never on the probe hot path.
@@ -51,9 +59,17 @@ class TraceSession:
         specs: Iterable[ProbeSpec],
         emit: Emit,
         aggregator: Aggregator | None = None,
+        *,
+        events: bool = True,
     ) -> None:
         self._compiled = [_Compiled(s) for s in specs]
         self._aggregator = aggregator
+        self._events = events or aggregator is None
+        if not self._events:
+            assert aggregator is not None
+            for c in self._compiled:
+                p = programs.plan(c.spec, aggregator.config)
+                c.plan = p if p.program is not None else None
         self._writer_emit = emit
         self._lock = threading.Lock()
         self._armed = False
@@ -63,22 +79,40 @@ class TraceSession:
     # --- events -------------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        self._writer_emit(event)
+        if self._events:
+            self._writer_emit(event)
         agg = self._aggregator
         if agg is not None:
             agg.add(event)
 
+    def collect(self) -> None:
+        """Fold what the programs gathered since the last call into the aggregator."""
+        agg = self._aggregator
+        if agg is None:
+            return
+        for c in self._compiled:
+            if c.plan is None:
+                continue
+            for h, probe_text in list(c.handlers):
+                programs.add_results(agg, c.spec.event, c.plan, h.take(), probe_text)
+
     # --- placing probes -------------------------------------------------------------------
 
     def _register(self, c: _Compiled, pl: Placement) -> None:
-        rec = HitRecorder(c.spec, pl.probe_text, self._emit)
         probe: Probe
+        handler: Any
+        if c.plan is not None and c.plan.program is not None:
+            handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_text)
+            on_entry = on_return = handler
+        else:
+            rec = HitRecorder(c.spec, pl.probe_text, self._emit)
+            handler, on_entry, on_return = None, rec.on_entry, rec.on_return
         if c.spec.is_return:
             probe = Kretprobe(
                 symbol_name=pl.symbol_name,
                 addr=pl.addr,
                 filename=pl.filename,
-                handler=rec.on_return,
+                handler=on_return,
                 maxactive=c.spec.pool_size,
             )
             pyprobes.register_kretprobe(probe)
@@ -89,10 +123,12 @@ class TraceSession:
                 filename=pl.filename,
                 offset=pl.offset,
                 line=pl.line,
-                pre_handler=rec.on_entry,
+                pre_handler=on_entry,
             )
             pyprobes.register_kprobe(probe)
         c.probes.append(probe)
+        if handler is not None:
+            c.handlers.append((handler, pl.probe_text))
         if pl.addr is not None:
             c.codes.add(id(pl.addr))
 
@@ -195,6 +231,19 @@ class TraceSession:
             misses = sum(p.nmissed for p in c.probes)
             rows.append(SummaryRow(c.spec.event, hits, misses, lost.get(c.spec.event, 0)))
         return rows
+
+    def paths(self) -> list[tuple[str, str]]:
+        """Per spec: its event and how its hits run ("program", or "python: why")."""
+        out = []
+        agg = self._aggregator
+        for c in self._compiled:
+            if c.plan is not None:
+                out.append((c.spec.event, "program"))
+            elif self._events or agg is None:
+                out.append((c.spec.event, "python: events are written"))
+            else:
+                out.append((c.spec.event, "python: " + programs.plan(c.spec, agg.config).reason))
+        return out
 
     def describe(self) -> list[str]:
         """One line per engine probe: spec event and where it is armed (for ``check``)."""

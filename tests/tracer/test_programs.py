@@ -1,0 +1,75 @@
+"""tracer.programs: specs that run as probe programs aggregate exactly as the Python path."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from pyprobes.output import Aggregator, Event
+from pyprobes.spec import parse_spec
+from pyprobes.tracer import TraceSession
+from pyprobes.tracer.programs import plan
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _prog_targets as targets  # noqa: E402
+
+T = "_prog_targets"
+
+
+def aggregate(specs: list[str], events: bool, **config: object) -> tuple[str, list[str]]:
+    agg = Aggregator(**config)  # type: ignore[arg-type]
+    seen: list[Event] = []
+    session = TraceSession([parse_spec(s) for s in specs], seen.append, agg, events=events)
+    session.arm()
+    try:
+        targets.run(400)
+    finally:
+        session.stop()
+    session.collect()
+    if not events:
+        assert seen == []  # nothing is written
+    return agg.render(), [path for _, path in session.paths()]
+
+
+CASES = [
+    ([f"r:p {T}:price"], {"hist_field": "$duration", "count": True}),
+    ([f"r:p {T}:price qty"], {"hist_field": "qty", "by_field": "$retval"}),
+    ([f"r:p {T}:price item"], {"count": True, "by_field": "item"}),
+    ([f"p:e {T}:price item qty if qty > 2 and item in ('fig', 7)"], {"by_field": "item"}),
+    ([f"p:e {T}:price item qty if not qty < 1 or item is None"], {"count": True, "by_field": "qty"}),
+    ([f"r:p {T}:price qty if $retval >= 6"], {"hist_field": "$retval", "by_field": "$thread"}),
+    ([f"p:e {T}:price item if item < 'g'"], {"count": True}),  # orders a str with an int: faults
+    ([f"p:e {T}:price", f"r:p {T}:price"], {"hist_field": "$duration", "count": True}),
+    # a wildcard broken down by function: the key is the placement's, no per-hit work
+    ([f"r:p {T}:*"], {"hist_field": "$duration", "by_field": "$function"}),
+    ([f"p:e {T}:* qty if qty > 3"], {"count": True, "by_field": "$probe"}),
+]
+
+
+@pytest.mark.parametrize(("specs", "config"), CASES)
+def test_programs_aggregate_as_the_python_path(specs: list[str], config: dict[str, object]) -> None:
+    by_python, paths = aggregate(specs, True, **config)
+    assert all(p.startswith("python") for p in paths)
+    by_program, paths = aggregate(specs, False, **config)
+    assert paths == ["program"] * len(specs)
+    if config.get("hist_field") == "$duration":  # timings differ: compare their shape
+        by_python = "\n".join(line for line in by_python.splitlines() if "|" not in line)
+        by_program = "\n".join(line for line in by_program.splitlines() if "|" not in line)
+        by_python = by_python.split("avg =")[0]
+        by_program = by_program.split("avg =")[0]
+    assert by_program == by_python
+
+
+def test_what_takes_the_python_path_says_why() -> None:
+    def why(spec: str, **config: object) -> str:
+        from pyprobes.output import AggregatorConfig
+
+        return plan(parse_spec(spec), AggregatorConfig(**config)).reason  # type: ignore[arg-type]
+
+    assert "stats" in why(f"r {T}:price", stats_field="$duration")
+    assert "more than a name" in why(f"r {T}:price q=qty:int", by_field="q")
+    assert "Python path" in why(f"r {T}:price", by_field="$exception")
+    assert "form" in why(f"p {T}:price item qty if item == qty", count=True)
+    assert why(f"r {T}:price", hist_field="$duration") == ""
