@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final
 
-from pyprobes.engine import program as prog
+import pyprobes.engine.program as prog
 from pyprobes.engine.errors import SpecError
 from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
 from pyprobes.spec.lexer import scan_string

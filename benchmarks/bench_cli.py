@@ -1,0 +1,169 @@
+"""What one probe costs through the command users run (issue 13), beside the tools they would
+pick instead: ``pyprobes run`` with aggregations (probe programs in the core), with events
+(the Python path), cProfile, and viztracer when it is installed.
+
+The program calls ``work(a, b)`` N times and prints the loop's own time (perf_counter_ns), so
+interpreter and tool start-up are not counted. Each variant runs as a fresh process, in
+interleaved rounds (shuffled order each round); the table gives, per variant, the median of
+``(loop - plain loop) / N``: ns added per call, and the ratio to the engine's floor (an empty
+Python kretprobe handler, run in-process by ``Kretprobe``).
+
+    python benchmarks/bench_cli.py [--rounds 7] [--calls 200000] [--md FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
+from benchlib import ROOT, Stat, cell, paired
+
+benchlib.ensure_paths()
+
+PROGRAM = """\
+import sys, time
+import pyprobes_bench_floor as floor
+
+def work(a, b):
+    return a + b
+
+def main(n):
+    if floor.MODE:
+        floor.arm(work)
+    t0 = time.perf_counter_ns()
+    s = 0
+    for i in range(n):
+        s = work(s, i)
+    t1 = time.perf_counter_ns()
+    floor.disarm()
+    print(f"loop_ns {t1 - t0} checksum {s}", flush=True)
+
+main(int(sys.argv[1]))
+"""
+
+# In-process engine floor: a Kretprobe with an empty Python handler (no CLI, no output).
+FLOOR = """\
+import os
+MODE = os.environ.get("BENCH_FLOOR") == "1"
+_probe = None
+
+def arm(fn):
+    global _probe
+    import pyprobes
+    _probe = pyprobes.Kretprobe(addr=fn, handler=lambda ri, ctx: None)
+    pyprobes.register_kretprobe(_probe)
+
+def disarm():
+    if _probe is not None:
+        import pyprobes
+        pyprobes.unregister_kretprobe(_probe)
+"""
+
+_LOOP = re.compile(r"loop_ns (\d+) checksum (\d+)")
+
+
+@dataclass
+class Variant:
+    """One way of running the program."""
+
+    key: str
+    label: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    loop_ns: list[float] = field(default_factory=list)
+
+
+def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
+    py = sys.executable
+    n = str(calls)
+    run = [py, "-m", "pyprobes", "run"]
+    vs = [
+        Variant("plain", "plain python", [py, str(prog), n]),
+        Variant("floor", "engine: Kretprobe, empty Python handler", [py, str(prog), n],
+                {"BENCH_FLOOR": "1"}),
+        Variant("p-count", "pyprobes run -e 'p:w __main__:work' --count",
+                [*run, "-e", "p:w __main__:work", "--count", str(prog), n]),
+        Variant("r-hist", "pyprobes run -e 'r:w __main__:work' --hist",
+                [*run, "-e", "r:w __main__:work", "--hist", str(prog), n]),
+        Variant("r-hist-by", "pyprobes run -e 'r:w __main__:work a' --hist --by a (a key per call)",
+                [*run, "-e", "r:w __main__:work a", "--hist", "--by", "a", str(prog), n]),
+        Variant("r-hist-events", "pyprobes run -e 'r:w __main__:work' --hist --events -o /dev/null",
+                [*run, "-e", "r:w __main__:work", "--hist", "--events", "-o", os.devnull,
+                 str(prog), n]),
+        Variant("r-json", "pyprobes run -e 'r:w __main__:work' --format json -o FILE",
+                [*run, "-e", "r:w __main__:work", "--format", "json", "-o", str(out),
+                 str(prog), n]),
+        Variant("cprofile", "python -m cProfile (every call)",
+                [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
+    ]  # fmt: skip
+    if importlib.util.find_spec("viztracer") is not None:
+        vs.append(
+            Variant("viztracer", "viztracer (every call, to a file)",
+                    [py, "-m", "viztracer", "--quiet", "-o", str(out.with_suffix(".viz.json")),
+                     str(prog), n])  # fmt: skip
+        )
+    return vs
+
+
+def run_once(v: Variant, cwd: Path, checksum: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT / "src")]), **v.env}
+    p = subprocess.run(v.argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    m = _LOOP.search(p.stdout)
+    if p.returncode != 0 or m is None:
+        raise SystemExit(f"{v.key} failed ({p.returncode}): {p.stderr[-2000:]}")
+    if checksum and m.group(2) != checksum[0]:
+        raise SystemExit(f"{v.key} changed the program's result: {m.group(2)} != {checksum[0]}")
+    checksum[:] = [m.group(2)]
+    v.loop_ns.append(float(m.group(1)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--md", type=Path, help="also write the table as Markdown here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        prog = cwd / "work_prog.py"
+        prog.write_text(PROGRAM)
+        (cwd / "pyprobes_bench_floor.py").write_text(FLOOR)
+        vs = variants(prog, cwd / "events.jsonl", args.calls)
+        checksum: list[str] = []
+        for _ in range(args.rounds):
+            order = vs[:]
+            random.shuffle(order)
+            for v in order:
+                run_once(v, cwd, checksum)
+    plain = vs[0]
+    floor = vs[1]
+    added = {v.key: paired(v.loop_ns, plain.loop_ns, "diff", args.calls) for v in vs[1:]}
+    floor_added = added["floor"]
+    rows = []
+    for v in vs[1:]:
+        ratio = paired(added[v.key], floor_added, "ratio")
+        rows.append([v.label, cell(Stat.of(added[v.key]), "ns"), cell(Stat.of(ratio), "x", False)])
+    core = os.environ.get("PYPROBES_CORE", "default")
+    title = (
+        f"CPython {sys.version.split()[0]}, core {core}, {args.calls:,} calls, {args.rounds}"
+        f" rounds; plain loop median {Stat.of(plain.loop_ns).median / args.calls:.1f} ns/call"
+    )
+    headers = ["variant", "ns added per call, median (q1 .. q3)", "x the engine floor"]
+    print(title)
+    print(benchlib.text_table(headers, rows))
+    if args.md is not None:
+        args.md.write_text(f"{title}\n\n{benchlib.md_table(headers, rows)}\n")
+
+
+if __name__ == "__main__":
+    main()
