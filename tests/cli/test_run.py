@@ -188,6 +188,44 @@ def test_chrome_trace_is_valid_json(tmp_path: Path) -> None:
     assert len(complete) == 4 and all(e["dur"] >= 0 for e in complete)
 
 
+def test_chrome_trace_coroutines_and_generators_are_async_slices(tmp_path: Path) -> None:
+    """Issue 17.11/17.3: plain functions are nested X slices, generator and coroutine
+    activations are b/e pairs with one id each, and slices are named after functions."""
+    out = tmp_path / "trace.json"
+    run = pyprobes(
+        "run", "-e", "r __main__:*", "--format", "chrome", "-o", str(out), "async_gen_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    assert "results [18, 99, 355, 980]" in run.stdout
+    trace = json.loads(out.read_text())["traceEvents"]
+    complete = [e for e in trace if e.get("ph") == "X"]
+    by_tid: dict[object, list[tuple[float, float]]] = {}
+    for e in complete:
+        by_tid.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+    for spans in by_tid.values():
+        spans.sort(key=lambda s: (s[0], -s[1]))
+        open_ends: list[float] = []
+        for start, end in spans:
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], "partially overlapping X slices"
+            open_ends.append(end)
+    assert {e["name"] for e in complete} == {"__main__:square", "__main__:consume"}
+    assert all(e["args"]["event"].startswith("r_") for e in complete)
+    begins = {e["id"]: e for e in trace if e.get("ph") == "b"}
+    ends = {e["id"]: e for e in trace if e.get("ph") == "e"}
+    assert len(begins) == len([e for e in trace if e.get("ph") == "b"])  # ids are unique
+    assert begins.keys() == ends.keys()
+    names = sorted(e["name"] for e in begins.values())
+    assert names == ["__main__:main"] + ["__main__:numbers"] * 4 + ["__main__:ticks"] * 4 + [
+        "__main__:worker"
+    ] * 4
+    for i, b in begins.items():
+        e = ends[i]
+        assert (b["name"], b["cat"], b["pid"], b["tid"]) == (e["name"], e["cat"], e["pid"], e["tid"])
+        assert b["ts"] <= e["ts"]
+
+
 def test_probe_file_and_summary(tmp_path: Path) -> None:
     specs = tmp_path / "specs.txt"
     specs.write_text("# probes\np:w __main__:work n\n\nr:wr __main__:work\n")

@@ -31,6 +31,9 @@ class Event:
     retval: object = None
     exception: str | None = None
     duration_ns: int | None = None
+    #: The probed code is a generator, coroutine or async generator: a return event's
+    #: activation spans suspensions, so it need not nest with other calls on its thread.
+    is_async: bool = False
 
     @property
     def is_return(self) -> bool:

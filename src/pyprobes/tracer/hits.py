@@ -8,10 +8,11 @@ and hands the finished ``Event`` to ``emit``, which never blocks.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
@@ -21,6 +22,14 @@ from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch_and_render, re
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
+#: Code whose activations suspend and resume: a kretprobe pairs the first start with the final
+#: return, so the activation overlaps whatever else its thread runs meanwhile.
+SUSPENDING_FLAGS = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
 #: pyprobes' own threads (writer, timers, agent) are named so: their hits are not events,
 #: or a probe on e.g. json.dumps would trace the JSON writer encoding its own events forever.
 OWN_THREAD_PREFIX = "pyprobes-"
@@ -42,6 +51,11 @@ def _where(frame: FrameType | None) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+def is_suspending(code: CodeType) -> bool:
+    """Whether ``code`` is a generator, coroutine or async generator's."""
+    return bool(code.co_flags & SUSPENDING_FLAGS)
+
+
 def _stack(frame: FrameType | None) -> list[str]:
     out: list[str] = []
     while frame is not None and len(out) < STACK_DEPTH:
@@ -53,10 +67,16 @@ def _stack(frame: FrameType | None) -> list[str]:
 class HitRecorder:
     """Builds and emits the events of one placement of one spec."""
 
-    def __init__(self, spec: ProbeSpec, probe_text: str, emit: Emit) -> None:
+    def __init__(
+        self, spec: ProbeSpec, probe_text: str, emit: Emit, code: CodeType | None = None
+    ) -> None:
         self.spec = spec
         self.probe_text = probe_text
         self.emit = emit
+        # Known at placement for code placed by address; a probe the engine resolves by name
+        # learns it at its first return (and again if a reload brings new code).
+        self._code = code
+        self._is_async = code is not None and is_suspending(code)
         self.fetchargs = spec.fetchargs
         self.filter = spec.filter
         self._filter_specials = (
@@ -151,6 +171,10 @@ class HitRecorder:
             return
         spec = self.spec
         exc = ctx.exception
+        code = ctx.code
+        if code is not self._code:
+            self._code = code
+            self._is_async = is_suspending(code)
         self.emit(
             Event(
                 event=spec.event,
@@ -166,5 +190,6 @@ class HitRecorder:
                 retval=None if exc is not None else render(ctx.retval),
                 exception=exception_text(exc),
                 duration_ns=duration,
+                is_async=self._is_async,
             )
         )

@@ -71,7 +71,7 @@ class TraceSession:
     # --- placing probes -------------------------------------------------------------------
 
     def _register(self, c: _Compiled, pl: Placement) -> None:
-        rec = HitRecorder(c.spec, pl.probe_text, self._emit)
+        rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
         probe: Probe
         if c.spec.is_return:
             probe = Kretprobe(
