@@ -226,6 +226,23 @@ def test_chrome_trace_coroutines_and_generators_are_async_slices(tmp_path: Path)
         assert b["ts"] <= e["ts"]
 
 
+def test_chrome_trace_coroutine_probed_by_name_is_an_async_slice(tmp_path: Path) -> None:
+    """A probe the engine resolves by name learns that its code is a coroutine's at a hit."""
+    out = tmp_path / "trace.json"
+    run = pyprobes(
+        "run", "-e", "r asyncio.tasks:sleep", "--format", "chrome", "-o", str(out), "async_gen_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    trace = json.loads(out.read_text())["traceEvents"]
+    assert not [e for e in trace if e.get("ph") == "X"]
+    begins = [e for e in trace if e.get("ph") == "b"]
+    ends = [e for e in trace if e.get("ph") == "e"]
+    assert len(begins) == len(ends) == 16
+    assert {e["name"] for e in begins + ends} == {"asyncio.tasks:sleep"}
+    assert sorted(e["id"] for e in begins) == sorted(e["id"] for e in ends)
+    assert len({e["id"] for e in begins}) == 16
+
+
 def test_probe_file_and_summary(tmp_path: Path) -> None:
     specs = tmp_path / "specs.txt"
     specs.write_text("# probes\np:w __main__:work n\n\nr:wr __main__:work\n")
