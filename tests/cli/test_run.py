@@ -217,21 +217,19 @@ def test_chrome_trace_coroutines_and_generators_are_async_slices(tmp_path: Path)
     assert len(begins) == len([e for e in trace if e.get("ph") == "b"])  # ids are unique
     assert begins.keys() == ends.keys()
     names = sorted(e["name"] for e in begins.values())
-    assert names == ["__main__:main"] + ["__main__:numbers"] * 4 + ["__main__:ticks"] * 4 + [
-        "__main__:worker"
-    ] * 4
+    want = ["__main__:main"] + [f"__main__:{f}" for f in ("numbers", "ticks", "worker")] * 4
+    assert names == sorted(want)
     for i, b in begins.items():
         e = ends[i]
-        assert (b["name"], b["cat"], b["pid"], b["tid"]) == (e["name"], e["cat"], e["pid"], e["tid"])
+        assert all(b[k] == e[k] for k in ("name", "cat", "pid", "tid"))
         assert b["ts"] <= e["ts"]
 
 
 def test_chrome_trace_coroutine_probed_by_name_is_an_async_slice(tmp_path: Path) -> None:
     """A probe the engine resolves by name learns that its code is a coroutine's at a hit."""
     out = tmp_path / "trace.json"
-    run = pyprobes(
-        "run", "-e", "r asyncio.tasks:sleep", "--format", "chrome", "-o", str(out), "async_gen_prog.py"
-    )
+    probe = "r asyncio.tasks:sleep"
+    run = pyprobes("run", "-e", probe, "--format", "chrome", "-o", str(out), "async_gen_prog.py")
     assert run.returncode == 0, run.stderr
     trace = json.loads(out.read_text())["traceEvents"]
     assert not [e for e in trace if e.get("ph") == "X"]
