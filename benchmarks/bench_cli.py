@@ -107,17 +107,17 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
     ]  # fmt: skip
     if importlib.util.find_spec("viztracer") is not None:
-        vs.append(
-            Variant("viztracer", "viztracer (every call, to a file)",
-                    [py, "-m", "viztracer", "--quiet", "-o", str(out.with_suffix(".viz.json")),
-                     str(prog), n])  # fmt: skip
-        )
+        viz_out = str(out.with_suffix(".viz.json"))
+        viz = [py, "-m", "viztracer", "--quiet", "-o", viz_out, str(prog), n]
+        vs.append(Variant("viztracer", "viztracer (every call, to a file)", viz))
     return vs
 
 
 def run_once(v: Variant, cwd: Path, checksum: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT / "src")]), **v.env}
-    p = subprocess.run(v.argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    p = subprocess.run(
+        v.argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False
+    )
     m = _LOOP.search(p.stdout)
     if p.returncode != 0 or m is None:
         raise SystemExit(f"{v.key} failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -146,7 +146,6 @@ def main() -> None:
             for v in order:
                 run_once(v, cwd, checksum)
     plain = vs[0]
-    floor = vs[1]
     added = {v.key: paired(v.loop_ns, plain.loop_ns, "diff", args.calls) for v in vs[1:]}
     floor_added = added["floor"]
     rows = []

@@ -197,8 +197,61 @@ def test_chrome_trace_is_valid_json(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     trace = json.loads(out.read_text())
-    complete = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    complete = [e for e in trace if e.get("ph") == "X"]
     assert len(complete) == 4 and all(e["dur"] >= 0 for e in complete)
+
+
+def test_chrome_trace_coroutines_and_generators_are_async_slices(tmp_path: Path) -> None:
+    """Issue 17.11/17.3: plain functions are nested X slices, generator and coroutine
+    activations are b/e pairs with one id each, and slices are named after functions."""
+    out = tmp_path / "trace.json"
+    run = pyprobes(
+        "run", "-e", "r __main__:*", "--format", "chrome", "-o", str(out), "async_gen_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    assert "results [18, 99, 355, 980]" in run.stdout
+    trace = json.loads(out.read_text())
+    complete = [e for e in trace if e.get("ph") == "X"]
+    by_tid: dict[object, list[tuple[float, float]]] = {}
+    for e in complete:
+        by_tid.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+    for spans in by_tid.values():
+        spans.sort(key=lambda s: (s[0], -s[1]))
+        open_ends: list[float] = []
+        for start, end in spans:
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], "partially overlapping X slices"
+            open_ends.append(end)
+    assert {e["name"] for e in complete} == {"__main__:square", "__main__:consume"}
+    assert all(e["args"]["event"].startswith("r_") for e in complete)
+    begins = {e["id"]: e for e in trace if e.get("ph") == "b"}
+    ends = {e["id"]: e for e in trace if e.get("ph") == "e"}
+    assert len(begins) == len([e for e in trace if e.get("ph") == "b"])  # ids are unique
+    assert begins.keys() == ends.keys()
+    names = sorted(e["name"] for e in begins.values())
+    want = ["__main__:main"] + [f"__main__:{f}" for f in ("numbers", "ticks", "worker")] * 4
+    assert names == sorted(want)
+    for i, b in begins.items():
+        e = ends[i]
+        assert all(b[k] == e[k] for k in ("name", "cat", "pid", "tid"))
+        assert b["ts"] <= e["ts"]
+
+
+def test_chrome_trace_coroutine_probed_by_name_is_an_async_slice(tmp_path: Path) -> None:
+    """A probe the engine resolves by name learns that its code is a coroutine's at a hit."""
+    out = tmp_path / "trace.json"
+    probe = "r asyncio.tasks:sleep"
+    run = pyprobes("run", "-e", probe, "--format", "chrome", "-o", str(out), "async_gen_prog.py")
+    assert run.returncode == 0, run.stderr
+    trace = json.loads(out.read_text())
+    assert not [e for e in trace if e.get("ph") == "X"]
+    begins = [e for e in trace if e.get("ph") == "b"]
+    ends = [e for e in trace if e.get("ph") == "e"]
+    assert len(begins) == len(ends) == 16
+    assert {e["name"] for e in begins + ends} == {"asyncio.tasks:sleep"}
+    assert sorted(e["id"] for e in begins) == sorted(e["id"] for e in ends)
+    assert len({e["id"] for e in begins}) == 16
 
 
 def test_probe_file_and_summary(tmp_path: Path) -> None:
@@ -535,3 +588,40 @@ def test_text_lines_name_both_ends_in_probe_syntax_and_show_what_raised() -> Non
     assert re.search(
         r": out: \(__main__:outer:\d+ <- __main__:inner\) raised=ZeroDivisionError$", ret
     )
+
+
+OS_EXIT = """\
+import json, os, sys, time
+def work(i):
+    return i
+for i in range(int(sys.argv[2])):
+    work(i)
+def written():
+    try:
+        return json.loads(open(sys.argv[1]).read() + "]")
+    except ValueError:
+        return []
+deadline = time.monotonic() + 60
+while sum(e.get("ph") == "X" for e in written()) < int(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the writer thread has written them: the condition, not a delay
+os._exit(3)
+"""
+
+
+@pytest.mark.parametrize("calls", [0, 50])
+def test_os_exit_leaves_a_chrome_file_the_viewers_load(tmp_path: Path, calls: int) -> None:
+    """Issue 17.6: os._exit skips every exit handler; what was written up to then is a
+    trace-event file in the JSON Array Format, whose closing bracket viewers add."""
+    prog = tmp_path / "exiting.py"
+    prog.write_text(OS_EXIT)
+    out = tmp_path / "trace.json"
+    run = pyprobes(
+        "run", "-e", "r:w __main__:work", "--format", "chrome", "-o", str(out),
+        str(prog), str(out), str(calls), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    text = out.read_text()
+    assert text.startswith("[\n")
+    trace = json.loads(text + "]")  # what Perfetto and chrome://tracing do with it
+    slices = [e for e in trace if e["ph"] == "X"]
+    assert len(slices) == calls and all(e["name"] == "__main__:work" for e in slices)

@@ -1,4 +1,4 @@
-"""Chrome trace-event renderer: a valid JSON file with X, instant and metadata events."""
+"""Chrome trace-event renderer: a valid JSON file with X, b/e, instant and metadata events."""
 
 from __future__ import annotations
 
@@ -27,23 +27,20 @@ def _event(kind: str = "p", **kw: object) -> Event:
     return Event(**fields)  # type: ignore[arg-type]
 
 
-def _document(events: list[Event]) -> dict[str, object]:
+def _document(events: list[Event]) -> list[dict[str, object]]:
     r = ChromeRenderer()
     text = r.header() + "".join(r.render(e) for e in events) + r.footer()
     doc = json.loads(text)
-    assert isinstance(doc, dict)
+    assert isinstance(doc, list)
     return doc
 
 
-def _trace(doc: dict[str, object]) -> list[dict[str, object]]:
-    events = doc["traceEvents"]
-    assert isinstance(events, list)
-    return events
+def _trace(doc: list[dict[str, object]]) -> list[dict[str, object]]:
+    return doc
 
 
 def test_zero_events_is_valid_json() -> None:
-    doc = _document([])
-    assert doc == {"traceEvents": [], "displayTimeUnit": "ns"}
+    assert _document([]) == []
 
 
 def test_one_return_is_a_complete_event_with_start_and_duration_in_us() -> None:
@@ -67,8 +64,8 @@ def test_one_return_is_a_complete_event_with_start_and_duration_in_us() -> None:
     assert x["ph"] == "X"
     assert x["ts"] == pytest.approx(4_998.5)  # start = time_ns - duration_ns, in us
     assert x["dur"] == pytest.approx(1.5)
-    assert (x["name"], x["cat"], x["pid"], x["tid"]) == ("r_loads", "grp", 100, 7)
-    assert x["args"] == {"n": 3, "retval": {"a": 1}, "exception": None}
+    assert (x["name"], x["cat"], x["pid"], x["tid"]) == ("json:loads", "grp", 100, 7)
+    assert x["args"] == {"n": 3, "event": "r_loads", "retval": {"a": 1}, "exception": None}
 
 
 def test_entry_is_a_thread_instant() -> None:
@@ -77,7 +74,7 @@ def test_entry_is_a_thread_instant() -> None:
     assert inst["ph"] == "i" and inst["s"] == "t"
     assert inst["ts"] == pytest.approx(2.0)
     assert "dur" not in inst
-    assert inst["args"] == {"s": "x"}
+    assert inst["args"] == {"s": "x", "event": "e"}
 
 
 def test_many_events_metadata_once_per_thread_and_on_rename() -> None:
@@ -97,7 +94,7 @@ def test_many_events_metadata_once_per_thread_and_on_rename() -> None:
 def test_exception_return_and_non_finite_values_stay_valid() -> None:
     ev = _event("r", args={"x": math.nan}, retval=None, exception="ValueError('x')", duration_ns=10)
     _, x = _trace(_document([ev]))
-    assert x["args"] == {"x": "NaN", "retval": None, "exception": "ValueError('x')"}
+    assert x["args"] == {"x": "NaN", "event": "e", "retval": None, "exception": "ValueError('x')"}
 
 
 def test_return_without_duration_falls_back_to_an_instant() -> None:
@@ -128,6 +125,45 @@ def test_terminal_controls_in_names_and_args_stay_exact_valid_json() -> None:
     hostile = "\x1b[2J\x9b2J\u202e"
     events = _trace(_document([_event("r", thread_name=hostile, args={"s": hostile})]))
     assert events[0]["args"] == {"name": hostile}
-    assert events[1]["args"] == {"s": hostile, "retval": None, "exception": None}
+    assert events[1]["args"] == {"s": hostile, "event": "e", "retval": None, "exception": None}
     text = ChromeRenderer().render(_event(thread_name=hostile))
     assert "\\u009b" in text and "\\u202e" in text and "\x9b" not in text
+
+
+def test_slices_are_named_after_the_function_and_keep_the_event_name_in_args() -> None:
+    """Issue 17.3: not ``r_mod_star_star_0`` for every slice of a wildcard."""
+    a = _event("r", event="r_app_star", probe="app:Shop.price", duration_ns=10)
+    b = _event("r", event="r_app_star", probe="app:total", duration_ns=10)
+    slices = [e for e in _trace(_document([a, b])) if e["ph"] == "X"]
+    assert [s["name"] for s in slices] == ["app:Shop.price", "app:total"]
+    assert [s["args"]["event"] for s in slices] == ["r_app_star", "r_app_star"]  # type: ignore[index]
+    _, inst = _trace(_document([_event(args={"event": "click"})]))
+    assert inst["name"] == "json:loads"
+    assert inst["args"] == {"event": "click"}  # a fetch arg of that name wins
+
+
+def test_suspending_code_is_an_async_begin_end_pair_with_its_own_id() -> None:
+    """Issue 17.11: a generator/coroutine activation spans suspensions, so it is a b/e pair."""
+    gens = [
+        _event("r", probe="app:ticks", is_async=True, time_ns=t, duration_ns=4_000, args={"n": 1})
+        for t in (10_000, 12_000)
+    ]
+    plain = _event("r", probe="app:square", time_ns=11_000, duration_ns=1_000)
+    trace = [e for e in _trace(_document([gens[0], plain, gens[1]])) if e["ph"] != "M"]
+    assert [e["ph"] for e in trace] == ["b", "e", "X", "b", "e"]
+    b1, e1, x, b2, e2 = trace
+    assert b1["id"] == e1["id"] != b2["id"] == e2["id"]
+    assert "id" not in x
+    assert b1["ts"] == pytest.approx(6.0) and e1["ts"] == pytest.approx(10.0)
+    assert b2["ts"] == pytest.approx(8.0) and e2["ts"] == pytest.approx(12.0)
+    for b, e in ((b1, e1), (b2, e2)):
+        assert b["name"] == e["name"] == "app:ticks"
+        assert b["cat"] == e["cat"] and "async" in str(b["cat"]).split(",")
+        assert (b["pid"], b["tid"]) == (e["pid"], e["tid"]) == (100, 7)
+        assert b["args"] == {"n": 1, "event": "e", "retval": None, "exception": None}
+    assert x["name"] == "app:square" and x["cat"] == "grp"
+
+
+def test_suspending_entry_and_missing_duration_stay_instants() -> None:
+    trace = _trace(_document([_event(is_async=True), _event("r", is_async=True)]))
+    assert [e["ph"] for e in trace] == ["M", "i", "i"]

@@ -13,7 +13,7 @@ from pyprobes.tracer import TraceSession
 from pyprobes.tracer.programs import plan
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _prog_targets as targets  # noqa: E402
+import _prog_targets as targets
 
 T = "_prog_targets"
 
@@ -38,7 +38,10 @@ CASES = [
     ([f"r:p {T}:price qty"], {"hist_field": "qty", "by_field": "$retval"}),
     ([f"r:p {T}:price item"], {"count": True, "by_field": "item"}),
     ([f"p:e {T}:price item qty if qty > 2 and item in ('fig', 7)"], {"by_field": "item"}),
-    ([f"p:e {T}:price item qty if not qty < 1 or item is None"], {"count": True, "by_field": "qty"}),
+    (
+        [f"p:e {T}:price item qty if not qty < 1 or item is None"],
+        {"count": True, "by_field": "qty"},
+    ),
     ([f"r:p {T}:price qty if $retval >= 6"], {"hist_field": "$retval", "by_field": "$thread"}),
     ([f"p:e {T}:price item if item < 'g'"], {"count": True}),  # orders a str with an int: faults
     ([f"p:e {T}:price", f"r:p {T}:price"], {"hist_field": "$duration", "count": True}),

@@ -48,6 +48,9 @@ class Event:
     #: For a return, its site in probe syntax (``module:qualname:line`` of the caller), so
     #: text lines name both ends alike; ``location`` keeps the caller's path:line.
     site: str = ""
+    #: The probed code is a generator, coroutine or async generator: a return event's
+    #: activation spans suspensions, so it need not nest with other calls on its thread.
+    is_async: bool = False
 
     @property
     def is_return(self) -> bool:

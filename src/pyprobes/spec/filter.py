@@ -520,7 +520,8 @@ def _plan_const(node: ast.expr) -> object:
 
 def _plan(node: ast.expr, names: Mapping[str, str], depth: int = 0) -> prog.Cond | None:
     """``node`` as a program condition, or None when some part has no such form (a chained
-    comparison, two names compared, ``is`` other than ``is None``, a bare name, bytes, $exception/$args/...)."""
+    comparison, two names compared, ``is`` other than ``is None``, a bare name, bytes,
+    $exception/$args/...)."""
     if depth > MAX_DEPTH:
         return None
     match node:
@@ -539,7 +540,11 @@ def _plan(node: ast.expr, names: Mapping[str, str], depth: int = 0) -> prog.Cond
             # Only None is None: a scalar equals None only when it is None, and a non-scalar
             # equals no constant in a program, so ``is None`` is ``== None`` there.
             var = _plan_var(left, names)
-            return None if var is None else prog.Cmp("==" if isinstance(op, ast.Is) else "!=", var, None)
+            return (
+                None
+                if var is None
+                else prog.Cmp("==" if isinstance(op, ast.Is) else "!=", var, None)
+            )
         case ast.Compare(left=left, ops=[op], comparators=[right]) if type(op) in _PLAN_OPS:
             name = _PLAN_OPS[type(op)]
             var, const = _plan_var(left, names), None

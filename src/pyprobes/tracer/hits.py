@@ -8,10 +8,11 @@ and hands the finished ``Event`` to ``emit``, which never blocks.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
@@ -22,6 +23,14 @@ from pyprobes.spec.filter import filter_value
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
+#: Code whose activations suspend and resume: a kretprobe pairs the first start with the final
+#: return, so the activation overlaps whatever else its thread runs meanwhile.
+SUSPENDING_FLAGS = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
 #: pyprobes' own threads (writer, timers, agent) are named so: their hits are not events,
 #: or a probe on e.g. json.dumps would trace the JSON writer encoding its own events forever.
 OWN_THREAD_PREFIX = "pyprobes-"
@@ -52,6 +61,11 @@ def _site(frame: FrameType | None) -> str:
     return f"{module}:{frame.f_code.co_qualname}:{frame.f_lineno}"
 
 
+def is_suspending(code: CodeType) -> bool:
+    """Whether ``code`` is a generator, coroutine or async generator's."""
+    return bool(code.co_flags & SUSPENDING_FLAGS)
+
+
 def _stack(frame: FrameType | None) -> list[str]:
     out: list[str] = []
     while frame is not None and len(out) < STACK_DEPTH:
@@ -63,10 +77,16 @@ def _stack(frame: FrameType | None) -> list[str]:
 class HitRecorder:
     """Builds and emits the events of one placement of one spec."""
 
-    def __init__(self, spec: ProbeSpec, probe_text: str, emit: Emit) -> None:
+    def __init__(
+        self, spec: ProbeSpec, probe_text: str, emit: Emit, code: CodeType | None = None
+    ) -> None:
         self.spec = spec
         self.probe_text = probe_text
         self.emit = emit
+        # Known at placement for code placed by address; a probe the engine resolves by name
+        # learns it at its first return (and again if a reload brings new code).
+        self._code = code
+        self._is_async = code is not None and is_suspending(code)
         self.fetchargs = spec.fetchargs
         self.filter = spec.filter
         self._filter_specials = (
@@ -169,6 +189,10 @@ class HitRecorder:
         spec = self.spec
         exc = ctx.exception
         caller = frame.f_back if frame is not None else None
+        code = ctx.code
+        if code is not self._code:
+            self._code = code
+            self._is_async = is_suspending(code)
         self.emit(
             Event(
                 event=spec.event,
@@ -185,5 +209,6 @@ class HitRecorder:
                 exception=exception_text(exc),
                 duration_ns=duration,
                 site=_site(caller),
+                is_async=self._is_async,
             )
         )

@@ -105,7 +105,7 @@ class TraceSession:
             handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_text)
             on_entry = on_return = handler
         else:
-            rec = HitRecorder(c.spec, pl.probe_text, self._emit)
+            rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
             handler, on_entry, on_return = None, rec.on_entry, rec.on_return
         if c.spec.is_return:
             probe = Kretprobe(
