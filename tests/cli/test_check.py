@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -96,3 +98,52 @@ def test_check_with_dash_m_resolves_as_python_dash_m(tmp_path: Path) -> None:
     assert not list(app.glob("*.ran"))  # nothing ran
     missing = check_in(app, "-m", "no_such_mod_zz", "p json:loads", isolated=True)
     assert missing.returncode == 1 and "No module named no_such_mod_zz" in missing.stderr
+
+
+def run_verdict(spec: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    prog = tmp_path / "nop.py"
+    prog.write_text("import json, time\n")
+    return subprocess.run(
+        [sys.executable, "-m", "pyprobes", "run", "-e", spec, str(prog)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("p time:sleep", "is a builtin_function_or_method, not a Python function"),
+        ("p json:dumps:999", "has no code to probe"),
+        ("p json:dumps+1", "offset 1 is not an instruction boundary of dumps"),
+        ("p json:99999", "line 99999 of module json has no code to probe"),
+    ],
+)
+def test_check_gives_the_verdict_run_gives(spec: str, error: str, tmp_path: Path) -> None:
+    """Issue 17.8: one resolver: what run refuses, check refuses with the same line."""
+    checked = check(spec)
+    ran = run_verdict(spec, tmp_path)
+    assert checked.returncode == ran.returncode == 1
+    assert checked.stdout == ""
+    assert checked.stderr == ran.stderr
+    assert len(checked.stderr.splitlines()) == 1 and error in checked.stderr
+
+
+def test_a_compiled_module_not_yet_imported_is_refused() -> None:
+    import importlib.util
+
+    mod = next(m for m in ("_csv", "mmap", "_bz2", "_curses") if importlib.util.find_spec(m))
+    run = check(f"p {mod}:anything")
+    assert run.returncode == 1
+    assert run.stderr == (
+        f"pyprobes: error: {mod} is a compiled (C) module: its functions have no bytecode to"
+        " probe\n"
+    )
+
+
+def test_valid_offsets_and_relative_lines_still_pass() -> None:
+    run = check("p json:dumps+2", "p json:dumps:0", "r json:dumps")
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 3

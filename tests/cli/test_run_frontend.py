@@ -155,3 +155,41 @@ def test_a_typo_in_the_programs_own_names_fails_before_it_runs() -> None:
     assert run.stderr == (
         "pyprobes: error: __main__ defines no function 'wrk'; did you mean 'work'?\n"
     )
+
+
+def test_a_wildcard_probes_nested_functions_but_not_lambdas() -> None:
+    """Issue 17.10: ``__main__:*`` has ``make.<locals>.inner`` (json.encoder's hot
+    ``_make_iterencode.<locals>._iterencode`` is one); lambdas only when the pattern says '<'."""
+    run = pyprobes("run", "-e", "r:f __main__:*", "--by", "$function", "nested_prog.py")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "3 1 9\n"
+    keys = {ln.split("'")[1] for ln in run.stderr.splitlines() if ln.startswith("@f[")}
+    assert keys == {
+        "__main__:make",
+        "__main__:make.<locals>.inner",
+        "__main__:make.<locals>.inner.<locals>.deepest",
+        "__main__:Box.open",
+        "__main__:Box.open.<locals>.helper",
+    }
+    only = pyprobes("run", "-e", "r:f __main__:*.<locals>.*", "--by", "$function", "nested_prog.py")
+    keys = {ln.split("'")[1] for ln in only.stderr.splitlines() if ln.startswith("@f[")}
+    assert keys == {
+        "__main__:make.<locals>.inner",
+        "__main__:make.<locals>.inner.<locals>.deepest",
+        "__main__:Box.open.<locals>.helper",
+    }
+    lam = pyprobes("run", "-e", "r:f __main__:<lambda>", "--count", "nested_prog.py")
+    assert "@f: 1" in lam.stderr
+
+
+def test_json_encoders_nested_generators_are_in_its_wildcard(tmp_path: Path) -> None:
+    prog = tmp_path / "enc.py"
+    prog.write_text(
+        "import json, json.encoder\n"
+        "json.encoder.c_make_encoder = None  # the Python encoder, as where _json is missing\n"
+        "print(len(json.dumps({'a': [1, 2]})))\n"
+    )
+    run = pyprobes("run", "-e", "r:e json.encoder:*", "--by", "$function", str(prog), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "@e['json.encoder:_make_iterencode.<locals>._iterencode']: 1" in run.stderr
+    assert "@e['json.encoder:_make_iterencode.<locals>._iterencode_dict']:" in run.stderr

@@ -8,7 +8,8 @@ import sys
 from types import CodeType
 
 from pyprobes.cli import program
-from pyprobes.engine import find_code_by_qualname, module_exists
+from pyprobes.engine import InvalidProbeError, blacklist, find_code_by_qualname, module_exists
+from pyprobes.engine.resolve import locate_in_code, locate_line, module_roots, resolve_in_module
 from pyprobes.spec import ProbeSpec, Target, parse_spec
 from pyprobes.tracer.targets import (
     MAIN,
@@ -62,6 +63,34 @@ def _module_code(name: str) -> object:
         return None
 
 
+def _located(fn: CodeType, t: Target, module: str) -> CodeType:
+    """Validate the offset or relative line in ``fn`` exactly as registration does (the
+    engine's own locate_in_code and blacklist), so check and run give the same verdicts."""
+    line = def_line(fn) + t.rel_line if t.rel_line else None
+    loc = locate_in_code(fn, t.offset or 0, line, module, False)
+    assert loc.code is not None
+    blacklist.check(loc.code)
+    return loc.code
+
+
+def _is_extension(name: str) -> bool:
+    """Whether the module is compiled (C): found, with no Python source or bytecode."""
+    import importlib.machinery
+    import importlib.util
+
+    parent = name.rpartition(".")[0]
+    if parent and parent not in sys.modules:
+        return False  # finding it would import the parent package
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    loader = getattr(spec, "loader", None)
+    return isinstance(loader, importlib.machinery.ExtensionFileLoader) or loader is (
+        importlib.machinery.BuiltinImporter
+    )
+
+
 def _function_at(fn: CodeType, t: Target) -> str:
     where = f"{fn.co_filename}:{def_line(fn)}"
     if t.rel_line is not None:
@@ -85,6 +114,7 @@ def _describe_main(spec: ProbeSpec, code: CodeType) -> str:
         raise SymbolNotFoundError(
             f"the program ({code.co_filename}) defines no function {t.qualname!r}"
         )
+    _located(fn, t, MAIN)
     return _function_at(fn, t)
 
 
@@ -101,24 +131,37 @@ def describe(spec: ProbeSpec, main: CodeType | None = None) -> str:
         return f"{head} -> line {t.abs_line} of {t.path}"
     assert t.module is not None
     if t.has_wildcards:
-        loaded = [n for n in sys.modules if module_matches(t, n)]
-        return f"{head} -> wildcard: {len(loaded)} loaded module(s) match; later imports too"
+        matching = [n for n in sys.modules if module_matches(t, n)]
+        return f"{head} -> wildcard: {len(matching)} loaded module(s) match; later imports too"
     check_module_known(spec)
     code = _module_code(t.module)
+    loaded = sys.modules.get(t.module)
     if t.abs_line is not None:
+        roots = (
+            module_roots(loaded)
+            if loaded is not None
+            else [code]
+            if isinstance(code, CodeType)
+            else []
+        )
+        if roots:
+            locate_line(roots, t.abs_line, f"module {t.module}", t.module)
         return f"{head} -> line {t.abs_line} of module {t.module}"
-    if code is None:
-        return f"{head} -> pending until {t.module} is imported"
     assert t.qualname is not None
-    fn = find_code_by_qualname([code], t.qualname)  # type: ignore[list-item]
-    if fn is None and t.module in sys.modules:
-        from pyprobes.engine.resolve import resolve_in_module
-
-        fn, _ = resolve_in_module(sys.modules[t.module], t.qualname)
+    fn = find_code_by_qualname([code], t.qualname) if isinstance(code, CodeType) else None
+    if fn is None and loaded is not None:
+        fn, _ = resolve_in_module(loaded, t.qualname)  # a builtin is refused here, as by run
+    if fn is None and code is None:
+        if _is_extension(t.module):
+            raise InvalidProbeError(
+                f"{t.module} is a compiled (C) module: its functions have no bytecode to probe"
+            )
+        return f"{head} -> pending until {t.module} is imported"
     if fn is None:
         from pyprobes.engine import SymbolNotFoundError
 
         raise SymbolNotFoundError(f"module {t.module!r} defines no function {t.qualname!r}")
+    fn = _located(fn, t, t.module)
     return f"{head} -> {_function_at(fn, t)}"
 
 

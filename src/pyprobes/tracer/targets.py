@@ -29,6 +29,7 @@ from pyprobes.spec import ProbeSpec, Target
 from pyprobes.spec.diagnostics import did_you_mean
 
 MAIN = "__main__"
+CO_OPTIMIZED = 0x1  # inspect.CO_OPTIMIZED: a function's code (not a module or class body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,13 @@ def place_in_code(module: str, code: CodeType, spec: ProbeSpec) -> Placement:
 
 def _wanted(code: CodeType, pattern: str) -> bool:
     name = code.co_qualname
-    if code.co_name == "<module>":
-        return False
+    if code.co_name == "<module>" or not code.co_flags & CO_OPTIMIZED:
+        return False  # a module or class body runs once: not a function
     if code.co_name == "__annotate__" and "__annotate__" not in pattern:
         return False  # PEP 649 (3.14+): made by the compiler for annotations, not the user's
-    if "<" in name and "<" not in pattern:
-        return False  # lambdas, comprehensions and nested functions only when asked for
+    if code.co_name.startswith("<") and "<" not in pattern:
+        return False  # lambdas, comprehensions and generator expressions only when asked for
+    # Nested functions (``make.<locals>.inner``) are functions of the module: ``*`` has them.
     return fnmatch.fnmatchcase(name, pattern)
 
 
