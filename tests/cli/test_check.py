@@ -76,7 +76,7 @@ def test_check_with_script_finds_the_programs_own_modules(tmp_path: Path) -> Non
     assert plain.returncode == 1 and "helpers" in plain.stderr  # not found without it
     run = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), *specs)
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    lines = [line.rsplit(" [", 1)[0] for line in run.stdout.splitlines()]  # without the path
     assert lines[0].endswith(f"-> helper at {app / 'helpers.py'}:3")
     assert lines[1].endswith(f"-> main at {app / 'main.py'}:5")
     assert lines[2].endswith(f"-> wildcard: 1 function(s) of the program ({app / 'main.py'}) match")
@@ -94,7 +94,7 @@ def test_check_with_dash_m_resolves_as_python_dash_m(tmp_path: Path) -> None:
     assert plain.returncode == 1  # the installed script has no current directory on sys.path
     run = check_in(app, "-m", "main", "p helpers:helper", "r __main__:main", isolated=True)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines()[1].endswith(f"-> main at {app / 'main.py'}:5")
+    assert run.stdout.splitlines()[1].rsplit(" [", 1)[0].endswith(f"-> main at {app / 'main.py'}:5")
     assert not list(app.glob("*.ran"))  # nothing ran
     missing = check_in(app, "-m", "no_such_mod_zz", "p json:loads", isolated=True)
     assert missing.returncode == 1 and "No module named no_such_mod_zz" in missing.stderr
@@ -147,3 +147,18 @@ def test_valid_offsets_and_relative_lines_still_pass() -> None:
     run = check("p json:dumps+2", "p json:dumps:0", "r json:dumps")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 3
+
+
+def test_check_says_which_path_each_probe_takes_and_why() -> None:
+    """Issue 13.4: a probe whose hits only feed aggregations runs as a program in the core;
+    the others say why they take the Python path."""
+    run = check("r:a json:loads s", "r:b json:loads s:len", "--hist", "--by", "s")
+    assert run.returncode == 0, run.stderr
+    a, b = run.stdout.splitlines()
+    assert a.endswith(" [program]")
+    assert b.endswith(" [python: fetch arg s:len is more than a name]")
+    stats = check("r json:loads", "--stats", "$duration")
+    assert stats.stdout.rstrip().endswith("[python: --stats is kept by the Python path]")
+    events = check("r json:loads")
+    assert events.stdout.rstrip().endswith("[python: events are written (no --hist, --count,"
+                                           " --by or --stats)]")  # fmt: skip

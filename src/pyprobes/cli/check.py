@@ -8,9 +8,12 @@ import sys
 from types import CodeType
 
 from pyprobes.cli import program
+from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
 from pyprobes.engine import InvalidProbeError, blacklist, find_code_by_qualname, module_exists
 from pyprobes.engine.resolve import locate_in_code, locate_line, module_roots, resolve_in_module
+from pyprobes.output import Aggregator
 from pyprobes.spec import ProbeSpec, Target, parse_spec
+from pyprobes.tracer import programs
 from pyprobes.tracer.targets import (
     MAIN,
     check_module_known,
@@ -39,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "-m", dest="module", metavar="MODULE", help="resolve in the context of 'pyprobes run -m'"
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
+    add_aggregation_options(p)
     p.set_defaults(func=check)
 
 
@@ -208,9 +212,20 @@ def _main_module_code(name: str) -> CodeType | None:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Print what each spec would probe; stop at the first bad one."""
+    """Print what each spec would probe and how its hits would run under ``pyprobes run``
+    with these aggregation options; stop at the first bad one."""
     main = _program_context(args)
-    for text in args.specs:
-        spec = parse_spec(text)
-        print(describe(spec, main))
+    specs = check_fields(args, [parse_spec(text) for text in args.specs])
+    aggregator = make_aggregator(args)
+    for spec in specs:
+        print(f"{describe(spec, main)} [{hit_path(spec, aggregator)}]")
     return 0
+
+
+def hit_path(spec: ProbeSpec, aggregator: Aggregator | None) -> str:
+    """``program`` when run's hits of ``spec`` run as a probe program in the core (only
+    aggregations asked for), else ``python: why``."""
+    if aggregator is None:
+        return "python: events are written (no --hist, --count, --by or --stats)"
+    plan = programs.plan(spec, aggregator.config)
+    return "program" if plan.program is not None else f"python: {plan.reason}"

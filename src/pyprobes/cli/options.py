@@ -61,6 +61,18 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write events also with --hist/--count/--by/--stats (implied by -o and --format)",
     )
+    add_aggregation_options(parser)
+    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop tracing after")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="print and reset the aggregations every SECONDS",
+    )
+
+
+def add_aggregation_options(parser: argparse.ArgumentParser) -> None:
+    """--hist, --unit, --count, --by, --stats: what to aggregate (run, attach and check)."""
     parser.add_argument(
         "--hist",
         nargs="?",
@@ -77,13 +89,6 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", metavar="FIELD", help="count events per value of FIELD")
     parser.add_argument(
         "--stats", metavar="FIELD", help="count, sum, min, max, mean, p50, p90, p99 of FIELD"
-    )
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop tracing after")
-    parser.add_argument(
-        "--interval",
-        type=float,
-        metavar="SECONDS",
-        help="print and reset the aggregations every SECONDS",
     )
 
 
