@@ -160,6 +160,7 @@ def event_from_json(d: Mapping[str, Any]) -> Event | None:
             retval=d.get("retval"),
             exception=d.get("exception"),
             duration_ns=d.get("duration_ns"),
+            is_async=d.get("is_async") is True,
         )
     except (KeyError, TypeError, ValueError):
         return None
