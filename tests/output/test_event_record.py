@@ -21,7 +21,7 @@ ENTRY_FIELDS = {
     "thread_name",
     "args",
 }
-RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns", "site"}
+RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns", "site", "is_async"}
 
 
 def _event(kind: str = "p", **kw: object) -> Event:
@@ -60,7 +60,9 @@ def test_return_json_dict_adds_retval_exception_duration() -> None:
     d = ev.to_json_dict()
     assert set(d) == RETURN_FIELDS
     assert (d["retval"], d["exception"], d["duration_ns"]) == ([1, 2], "ValueError('x')", 42)
+    assert d["is_async"] is False
     assert ev.is_return
+    assert _event("r", is_async=True).to_json_dict()["is_async"] is True
 
 
 def test_json_dict_args_is_a_copy() -> None:
@@ -73,3 +75,12 @@ def test_json_dict_args_is_a_copy() -> None:
 def test_event_pickles_as_plain_data() -> None:
     ev = _event("r", retval={"a": [1]}, duration_ns=5)
     assert pickle.loads(pickle.dumps(ev)) == ev
+
+
+def test_is_async_survives_the_attach_protocol() -> None:
+    """An attached client renders chrome from the JSON records: the flag must travel too."""
+    from pyprobes.attach.client import event_from_json
+
+    for flag in (True, False):
+        ev = _event("r", duration_ns=5, is_async=flag)
+        assert event_from_json(ev.to_json_dict()) == ev

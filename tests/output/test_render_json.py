@@ -90,13 +90,14 @@ def test_return_has_all_fields() -> None:
         "exception": None,
         "duration_ns": 99,
         "site": "",
+        "is_async": False,
     }
 
 
 def test_entry_has_no_return_fields() -> None:
     obj = _strict_loads(JsonRenderer().render(_event()))
     assert isinstance(obj, dict)
-    assert not {"retval", "exception", "duration_ns"} & obj.keys()
+    assert not {"retval", "exception", "duration_ns", "is_async"} & obj.keys()
 
 
 def test_non_finite_floats_become_strings() -> None:

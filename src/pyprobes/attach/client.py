@@ -211,6 +211,7 @@ def event_from_json(d: Mapping[str, Any]) -> Event | None:
             exception=d.get("exception"),
             duration_ns=d.get("duration_ns"),
             site=str(d.get("site", "")),
+            is_async=d.get("is_async") is True,
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -58,7 +58,8 @@ class Event:
         return self.kind == RETURN
 
     def to_json_dict(self) -> dict[str, object]:
-        """The record as the JSON Lines output shows it; return fields only for returns."""
+        """The record as the JSON Lines output (and the attach protocol) shows it; return fields
+        (``retval``, ``exception``, ``duration_ns``, ``is_async``) only for returns."""
         out: dict[str, object] = {
             "event": self.event,
             "group": self.group,
@@ -76,4 +77,5 @@ class Event:
             out["exception"] = self.exception
             out["duration_ns"] = self.duration_ns
             out["site"] = self.site
+            out["is_async"] = self.is_async
         return out
