@@ -26,6 +26,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #if PY_VERSION_HEX < 0x030C0000
@@ -2835,6 +2836,57 @@ run_kprobes(PGroup *g, PyObject *ctx, PyObject *pending)
     return rc;
 }
 
+/* --- pyprobes' own threads ---------------------------------------------------------------------
+ * Hits on the threads pyprobes runs (the event writer, the agent, timers) are not the
+ * program's: no probe fires and nothing is counted there (pycore: set_own_threads). The idents
+ * are replaced whole by set_own_threads, under the GIL; with none set a hit pays one load. */
+
+#define MAX_OWN_THREADS 64
+static unsigned long g_own_threads[MAX_OWN_THREADS];
+static int g_n_own_threads;
+
+static inline int
+on_own_thread(void)
+{
+    if (g_n_own_threads == 0) {
+        return 0;
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    for (int i = 0; i < g_n_own_threads; i++) {
+        if (g_own_threads[i] == me) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+set_own_threads(PyObject *mod, PyObject *idents)
+{
+    PyObject *seq = PySequence_Fast(idents, "set_own_threads() takes a sequence of thread idents");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_OWN_THREADS) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "at most %d own threads, not %zd",
+                            MAX_OWN_THREADS, n);
+    }
+    unsigned long got[MAX_OWN_THREADS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        got[i] = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (got[i] == (unsigned long)-1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    memcpy(g_own_threads, got, (size_t)n * sizeof(got[0]));
+    g_n_own_threads = (int)n;
+    Py_RETURN_NONE;
+}
+
 /* --- callbacks -----------------------------------------------------------------------------
  * Registered with sys.monitoring as Callback objects: callables with their own vectorcall
  * entry point, which the interpreter calls directly (a builtin function would add a
@@ -2876,7 +2928,7 @@ on_start(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
         return bad_call(self, 2);
     }
     Site *site = site_of(args[0]);
-    if (site == NULL) {
+    if (site == NULL || on_own_thread()) {
         Py_RETURN_NONE;
     }
     Py_INCREF(site);
@@ -2987,6 +3039,10 @@ on_place(PyObject *code, PyObject *where, int is_line)
             Py_RETURN_NONE;
         }
         return disable_here(code);
+    }
+    if (on_own_thread()) {
+        Py_DECREF(site);
+        Py_RETURN_NONE;
     }
     PyObject *ctx = is_line ? ctx_new(code, -1, key, NULL) : ctx_new(code, key, -1, NULL);
     if (ctx == NULL) {
@@ -3278,6 +3334,8 @@ static PyMethodDef module_methods[] = {
      "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
     {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},
     {"counters_values", counters_values, METH_O, "(nhit, nmissed, nfault) of a Counters."},
+    {"set_own_threads", set_own_threads, METH_O,
+     "set_own_threads(idents): the threads on which no probe fires (pyprobes' own)."},
     {NULL},
 };
 

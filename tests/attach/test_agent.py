@@ -505,3 +505,39 @@ def test_the_limits_come_from_the_targets_environment(
             assert (Agent().idle_timeout, Agent().max_functions) == (60.0, 2000)
     assert "PYPROBES_AGENT_IDLE_TIMEOUT='soon' is not a positive number: using 60" in caplog.text
     assert "PYPROBES_AGENT_MAX_FUNCTIONS='-3' is not a positive number: using 2000" in caplog.text
+
+
+def test_an_add_with_aggregate_sends_aggregates_and_no_events(agent: Agent) -> None:
+    """Issue 13.7: the agent aggregates (a probe program where it can) and sends what it
+    gathered; the client merges it; nothing is streamed per hit."""
+    from pyprobes.output import Aggregator
+    from pyprobes.output.aggregate_data import aggregator_from_data
+
+    c = greeted(agent)
+    try:
+        bad = c.request("add", id=1, specs=[f"r:t {HOT} n"], aggregate={"hist": 3})
+        assert bad["code"] == "bad-message" and pyprobes.registered_probes() == []
+        ok = c.request(
+            "add", id=2, specs=[f"r:t {HOT} n"], aggregate={"hist": "$duration", "by": "n"}
+        )
+        assert ok["type"] == "ok"
+        for i in range(50):
+            targets.hot(i % 5)
+        got = Aggregator(hist_field="$duration", count=True, by_field="n")
+        kinds: list[object] = []
+        while got.get("t") is None or got.get("t").hits < 50:  # type: ignore[union-attr]
+            msg = c.message()
+            assert msg is not None, "no aggregates came"
+            kinds.append(msg["type"])
+            if msg["type"] == "aggregates":
+                got.absorb(aggregator_from_data(got.config, msg["aggregates"]))
+        assert "events" not in kinds
+        t = got.get("t")
+        assert t is not None and t.by is not None
+        assert sorted(t.by.most_common()) == [(n, 10) for n in range(5)]
+        assert sorted(t.hist_by) == list(range(5)) and t.hist_by[0].count == 10
+        c.send({"type": "detach", "id": 3})
+        done = c.until("detached")
+        assert done["summary"] == [{"event": "t", "hits": 50, "misses": 0, "lost": 0}]
+    finally:
+        c.close()

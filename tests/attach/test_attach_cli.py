@@ -355,3 +355,25 @@ def test_a_taken_socket_directory_falls_back_to_a_private_one(
     assert row["agent"] is True and row["socket"] == str(fallback / f"{pid}.sock")
     assert child.finish() == 0
     assert not fallback.exists() and list(elsewhere.iterdir()) == []  # removed at exit
+
+
+def test_aggregations_only_are_gathered_in_the_target(cli: Cli, spawn: Spawn) -> None:
+    """Issue 13.7: with only --hist/--count/--by the CLI prints the aggregates the target
+    gathered (test_agent checks that no event crosses), whole against the target's hits."""
+    child = spawn(LOOP)
+    pid = child.ready()
+    r = cli(
+        "attach", str(pid), "-e", "r:w __main__:work n", "--hist", "--by", "$function",
+        "--duration", "1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert ": w: (" not in r.stderr  # no event was written
+    counted = re.search(r"^@w\['__main__:work'\]: (\d+)$", r.stderr, re.M)
+    assert counted is not None, r.stderr
+    assert "w['__main__:work'] $duration:" in r.stderr and "distribution" in r.stderr
+    hits = int(re.search(r"^w\s+(\d+)\s+0\s+0$", r.stderr, re.M).group(1))  # type: ignore[union-attr]
+    assert hits > 0 and 0 <= hits - int(counted.group(1)) <= 1  # one call may be in flight
+    assert wait_no_probes(cli, pid)["probes"] == []
+    child.progress_after(0)
+    assert child.finish() == 0
+    check_progress(child.lines)

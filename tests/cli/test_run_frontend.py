@@ -193,3 +193,29 @@ def test_json_encoders_nested_generators_are_in_its_wildcard(tmp_path: Path) -> 
     assert run.returncode == 0, run.stderr
     assert "@e['json.encoder:_make_iterencode.<locals>._iterencode']: 1" in run.stderr
     assert "@e['json.encoder:_make_iterencode.<locals>._iterencode_dict']:" in run.stderr
+
+
+def test_hits_on_pyprobes_own_threads_are_not_counted(tmp_path: Path) -> None:
+    """Issue 13.6: the JSON writer encodes with json; probing json counts the program's calls
+    only, whatever the format (22,665 hits with json output against 6,000 with text)."""
+    prog = tmp_path / "enc.py"
+    prog.write_text(
+        "import json, sys, time\n"
+        "for i in range(200):\n"
+        "    json.dumps({'i': i})\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:  # until the writer wrote them, probes armed\n"
+        "    with open(sys.argv[1]) as f:\n"
+        "        if len(f.readlines()) >= 400:\n"
+        "            break\n"
+        "    time.sleep(0.01)\n"
+    )
+    out = tmp_path / "events.jsonl"
+    run = pyprobes(
+        "run", "-e", "r:e json.encoder:*", "--format", "json", "-o", str(out),
+        str(prog), str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert summary_rows(run.stderr)["e"] == (400, 0)  # encode and iterencode, 200 calls each
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) == 400 and {e["thread_name"] for e in events} == {"MainThread"}

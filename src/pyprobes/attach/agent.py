@@ -79,11 +79,12 @@ from pyprobes.attach.protocol import (
     parse_request,
     request_id_of,
 )
-from pyprobes.engine import ProbeError, SymbolNotFoundError
+from pyprobes.engine import ProbeError, SymbolNotFoundError, own_thread
 
 if TYPE_CHECKING:
     from pyprobes.engine import Probe
     from pyprobes.output import Event
+    from pyprobes.output.aggregate import Aggregator, AggregatorConfig
     from pyprobes.spec import ProbeSpec
     from pyprobes.tracer import TraceSession
 
@@ -107,25 +108,6 @@ MAX_FUNCTIONS_PER_ADD = 2000
 MAX_FUNCTIONS_ENV = "PYPROBES_AGENT_MAX_FUNCTIONS"
 
 _log = logging.getLogger("pyprobes.agent")
-_ident = threading.get_ident
-
-# Idents of the agent's own threads. Replaced whole (never mutated) under _own_lock; read by
-# probe handlers without a lock.
-_own_threads: frozenset[int] = frozenset()
-_own_lock = threading.Lock()
-
-
-def _add_own(ident: int) -> None:
-    global _own_threads
-    with _own_lock:
-        _own_threads = _own_threads | {ident}
-
-
-def _remove_own(ident: int) -> None:
-    global _own_threads
-    with _own_lock:
-        _own_threads = _own_threads - {ident}
-
 
 # --- peer credentials -------------------------------------------------------------------------
 
@@ -235,6 +217,7 @@ class _Spec:
     session: TraceSession | None = None
     enabled: bool = True
     listener: Callable[[str, str | None, CodeType], None] | None = None
+    aggregator: Aggregator | None = None  # aggregates only (no events): sent every round
 
 
 @dataclass(frozen=True)
@@ -243,6 +226,20 @@ class _Final:
 
     message: dict[str, object] | None
     entries: list[_Spec] = field(default_factory=list)
+
+
+def _aggregate_config(fields: object) -> AggregatorConfig | None:
+    """The aggregations an ``add`` asked for (validated by the protocol), or None."""
+    from pyprobes.output.aggregate import AggregatorConfig
+
+    if not isinstance(fields, dict):
+        return None
+    return AggregatorConfig(
+        hist_field=fields.get("hist"),
+        count=bool(fields.get("count") or fields.get("by")),
+        by_field=fields.get("by"),
+        stats_field=fields.get("stats"),
+    )
 
 
 def _probe_count(entry: _Spec) -> int:
@@ -290,6 +287,7 @@ class _Client:
         self._drops: dict[tuple[int, str], int] = {}
         self._sender_lost: dict[str, int] = {}
         self._reported_lost = 0
+        self._round = LOSS_REPORT_INTERVAL  # seconds between sends; shorter when asked
         self.sent = 0
         base = f"{AGENT_THREAD_NAME}-client-{n}"
         self.reader = threading.Thread(target=self._read_loop, name=base, daemon=True)
@@ -304,9 +302,6 @@ class _Client:
     def push(self, event: Event) -> None:
         """Queue an event for this client, or drop and count it; never blocks or raises."""
         try:
-            ident = _ident()
-            if ident in _own_threads:
-                return
             q = self._events
             if self._accepting and len(q) < self._capacity:
                 q.append(event)
@@ -314,7 +309,7 @@ class _Client:
                 if not wake.is_set():
                     wake.set()
                 return
-            key = (ident, event.event)
+            key = (threading.get_ident(), event.event)
             drops = self._drops
             drops[key] = drops.get(key, 0) + 1
         except Exception:
@@ -361,18 +356,16 @@ class _Client:
     # -- reader thread ------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        ident = _ident()
-        _add_own(ident)
-        try:
-            self._serve()
-        except Exception:
-            _log.exception("pyprobes agent: client %d failed", self.n)
-        finally:
-            self.close()
-            self.agent._forget(self)
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            _remove_own(ident)
+        with own_thread():  # the agent's calls are not the program's hits
+            try:
+                self._serve()
+            except Exception:
+                _log.exception("pyprobes agent: client %d failed", self.n)
+            finally:
+                self.close()
+                self.agent._forget(self)
+                with contextlib.suppress(OSError):
+                    self.sock.close()
 
     def _serve(self) -> None:
         sock = self.sock
@@ -497,6 +490,10 @@ class _Client:
                     BAD_SPEC, f"spec {i} ({text!r}) cannot be parsed: {exc!r}"
                 ) from None
         self._check_functions(specs)
+        asked = req.fields.get("aggregate")
+        config = _aggregate_config(asked)
+        if isinstance(asked, dict) and "every" in asked:
+            self._round = min(self._round, float(asked["every"]))
         with self._lock:
             if self._closed:
                 return
@@ -511,6 +508,10 @@ class _Client:
             try:
                 for i, spec in enumerate(specs, 1):
                     entry = _Spec(self._next_handle + len(new), spec)
+                    if config is not None:
+                        from pyprobes.output.aggregate import Aggregator
+
+                        entry.aggregator = Aggregator.from_config(config)
                     self._arm(entry)
                     new.append(entry)
                     placed += _probe_count(entry)
@@ -562,7 +563,8 @@ class _Client:
         from pyprobes.tracer import TraceSession
 
         spec = entry.spec
-        session = TraceSession([spec], self._emitter(entry))
+        agg = entry.aggregator  # with one, only aggregations: programs in the core if they can
+        session = TraceSession([spec], self._emitter(entry), agg, events=agg is None)
         entry.session = session
         session.arm()
         if _targets_main(spec):
@@ -757,6 +759,23 @@ class _Client:
         if q:
             self._wake.set()
 
+    def _send_aggregates(self, final: _Final | None) -> None:
+        """What the aggregating specs gathered since the last round, in one message."""
+        from pyprobes.output.aggregate_data import aggregator_data
+
+        with self._lock:
+            entries = list(self._specs.values())
+        if final is not None:
+            entries += [e for e in final.entries if e not in entries]
+        data: list[dict[str, object]] = []
+        for entry in entries:
+            if entry.aggregator is None or entry.session is None:
+                continue
+            entry.session.collect()
+            data += aggregator_data(entry.aggregator.snapshot_and_reset())
+        if data:
+            self._send(encode({"type": "aggregates", "aggregates": data}))
+
     def _lost_message(self) -> dict[str, object]:
         by_event = self.lost_by_event()
         return {"total": sum(by_event.values()), "by_event": by_event}
@@ -793,11 +812,13 @@ class _Client:
             self.sock.shutdown(socket.SHUT_WR)
 
     def _send_loop(self) -> None:
-        ident = _ident()
-        _add_own(ident)
+        with own_thread():  # the agent's calls are not the program's hits
+            self._send_until_done()
+
+    def _send_until_done(self) -> None:
         try:
             while True:
-                self._wake.wait(LOSS_REPORT_INTERVAL)
+                self._wake.wait(self._round)
                 self._wake.clear()
                 final: _Final | None = None
                 control = self._control
@@ -809,6 +830,7 @@ class _Client:
                     self._send(item)
                     self._room.set()
                 self._send_events(drain=final is not None)
+                self._send_aggregates(final)
                 self._report_losses()
                 if final is not None:
                     self._send_final(final)
@@ -821,7 +843,6 @@ class _Client:
             _log.exception("pyprobes agent: sending to client %d failed", self.n)
         finally:
             self._accepting = False
-            _remove_own(ident)
             if self.reader.is_alive() and not self._closed:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
@@ -940,27 +961,26 @@ class Agent:
             return fallback
 
     def _serve(self) -> None:
-        ident = _ident()
-        _add_own(ident)
-        try:
-            listener = self._listener
-            assert listener is not None
-            while not self._stopping:
-                try:
-                    conn, _ = listener.accept()
-                except OSError as exc:
-                    if self._stopping:
-                        return
-                    _log.warning("pyprobes agent: accept failed: %s", exc)
-                    time.sleep(0.1)
-                    continue
-                try:
-                    self._admit(conn)
-                except Exception:
-                    _log.exception("pyprobes agent: admitting a client failed")
-                    _close_quietly(conn)
-        finally:
-            _remove_own(ident)
+        with own_thread():  # the agent's calls are not the program's hits
+            self._accept_loop()
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stopping:
+            try:
+                conn, _ = listener.accept()
+            except OSError as exc:
+                if self._stopping:
+                    return
+                _log.warning("pyprobes agent: accept failed: %s", exc)
+                time.sleep(0.1)
+                continue
+            try:
+                self._admit(conn)
+            except Exception:
+                _log.exception("pyprobes agent: admitting a client failed")
+                _close_quietly(conn)
 
     def _admit(self, conn: socket.socket) -> None:
         try:
@@ -1210,11 +1230,9 @@ def _after_fork_in_child() -> None:
     Runs inside ``os.fork()`` in the child, where only the forking thread exists: it takes
     no lock that a vanished thread could hold (each is made anew first) and never raises.
     """
-    global _agent, _state_lock, _own_threads, _own_lock
+    global _agent, _state_lock
     try:
         _state_lock = threading.Lock()
-        _own_lock = threading.Lock()
-        _own_threads = frozenset()
         agent, _agent = _agent, None
     except Exception:
         return

@@ -8,7 +8,10 @@ client      fields (``id``: optional int echoed back as ``re``)   agent's answer
 ==========  ====================================================  ===========================
 hello       ``version`` (int), ``client`` (str, optional)         ``welcome`` or error+close
 add         ``specs``: 1-64 probe specs (str) of the probe        ``ok`` with ``probes``:
-            language, armed all or none                           one entry per spec
+            language, armed all or none; ``aggregate``            one entry per spec
+            (optional: ``hist``, ``by``, ``stats`` field names,
+            ``count`` bool, ``every`` seconds): aggregate in the
+            agent, no events
 remove      ``handles``: ints (from ``add``), all or none          ``ok`` with ``handles``
 enable      ``handles``                                           ``ok`` with ``handles``
 disable     ``handles``                                           ``ok`` with ``handles``
@@ -34,8 +37,10 @@ engine's listing records (``address``, ``kind``, ``symbol``, ``offset``, ``line`
 
 The agent also sends, unasked: ``events`` (``events``: a list of event records, as the JSON
 Lines output shows them), ``lost`` (``total`` and ``by_event``: events dropped for this
-client so far, cumulative) and ``bye`` (``reason``: the agent is stopping, or lets this idle
-client go; the connection closes after it).
+client so far, cumulative), ``aggregates`` (``aggregates``: what the specs added with
+``aggregate`` gathered since the last one, per event, as ``output.aggregate_data`` writes
+it; the hits ran as probe programs in the core where they can) and ``bye`` (``reason``:
+the agent is stopping, or lets this idle client go; the connection closes after it).
 
 Errors are ``{"type": "error", "re": ID or null, "code": CODE, "message": TEXT}``; a message
 that gets one changed nothing. Codes: ``bad-json``, ``too-large``, ``bad-message``,
@@ -94,7 +99,7 @@ INTERNAL = "internal"
 
 @dataclass(frozen=True, slots=True)
 class _Field:
-    kind: str  # "int", "str", "strs", "ints"
+    kind: str  # "int", "str", "strs", "ints", "aggregate"
     required: bool = True
     max_items: int = 0
     max_chars: int = 0
@@ -106,7 +111,10 @@ REQUESTS: dict[str, dict[str, _Field]] = {
         "version": _Field("int"),
         "client": _Field("str", required=False, max_chars=MAX_CLIENT_NAME),
     },
-    "add": {"specs": _Field("strs", max_items=MAX_SPECS_PER_MESSAGE, max_chars=MAX_SPEC_CHARS)},
+    "add": {
+        "specs": _Field("strs", max_items=MAX_SPECS_PER_MESSAGE, max_chars=MAX_SPEC_CHARS),
+        "aggregate": _Field("aggregate", required=False, max_chars=MAX_SPEC_CHARS),
+    },
     "remove": {"handles": _Field("ints", max_items=MAX_HANDLES_PER_MESSAGE)},
     "enable": {"handles": _Field("ints", max_items=MAX_HANDLES_PER_MESSAGE)},
     "disable": {"handles": _Field("ints", max_items=MAX_HANDLES_PER_MESSAGE)},
@@ -151,7 +159,9 @@ def _is_int(v: object) -> bool:
 
 def _check_field(rtype: str, name: str, spec: _Field, value: object) -> None:
     where = f"{rtype}.{name}"
-    if spec.kind == "int":
+    if spec.kind == "aggregate":
+        _check_aggregate(where, spec.max_chars, value)
+    elif spec.kind == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not -MAX_ID <= value <= MAX_ID:
             raise ProtocolError(BAD_MESSAGE, f"{where} must be an integer")
     elif spec.kind == "str":
@@ -177,6 +187,33 @@ def _check_field(rtype: str, name: str, spec: _Field, value: object) -> None:
                     )
             elif not _is_int(item) or not 0 <= item <= MAX_ID:
                 raise ProtocolError(BAD_MESSAGE, f"{where}[{i}] must be a non-negative integer")
+
+
+#: The fields of ``add.aggregate``: what the agent aggregates instead of streaming events.
+AGGREGATE_FIELDS = ("hist", "count", "by", "stats", "every")
+#: ``add.aggregate.every``: seconds between two ``aggregates`` messages (default 0.5).
+AGGREGATE_EVERY = (0.05, 60.0)
+
+
+def _check_aggregate(where: str, max_chars: int, value: object) -> None:
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_MESSAGE, f"{where} must be an object")
+    unknown = sorted(str(k)[:40] for k in value if k not in AGGREGATE_FIELDS)
+    if unknown:
+        raise ProtocolError(
+            BAD_MESSAGE,
+            f"{where} has unknown fields {unknown}: allowed are hist, count, by, stats, every",
+        )
+    every = value.get("every", AGGREGATE_EVERY[0])
+    low, high = AGGREGATE_EVERY
+    if type(every) not in (int, float) or not low <= every <= high:
+        raise ProtocolError(BAD_MESSAGE, f"{where}.every must be {low} to {high} seconds")
+    if not isinstance(value.get("count", False), bool):
+        raise ProtocolError(BAD_MESSAGE, f"{where}.count must be true or false")
+    for name in ("hist", "by", "stats"):
+        v = value.get(name)
+        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= max_chars):
+            raise ProtocolError(BAD_MESSAGE, f"{where}.{name} must be a field name or null")
 
 
 def parse_request(line: bytes) -> Request:

@@ -33,6 +33,7 @@ from pyprobes.output import (
     format_summary,
     interval_stamp,
 )
+from pyprobes.output.aggregate_data import aggregator_from_data
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import ProbeSpec
 
@@ -93,6 +94,14 @@ class _Stream:
                     self.writer.emit(event)
                 if self.agg is not None:
                     self.agg.add(event)
+        elif kind == "aggregates":
+            if self.agg is None:
+                self.bad += 1
+                return
+            try:
+                self.agg.absorb(aggregator_from_data(self.agg.config, msg.get("aggregates")))
+            except (ValueError, TypeError):
+                self.bad += 1
         elif kind in ("lost", "detached"):
             lost = msg.get("lost", msg) if kind == "detached" else msg
             by_event = lost.get("by_event") if isinstance(lost, dict) else None
@@ -198,7 +207,21 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
     aggregator = make_aggregator(args)
     conn = AgentConnection.open(args.pid, client=f"pyprobes attach (pid {os.getpid()})")
     try:
-        reply = conn.request("add", specs=[str(s) for s in specs])
+        aggregate: dict[str, object] | None = None
+        if aggregator is not None and not wants_events(args):
+            # Aggregations only: the target aggregates (probe programs where it can) and
+            # sends what it gathered twice a second; no event crosses the socket.
+            c = aggregator.config
+            aggregate = {
+                "hist": c.hist_field, "count": c.count, "by": c.by_field, "stats": c.stats_field,
+                # several per --interval block, so each block holds its own period
+                "every": min(0.5, max(0.05, (args.interval or 1.5) / 4)),
+            }  # fmt: skip
+        texts = [str(s) for s in specs]
+        if aggregate is None:
+            reply = conn.request("add", specs=texts)
+        else:
+            reply = conn.request("add", specs=texts, aggregate=aggregate)
         welcome = conn.welcome
         placed = reply.get("probes", [])
         pending = sum(int(p.get("pending", 0)) for p in placed if isinstance(p, dict))

@@ -21,6 +21,7 @@ from pyprobes.cli.options import (
     output_failure,
     wants_events,
 )
+from pyprobes.engine import own_thread
 from pyprobes.output import Aggregator, EventWriter, format_summary, interval_stamp
 from pyprobes.tracer import TraceSession
 
@@ -131,6 +132,15 @@ class _Reporter:
         self.after: list[Callable[[], None]] = []  # run once the report is out (stop the agent)
 
     def periodic(self, interval: float) -> None:
+        with own_thread():  # rendering the aggregations is not the program's hits
+            self._print_every(interval)
+
+    def final_on_own_thread(self) -> None:
+        """final() from a thread of ours (--duration's timer)."""
+        with own_thread():
+            self.final()
+
+    def _print_every(self, interval: float) -> None:
         while not self._done.wait(interval):
             if self.aggregator is not None:
                 self.session.collect()
@@ -163,7 +173,8 @@ TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 def _end_and_die(end: Callable[[], None], signum: int) -> None:
     try:
-        end()
+        with own_thread():
+            end()
     finally:
         os.kill(os.getpid(), signum)  # its disposition is SIG_DFL again: the process dies by it
 
@@ -244,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
                 daemon=True,
             ).start()
         if args.duration:
-            timer = threading.Timer(args.duration, reporter.final)
+            timer = threading.Timer(args.duration, reporter.final_on_own_thread)
             timer.name = "pyprobes-duration"
             timer.daemon = True
             timer.start()

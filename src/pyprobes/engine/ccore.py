@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import CodeType
 
 from pyprobes import _speedups
@@ -78,6 +78,7 @@ __all__ = [
     "new_ret_state",
     "program_handler",
     "publish",
+    "set_own_threads",
     "uninstall",
 ]
 
@@ -226,6 +227,11 @@ def drop_ret_state(state: _speedups.RetState | None) -> None:
         return
     state.kill()  # the callbacks read a dead state as pycore reads ``rp._rstate is None``
     _py_drop_ret_state(state)
+
+
+def set_own_threads(idents: Iterable[int]) -> None:
+    """The threads on which no probe fires (pyprobes' own), checked in C at each hit."""
+    _speedups.set_own_threads(tuple(idents))
 
 
 def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:

@@ -13,7 +13,7 @@ One core serves the whole process, chosen once, when the registry is imported:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ class Core(Protocol):
     def drop_ret_state(self, state: Any) -> None: ...
     def nactive(self, state: Any) -> int: ...
     def program_handler(self, prog: Program, key_of: KeyOf | None = None) -> object: ...
+    def set_own_threads(self, idents: Iterable[int]) -> None: ...
 
 
 def select(env: str | None = None) -> Core:

@@ -496,9 +496,21 @@ def _fire_posts(entry: tuple[FrameType, list[Kprobe], ProbeContext]) -> None:
 # --- callbacks ----------------------------------------------------------------------------
 
 
+# Idents of pyprobes' own threads (the event writer, the agent, timers): no probe fires and
+# nothing is counted there, they are not the program's hits. Replaced whole, never mutated.
+_own_threads: frozenset[int] = frozenset()
+_get_ident = threading.get_ident
+
+
+def set_own_threads(idents: Iterable[int]) -> None:
+    """The threads on which no probe fires (pyprobes' own)."""
+    global _own_threads
+    _own_threads = frozenset(idents)
+
+
 def _on_start(code: CodeType, offset: int) -> Any:
     site = _sites.get(id(code))
-    if site is None:
+    if site is None or (_own_threads and _get_ident() in _own_threads):
         return None
     ctx = ProbeContext(code, 0)
     posts: list[Kprobe] | None = None
@@ -535,6 +547,8 @@ def _on_instruction(code: CodeType, offset: int) -> Any:
             return None
         _disabled_codes.add(id(code))
         return _DISABLE
+    if _own_threads and _get_ident() in _own_threads:
+        return None
     ctx = ProbeContext(code, offset)
     _run_kprobes(probes, ctx, _pending_insn)
     ctx.seal()
@@ -556,6 +570,8 @@ def _on_line(code: CodeType, line: int) -> Any:
             return None
         _disabled_codes.add(id(code))
         return _DISABLE
+    if _own_threads and _get_ident() in _own_threads:
+        return None
     ctx = ProbeContext(code, -1, line)
     _run_kprobes(probes, ctx, _pending_line)
     ctx.seal()

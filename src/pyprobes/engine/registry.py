@@ -9,6 +9,7 @@ import lock, so the two cannot deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -18,7 +19,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import CodeType
 
@@ -637,6 +638,39 @@ def program_handler(prog: Program, key_of: KeyOf | None = None) -> ProgramRunner
     resets what it gathered. ``key_of`` turns a key that is not a scalar into a str.
     """
     return _core.program_handler(prog, key_of)  # type: ignore[return-value]
+
+
+# --- pyprobes' own threads ------------------------------------------------------------------
+
+_own_threads: set[int] = set()
+_own_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def own_thread() -> Iterator[None]:
+    """Run the body on a thread whose hits are not the program's: no probe fires there and
+    nothing is counted (the event writer calling json, the agent, timers). The thread is
+    given back at the end, so a later thread that reuses its ident is probed again."""
+    ident = threading.get_ident()
+    with _own_lock:
+        _own_threads.add(ident)
+        _core.set_own_threads(_own_threads)
+    try:
+        yield
+    finally:
+        with _own_lock:
+            _own_threads.discard(ident)
+            _core.set_own_threads(_own_threads)
+
+
+def _forget_own_threads_in_child() -> None:
+    global _own_lock
+    _own_lock = threading.Lock()  # the forking thread alone survives: none of ours runs
+    _own_threads.clear()
+    _core.set_own_threads(())
+
+
+os.register_at_fork(after_in_child=_forget_own_threads_in_child)
 
 
 def core_name() -> str:

@@ -739,6 +739,21 @@ class Aggregator:
                 if skipped and config.hist_field is not None:
                     agg.skipped[config.hist_field] = agg.skipped.get(config.hist_field, 0) + skipped
 
+    def put(self, aggregates: EventAggregates) -> None:
+        """Add one event's aggregations gathered elsewhere (an attached process's agent)."""
+        with self._lock:
+            mine = self._per_event.get(aggregates.event)
+            self._per_event[aggregates.event] = (
+                aggregates if mine is None else mine.merge(aggregates)
+            )
+
+    def absorb(self, other: Aggregator) -> None:
+        """Add everything ``other`` holds (it must not be fed any more)."""
+        for name in other.events:
+            got = other.get(name)
+            if got is not None:
+                self.put(got)
+
     def snapshot_and_reset(self) -> Aggregator:
         """What was aggregated so far, as a new Aggregator; this one starts over (--interval)."""
         with self._lock:

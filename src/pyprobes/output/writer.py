@@ -6,6 +6,8 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 from pyprobes.output.records import Event
@@ -44,12 +46,14 @@ class EventWriter:
         capacity: int = DEFAULT_CAPACITY,
         *,
         batch_size: int = DEFAULT_BATCH,
+        thread_context: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         if capacity < 1 or batch_size < 1:
             raise ValueError(
                 f"capacity and batch_size must be at least 1, got {capacity} and {batch_size}"
             )
         self._renderer = renderer
+        self._thread_context = thread_context  # the engine's own_thread, from the tracer
         self._capacity = capacity
         self._batch_size = batch_size
         self._buf: deque[Event] = deque()
@@ -189,6 +193,12 @@ class EventWriter:
                 self._lose(name)
 
     def _run(self) -> None:
+        # The writer's own calls (json, str methods) are not the program's hits: whoever made
+        # the writer says how to tell the engine (pyprobes.own_thread), output knows no engine.
+        with self._thread_context():
+            self._drain()
+
+    def _drain(self) -> None:
         buf = self._buf
         wake = self._wake
         try:

@@ -31,9 +31,6 @@ SUSPENDING_FLAGS = (
     | inspect.CO_ASYNC_GENERATOR
     | inspect.CO_ITERABLE_COROUTINE
 )
-#: pyprobes' own threads (writer, timers, agent) are named so: their hits are not events,
-#: or a probe on e.g. json.dumps would trace the JSON writer encoding its own events forever.
-OWN_THREAD_PREFIX = "pyprobes-"
 
 _pid = os.getpid()
 
@@ -153,8 +150,6 @@ class HitRecorder:
     def on_entry(self, p: object, ctx: ProbeContext) -> None:
         """pre_handler of a ``p`` probe."""
         name = thread_name()
-        if name.startswith(OWN_THREAD_PREFIX):
-            return
         frame = ctx.frame
         args = self._args(self._resolver(ctx, frame, None))
         if args is None:
@@ -178,8 +173,6 @@ class HitRecorder:
     def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
         """handler of an ``r`` probe."""
         name = thread_name()
-        if name.startswith(OWN_THREAD_PREFIX):
-            return
         now = ctx.time_ns
         duration = now - ri.entry_time_ns
         frame = ctx.frame

@@ -1,0 +1,73 @@
+"""Aggregations as data for the attach protocol: a faithful round trip, and nothing trusted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyprobes.output import Aggregator, Event
+from pyprobes.output.aggregate_data import aggregator_data, aggregator_from_data
+
+KEYS: list[object] = ["fig", 7, 2.5, True, None, float("nan"), float("inf"), [1, {"a": 2}]]
+
+
+def _ev(name: str, key: object, duration: int, n: object = 3) -> Event:
+    return Event(
+        event=name, group="g", kind="r", probe="m:f", location="m.py:1", time_ns=0, pid=1,
+        thread_id=1, thread_name="T", args={"k": key, "n": n}, duration_ns=duration,
+    )  # fmt: skip
+
+
+def _fed(**config: object) -> Aggregator:
+    agg = Aggregator(**config)  # type: ignore[arg-type]
+    for i in range(300):
+        agg.add(_ev("a" if i % 3 else "b", KEYS[i % len(KEYS)], 50 * i + 1, i - 100))
+    agg.add(_ev("a", "x", 5, "not a number"))
+    return agg
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"hist_field": "$duration", "count": True},
+        {"hist_field": "$duration", "count": True, "by_field": "k"},
+        {"count": True, "by_field": "k", "stats_field": "n"},
+        {"hist_field": "n", "stats_field": "$duration"},
+    ],
+)
+def test_round_trip_through_json_renders_the_same(config: dict[str, object]) -> None:
+    agg = _fed(**config)
+    wire = json.loads(json.dumps(aggregator_data(agg), allow_nan=False))
+    back = aggregator_from_data(agg.config, wire)
+    assert back.render() == agg.render()
+    merged = Aggregator.from_config(agg.config)
+    merged.absorb(back)
+    merged.absorb(aggregator_from_data(agg.config, wire))
+    assert merged.render() == agg.merge(agg).render()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"event": "a", "hits": -1},
+        {"event": "a", "hits": 1, "by": [[{"v": object.__name__, "x": 1}, 1]]},
+        {"event": "a", "hits": 1, "by": [[{"eval": "1+1"}, 1]]},
+        {
+            "event": "a",
+            "hits": 1,
+            "hist": {"unit": "value", "buckets": [[[0, 1]]], "count": 1, "total": 1, "max": 1},
+        },
+        {
+            "event": "a",
+            "hits": 1,
+            "hist": {"unit": "nsecs", "buckets": [], "count": 1, "total": 1, "max": 1},
+        },
+        {"event": "x" * 10_000, "hits": 1},
+        {"event": "a", "hits": 1, "stats": {"accuracy": 2}},
+    ],
+)
+def test_malformed_data_is_refused(bad: dict[str, object]) -> None:
+    config = Aggregator(hist_field="$duration", count=True, by_field="k").config
+    with pytest.raises(ValueError):
+        aggregator_from_data(config, [bad])
