@@ -16,6 +16,14 @@ SRC = str(HERE.parents[1] / "src")
 TIMEOUT = 60.0
 
 
+# A stand-in for interpreter start-up: site processes our .pth from a site dir (sys.argv[1]),
+# then the program runs as __main__ (as `python prog.py` would, for what the agent can see).
+LAUNCH = (
+    "import site, sys, runpy; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:];"
+    " runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def base_env(runtime: Path) -> dict[str, str]:
     """The environment of children and CLI runs: our sources, our socket dir, no agent."""
     env = {k: v for k, v in os.environ.items() if k != "PYPROBES_AGENT"}

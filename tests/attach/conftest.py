@@ -62,3 +62,14 @@ def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+@pytest.fixture
+def sitedir(tmp_path: Path) -> Path:
+    """A site dir holding our .pth, for LAUNCH (attach_helpers)."""
+    from pyprobes.attach.autostart import PTH_LINE, PTH_NAME
+
+    d = tmp_path / "site"
+    d.mkdir()
+    (d / PTH_NAME).write_text(PTH_LINE + "\n")
+    return d

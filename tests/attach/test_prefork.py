@@ -14,25 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attach_helpers import LOOP, PROGRAMS, TIMEOUT, Child
+from attach_helpers import LAUNCH, LOOP, PROGRAMS, TIMEOUT, Child
 
-from pyprobes.attach.autostart import ENV_VAR, PTH_LINE, PTH_NAME
+from pyprobes.attach.autostart import ENV_VAR
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 PREFORK = str(PROGRAMS / "prefork_prog.py")
-# Interpreter start-up as in test_pth: site runs our .pth, then the program runs as __main__.
-LAUNCH = (
-    "import site, sys, runpy; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:];"
-    " runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-@pytest.fixture
-def sitedir(tmp_path: Path) -> Path:
-    d = tmp_path / "site"
-    d.mkdir()
-    (d / PTH_NAME).write_text(PTH_LINE + "\n")
-    return d
 
 
 def _probes(cli: Cli, pid: int) -> list[object]:

@@ -13,27 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attach_helpers import LOOP, TIMEOUT, Child
+from attach_helpers import LAUNCH, LOOP, TIMEOUT, Child
 
 from project_copy import copy_project
 from pyprobes.attach.autostart import ENV_VAR, PTH_LINE, PTH_NAME
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-# A stand-in for interpreter start-up: site processes our .pth from a site dir, then the
-# program runs as __main__ (as `python prog.py` would, for what the agent can see).
-LAUNCH = (
-    "import site, sys, runpy; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:];"
-    " runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-@pytest.fixture
-def sitedir(tmp_path: Path) -> Path:
-    d = tmp_path / "site"
-    d.mkdir()
-    (d / PTH_NAME).write_text(PTH_LINE + "\n")
-    return d
 
 
 def test_the_line_is_one_cheap_import_line() -> None:
