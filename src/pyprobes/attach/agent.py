@@ -726,12 +726,19 @@ class _Client:
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data, socket.MSG_NOSIGNAL)
 
-    def _send_events(self, drain: bool) -> None:
+    def _send_events(self, drain: bool, until: float | None = None) -> None:
+        """Send queued events in batches: a few per round, all when draining. ``until``
+        bounds a drain (a bye must reach the client before the program exits): what is
+        still queued then is counted lost."""
         from pyprobes.output.sanitize import dumps
 
         q = self._events
         rounds = 0
         while q and (drain or rounds < BATCHES_PER_ROUND):
+            if until is not None and time.monotonic() > until:
+                while q:
+                    self._lose(getattr(q.popleft(), "event", "?"))
+                break
             rounds += 1
             parts: list[str] = []
             names: list[str] = []
@@ -829,7 +836,9 @@ class _Client:
                         break
                     self._send(item)
                     self._room.set()
-                self._send_events(drain=final is not None)
+                bye = final is not None and (final.message or {}).get("type") == "bye"
+                until = time.monotonic() + BYE_TIMEOUT / 2 if bye else None
+                self._send_events(drain=final is not None, until=until)
                 self._send_aggregates(final)
                 self._report_losses()
                 if final is not None:
