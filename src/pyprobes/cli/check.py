@@ -8,15 +8,9 @@ import sys
 from types import CodeType
 
 from pyprobes.cli import program
-from pyprobes.engine import find_code_by_qualname, module_exists
-from pyprobes.spec import ProbeSpec, Target, parse_spec
-from pyprobes.tracer.targets import (
-    MAIN,
-    check_module_known,
-    def_line,
-    module_matches,
-    placements_in_module,
-)
+from pyprobes.engine import module_exists
+from pyprobes.spec import ProbeSpec, parse_spec
+from pyprobes.tracer.targets import MAIN, Resolved, def_line, module_matches, resolve_spec
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=check)
 
 
-def _module_code(name: str) -> object:
+def _module_code(name: str) -> CodeType | None:
     """The module's code object, compiled from its source without running it (or None)."""
     import importlib.util
 
@@ -57,69 +51,47 @@ def _module_code(name: str) -> object:
     loader = getattr(spec, "loader", None)
     get_code = getattr(loader, "get_code", None)
     try:
-        return get_code(name) if get_code is not None else None
+        code = get_code(name) if get_code is not None else None
     except Exception:
         return None
+    return code if isinstance(code, CodeType) else None
 
 
-def _function_at(fn: CodeType, t: Target) -> str:
-    where = f"{fn.co_filename}:{def_line(fn)}"
-    if t.rel_line is not None:
-        where = f"{fn.co_filename}:{def_line(fn) + t.rel_line}"
-    return f"{fn.co_qualname} at {where}"
-
-
-def _describe_main(spec: ProbeSpec, code: CodeType) -> str:
-    """What a ``__main__:`` spec resolves to in the program's compiled (never run) code."""
-    t = spec.target
-    if t.has_wildcards:
-        n = len(placements_in_module(spec, MAIN, code))
-        return f"wildcard: {n} function(s) of the program ({code.co_filename}) match"
-    if t.abs_line is not None:
-        return f"line {t.abs_line} of the program ({code.co_filename})"
-    assert t.qualname is not None
-    fn = find_code_by_qualname([code], t.qualname)
-    if fn is None:
-        from pyprobes.engine import SymbolNotFoundError
-
-        raise SymbolNotFoundError(
-            f"the program ({code.co_filename}) defines no function {t.qualname!r}"
-        )
-    return _function_at(fn, t)
+def _function_at(r: Resolved) -> str:
+    loc, code = r.location, r.code
+    assert loc is not None and code is not None
+    line = loc.line if loc.line is not None else def_line(code)
+    return f"{loc.qualname} at {loc.filename}:{line}"
 
 
 def describe(spec: ProbeSpec, main: CodeType | None = None) -> str:
     """One line: the spec, then what it resolves to (or raise ProbeError); ``main`` is the
-    program's code, for ``__main__:`` specs."""
+    program's code, for ``__main__:`` specs. Resolved by the path 'pyprobes run' arms it
+    (tracer.targets.resolve_spec), so both give the same verdicts."""
     t = spec.target
     head = f"{spec.kind}:{spec.group}/{spec.event} {t}"
+    found = resolve_spec(spec, _module_code, main)
     if t.module == MAIN:
-        if main is not None:
-            return f"{head} -> {_describe_main(spec, main)}"
-        return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
-    if t.path is not None:
+        if main is None:
+            return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
+        prog = f"the program ({main.co_filename})"
+        if t.has_wildcards:
+            return f"{head} -> wildcard: {len(found)} function(s) of {prog} match"
+        if t.abs_line is not None:
+            return f"{head} -> line {t.abs_line} of {prog}"
+    elif t.path is not None:
         return f"{head} -> line {t.abs_line} of {t.path}"
-    assert t.module is not None
-    if t.has_wildcards:
-        loaded = [n for n in sys.modules if module_matches(t, n)]
-        return f"{head} -> wildcard: {len(loaded)} loaded module(s) match; later imports too"
-    check_module_known(spec)
-    code = _module_code(t.module)
-    if t.abs_line is not None:
+    elif t.has_wildcards:
+        assert t.module is not None
+        if any(c in t.module for c in "*?["):
+            loaded = [n for n in sys.modules if module_matches(t, n)]
+            return f"{head} -> wildcard: {len(loaded)} loaded module(s) match; later imports too"
+        return f"{head} -> wildcard: {len(found)} function(s) of module {t.module} match"
+    elif t.abs_line is not None:
         return f"{head} -> line {t.abs_line} of module {t.module}"
-    if code is None:
+    if not found or found[0].location is None:
         return f"{head} -> pending until {t.module} is imported"
-    assert t.qualname is not None
-    fn = find_code_by_qualname([code], t.qualname)  # type: ignore[list-item]
-    if fn is None and t.module in sys.modules:
-        from pyprobes.engine.resolve import resolve_in_module
-
-        fn, _ = resolve_in_module(sys.modules[t.module], t.qualname)
-    if fn is None:
-        from pyprobes.engine import SymbolNotFoundError
-
-        raise SymbolNotFoundError(f"module {t.module!r} defines no function {t.qualname!r}")
-    return f"{head} -> {_function_at(fn, t)}"
+    return f"{head} -> {_function_at(found[0])}"
 
 
 def _program_context(args: argparse.Namespace) -> CodeType | None:

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     aggregator = make_aggregator(args)
     with open_output(args) as writer:
         session = TraceSession(specs, writer.emit, aggregator)
+        program.set_path0(prog)
         session.arm()
         reporter = _Reporter(session, writer, aggregator, args)
         _end_on_signals(reporter)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 
 import pyprobes
-from pyprobes.engine import Kprobe, Kretprobe, Probe, ProbeError
+from pyprobes.engine import Kretprobe, Probe, ProbeError
 from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
 from pyprobes.tracer.hits import Emit, HitRecorder
@@ -25,6 +25,7 @@ from pyprobes.tracer.targets import (
     module_matches,
     placements_in_module,
     placements_now,
+    probe_for,
     static_placement,
 )
 
@@ -71,27 +72,11 @@ class TraceSession:
     # --- placing probes -------------------------------------------------------------------
 
     def _register(self, c: _Compiled, pl: Placement) -> None:
-        rec = HitRecorder(c.spec, pl.probe_text, self._emit)
-        probe: Probe
-        if c.spec.is_return:
-            probe = Kretprobe(
-                symbol_name=pl.symbol_name,
-                addr=pl.addr,
-                filename=pl.filename,
-                handler=rec.on_return,
-                maxactive=c.spec.maxactive,
-            )
+        probe = probe_for(c.spec, pl, HitRecorder(c.spec, pl.probe_text, self._emit))
+        if isinstance(probe, Kretprobe):
             pyprobes.register_kretprobe(probe)
         else:
-            probe = Kprobe(
-                symbol_name=pl.symbol_name,
-                addr=pl.addr,
-                filename=pl.filename,
-                offset=pl.offset,
-                line=pl.line,
-                pre_handler=rec.on_entry,
-            )
-            pyprobes.register_kprobe(probe)
+            pyprobes.register_kprobe(probe)  # type: ignore[arg-type]
         c.probes.append(probe)
         if pl.addr is not None:
             c.codes.add(id(pl.addr))
