@@ -9,6 +9,7 @@ the text the events show as ``probe``. Simple targets use the engine's own symbo
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import linecache
 import sys
 from collections.abc import Callable, Iterator
@@ -84,13 +85,22 @@ def place_in_code(module: str, code: CodeType, spec: ProbeSpec) -> Placement:
 
 
 def _wanted(code: CodeType, pattern: str) -> bool:
+    """Whether a wildcard qualname ``pattern`` takes ``code``: every named function matches
+    by its ``co_qualname``, nested ones (``make.<locals>.inner``) included, except that a
+    pattern with a ``.`` takes nested functions only when it spells ``<`` (``Class.*`` is
+    the methods, not what is defined inside them); lambdas, comprehensions and generator
+    expressions (``<lambda>``, ``<genexpr>``) only for a pattern with ``<`` in it; module
+    and class bodies never."""
     name = code.co_qualname
-    if code.co_name == "<module>":
-        return False
+    if not code.co_flags & inspect.CO_NEWLOCALS:
+        return False  # a module or class body, which runs once as it is defined
     if code.co_name == "__annotate__" and "__annotate__" not in pattern:
         return False  # PEP 649 (3.14+): made by the compiler for annotations, not the user's
-    if "<" in name and "<" not in pattern:
-        return False  # lambdas, comprehensions and nested functions only when asked for
+    if "<" not in pattern:
+        if code.co_name.startswith("<"):
+            return False  # lambdas and comprehensions only when asked for
+        if "." in pattern and "<locals>" in name:
+            return False  # a dotted pattern names a level: nested functions when it says so
     return fnmatch.fnmatchcase(name, pattern)
 
 
