@@ -100,53 +100,92 @@ def test_check_with_dash_m_resolves_as_python_dash_m(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "No module named no_such_mod_zz" in missing.stderr
 
 
-def run_verdict(spec: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    prog = tmp_path / "nop.py"
-    prog.write_text("import json, time\n")
+# --- issue 17.8: check gives run's verdicts -------------------------------------------------
+
+
+def _run_script(tmp_path: Path, spec: str, body: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "prog.py"
+    script.write_text(body)
     return subprocess.run(
-        [sys.executable, "-m", "pyprobes", "run", "-e", spec, str(prog)],
+        [sys.executable, "-m", "pyprobes", "run", "-e", spec, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+
+def _error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pyprobes: error: ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+BAD_SPECS = {
+    "p time:sleep": "builtins and C functions have no bytecode to probe",
+    "p json:dumps:999": "has no code to probe",
+    "p json:dumps+1": "offset 1 is not an instruction boundary of dumps",
+    "p json:99999": "line 99999 of module json has no code to probe",
+}
+
+
+@pytest.mark.parametrize("spec", list(BAD_SPECS))
+def test_check_refuses_what_run_refuses_with_the_same_error(tmp_path: Path, spec: str) -> None:
+    ran = _run_script(tmp_path, spec, "import json, time\njson.dumps(1)\ntime.sleep(0)\n")
+    checked = check(spec)
+    assert ran.returncode == 1 and checked.returncode == 1, (ran.stderr, checked.stderr)
+    assert BAD_SPECS[spec] in _error(ran)
+    assert _error(checked) == _error(ran)
+    assert checked.stdout == "" and "Traceback" not in checked.stderr
+
+
+def test_check_accepts_what_run_accepts(tmp_path: Path) -> None:
+    specs = (
+        "p json:dumps",
+        "p json:dumps+2",
+        "r json:dumps",
+        "p json.decoder:JSONDecoder.decode",
+        "p json:*load*",
+    )
+    for spec in specs:
+        ran = _run_script(tmp_path, spec, "import json\njson.dumps(1)\n")
+        assert ran.returncode == 0 and "error" not in ran.stderr, (spec, ran.stderr)
+    checked = check(*specs)
+    assert checked.returncode == 0, checked.stderr
+    lines = checked.stdout.splitlines()
+    assert len(lines) == len(specs)
+    assert "dumps at " in lines[0] and "dumps at " in lines[1]
+    assert "wildcard: 2 function(s) of module json match" in lines[4]
+
+
+def test_check_resolves_a_module_not_imported_as_its_import_would(tmp_path: Path) -> None:
+    """A module check does not import is resolved on its compiled code: an offset that is
+    not an instruction is refused, as arming it when 'run' imports the module refuses it."""
+    app = _app(tmp_path)
+    bad = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), "p helpers:helper+1")
+    assert bad.returncode == 1
+    assert "offset 1 is not an instruction boundary of helper" in _error(bad)
+    far = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), "p helpers:helper:99")
+    assert far.returncode == 1 and "has no code to probe" in _error(far)
+    ok = check_in(tmp_path / "elsewhere", "--script", str(app / "main.py"), "p helpers:helper:1")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().rsplit(" [", 1)[0].endswith(f"-> helper at {app / 'helpers.py'}:4")
+    assert not list(app.glob("*.ran"))  # nothing ran
+    ran = subprocess.run(
+        [sys.executable, "-m", "pyprobes", "run", "-e", "p helpers:helper+1", str(app / "main.py")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC},
         timeout=60,
     )
+    assert "offset 1 is not an instruction boundary of helper" in ran.stderr
 
 
-@pytest.mark.parametrize(
-    ("spec", "error"),
-    [
-        ("p time:sleep", "is a builtin_function_or_method, not a Python function"),
-        ("p json:dumps:999", "has no code to probe"),
-        ("p json:dumps+1", "offset 1 is not an instruction boundary of dumps"),
-        ("p json:99999", "line 99999 of module json has no code to probe"),
-    ],
-)
-def test_check_gives_the_verdict_run_gives(spec: str, error: str, tmp_path: Path) -> None:
-    """Issue 17.8: one resolver: what run refuses, check refuses with the same line."""
-    checked = check(spec)
-    ran = run_verdict(spec, tmp_path)
-    assert checked.returncode == ran.returncode == 1
-    assert checked.stdout == ""
-    assert checked.stderr == ran.stderr
-    assert len(checked.stderr.splitlines()) == 1 and error in checked.stderr
-
-
-def test_a_compiled_module_not_yet_imported_is_refused() -> None:
-    import importlib.util
-
-    mod = next(m for m in ("_csv", "mmap", "_bz2", "_curses") if importlib.util.find_spec(m))
-    run = check(f"p {mod}:anything")
+def test_check_refuses_a_c_extension_module() -> None:
+    run = check("p _csv:reader")
     assert run.returncode == 1
-    assert run.stderr == (
-        f"pyprobes: error: {mod} is a compiled (C) module: its functions have no bytecode to"
-        " probe\n"
-    )
-
-
-def test_valid_offsets_and_relative_lines_still_pass() -> None:
-    run = check("p json:dumps+2", "p json:dumps:0", "r json:dumps")
-    assert run.returncode == 0, run.stderr
-    assert len(run.stdout.splitlines()) == 3
+    assert "builtins and C functions have no bytecode to probe" in _error(run)
 
 
 def test_check_says_which_path_each_probe_takes_and_why() -> None:

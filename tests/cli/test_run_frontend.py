@@ -160,7 +160,7 @@ def test_a_typo_in_the_programs_own_names_fails_before_it_runs() -> None:
 def test_a_wildcard_probes_nested_functions_but_not_lambdas() -> None:
     """Issue 17.10: ``__main__:*`` has ``make.<locals>.inner`` (json.encoder's hot
     ``_make_iterencode.<locals>._iterencode`` is one); lambdas only when the pattern says '<'."""
-    run = pyprobes("run", "-e", "r:f __main__:*", "--by", "$function", "nested_prog.py")
+    run = pyprobes("run", "-e", "r:f __main__:*", "--by", "$function", "nested_funcs_prog.py")
     assert run.returncode == 0, run.stderr
     assert run.stdout == "3 1 9\n"
     keys = {ln.split("'")[1] for ln in run.stderr.splitlines() if ln.startswith("@f[")}
@@ -171,14 +171,16 @@ def test_a_wildcard_probes_nested_functions_but_not_lambdas() -> None:
         "__main__:Box.open",
         "__main__:Box.open.<locals>.helper",
     }
-    only = pyprobes("run", "-e", "r:f __main__:*.<locals>.*", "--by", "$function", "nested_prog.py")
+    only = pyprobes(
+        "run", "-e", "r:f __main__:*.<locals>.*", "--by", "$function", "nested_funcs_prog.py"
+    )
     keys = {ln.split("'")[1] for ln in only.stderr.splitlines() if ln.startswith("@f[")}
     assert keys == {
         "__main__:make.<locals>.inner",
         "__main__:make.<locals>.inner.<locals>.deepest",
         "__main__:Box.open.<locals>.helper",
     }
-    lam = pyprobes("run", "-e", "r:f __main__:<lambda>", "--count", "nested_prog.py")
+    lam = pyprobes("run", "-e", "r:f __main__:<lambda>", "--count", "nested_funcs_prog.py")
     assert "@f: 1" in lam.stderr
 
 

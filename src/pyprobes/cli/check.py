@@ -9,18 +9,11 @@ from types import CodeType
 
 from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
-from pyprobes.engine import InvalidProbeError, blacklist, find_code_by_qualname, module_exists
-from pyprobes.engine.resolve import locate_in_code, locate_line, module_roots, resolve_in_module
+from pyprobes.engine import module_exists
 from pyprobes.output import Aggregator
-from pyprobes.spec import ProbeSpec, Target, parse_spec
+from pyprobes.spec import ProbeSpec, parse_spec
 from pyprobes.tracer import programs
-from pyprobes.tracer.targets import (
-    MAIN,
-    check_module_known,
-    def_line,
-    module_matches,
-    placements_in_module,
-)
+from pyprobes.tracer.targets import MAIN, Resolved, def_line, module_matches, resolve_spec
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=check)
 
 
-def _module_code(name: str) -> object:
+def _module_code(name: str) -> CodeType | None:
     """The module's code object, compiled from its source without running it (or None)."""
     import importlib.util
 
@@ -62,111 +55,47 @@ def _module_code(name: str) -> object:
     loader = getattr(spec, "loader", None)
     get_code = getattr(loader, "get_code", None)
     try:
-        return get_code(name) if get_code is not None else None
+        code = get_code(name) if get_code is not None else None
     except Exception:
         return None
+    return code if isinstance(code, CodeType) else None
 
 
-def _located(fn: CodeType, t: Target, module: str) -> CodeType:
-    """Validate the offset or relative line in ``fn`` exactly as registration does (the
-    engine's own locate_in_code and blacklist), so check and run give the same verdicts."""
-    line = def_line(fn) + t.rel_line if t.rel_line else None
-    loc = locate_in_code(fn, t.offset or 0, line, module, False)
-    assert loc.code is not None
-    blacklist.check(loc.code)
-    return loc.code
-
-
-def _is_extension(name: str) -> bool:
-    """Whether the module is compiled (C): found, with no Python source or bytecode."""
-    import importlib.machinery
-    import importlib.util
-
-    parent = name.rpartition(".")[0]
-    if parent and parent not in sys.modules:
-        return False  # finding it would import the parent package
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return False
-    loader = getattr(spec, "loader", None)
-    return isinstance(loader, importlib.machinery.ExtensionFileLoader) or loader is (
-        importlib.machinery.BuiltinImporter
-    )
-
-
-def _function_at(fn: CodeType, t: Target) -> str:
-    where = f"{fn.co_filename}:{def_line(fn)}"
-    if t.rel_line is not None:
-        where = f"{fn.co_filename}:{def_line(fn) + t.rel_line}"
-    return f"{fn.co_qualname} at {where}"
-
-
-def _describe_main(spec: ProbeSpec, code: CodeType) -> str:
-    """What a ``__main__:`` spec resolves to in the program's compiled (never run) code."""
-    t = spec.target
-    if t.has_wildcards:
-        n = len(placements_in_module(spec, MAIN, code))
-        return f"wildcard: {n} function(s) of the program ({code.co_filename}) match"
-    if t.abs_line is not None:
-        return f"line {t.abs_line} of the program ({code.co_filename})"
-    assert t.qualname is not None
-    fn = find_code_by_qualname([code], t.qualname)
-    if fn is None:
-        from pyprobes.engine import SymbolNotFoundError
-
-        raise SymbolNotFoundError(
-            f"the program ({code.co_filename}) defines no function {t.qualname!r}"
-        )
-    _located(fn, t, MAIN)
-    return _function_at(fn, t)
+def _function_at(r: Resolved) -> str:
+    loc, code = r.location, r.code
+    assert loc is not None and code is not None
+    line = loc.line if loc.line is not None else def_line(code)
+    return f"{loc.qualname} at {loc.filename}:{line}"
 
 
 def describe(spec: ProbeSpec, main: CodeType | None = None) -> str:
     """One line: the spec, then what it resolves to (or raise ProbeError); ``main`` is the
-    program's code, for ``__main__:`` specs."""
+    program's code, for ``__main__:`` specs. Resolved by the path 'pyprobes run' arms it
+    (tracer.targets.resolve_spec), so both give the same verdicts."""
     t = spec.target
     head = f"{spec.kind}:{spec.group}/{spec.event} {t}"
+    found = resolve_spec(spec, _module_code, main)
     if t.module == MAIN:
-        if main is not None:
-            return f"{head} -> {_describe_main(spec, main)}"
-        return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
-    if t.path is not None:
+        if main is None:
+            return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
+        prog = f"the program ({main.co_filename})"
+        if t.has_wildcards:
+            return f"{head} -> wildcard: {len(found)} function(s) of {prog} match"
+        if t.abs_line is not None:
+            return f"{head} -> line {t.abs_line} of {prog}"
+    elif t.path is not None:
         return f"{head} -> line {t.abs_line} of {t.path}"
-    assert t.module is not None
-    if t.has_wildcards:
-        matching = [n for n in sys.modules if module_matches(t, n)]
-        return f"{head} -> wildcard: {len(matching)} loaded module(s) match; later imports too"
-    check_module_known(spec)
-    code = _module_code(t.module)
-    loaded = sys.modules.get(t.module)
-    if t.abs_line is not None:
-        roots = (
-            module_roots(loaded)
-            if loaded is not None
-            else [code]
-            if isinstance(code, CodeType)
-            else []
-        )
-        if roots:
-            locate_line(roots, t.abs_line, f"module {t.module}", t.module)
+    elif t.has_wildcards:
+        assert t.module is not None
+        if any(c in t.module for c in "*?["):
+            loaded = [n for n in sys.modules if module_matches(t, n)]
+            return f"{head} -> wildcard: {len(loaded)} loaded module(s) match; later imports too"
+        return f"{head} -> wildcard: {len(found)} function(s) of module {t.module} match"
+    elif t.abs_line is not None:
         return f"{head} -> line {t.abs_line} of module {t.module}"
-    assert t.qualname is not None
-    fn = find_code_by_qualname([code], t.qualname) if isinstance(code, CodeType) else None
-    if fn is None and loaded is not None:
-        fn, _ = resolve_in_module(loaded, t.qualname)  # a builtin is refused here, as by run
-    if fn is None and code is None:
-        if _is_extension(t.module):
-            raise InvalidProbeError(
-                f"{t.module} is a compiled (C) module: its functions have no bytecode to probe"
-            )
+    if not found or found[0].location is None:
         return f"{head} -> pending until {t.module} is imported"
-    if fn is None:
-        from pyprobes.engine import SymbolNotFoundError
-
-        raise SymbolNotFoundError(f"module {t.module!r} defines no function {t.qualname!r}")
-    fn = _located(fn, t, t.module)
-    return f"{head} -> {_function_at(fn, t)}"
+    return f"{head} -> {_function_at(found[0])}"
 
 
 def _program_context(args: argparse.Namespace) -> CodeType | None:

@@ -121,6 +121,15 @@ def _join_threads() -> None:
             t.join()
 
 
+def set_path0(program: Program) -> None:
+    """Make ``sys.path[0]`` the program's, as python does (idempotent): done before probes
+    are armed too, so that specs find the program's own modules as ``check`` does."""
+    if sys.path:
+        sys.path[0] = program.path0
+    else:
+        sys.path.insert(0, program.path0)
+
+
 def run(program: Program, before: Callable[[CodeType], None]) -> int:
     """Run the program in this process as ``__main__``; returns its exit status."""
     main = types.ModuleType("__main__")
@@ -134,10 +143,7 @@ def run(program: Program, before: Callable[[CodeType], None]) -> int:
     )
     sys.modules["__main__"] = main
     sys.argv = list(program.argv)
-    if sys.path:
-        sys.path[0] = program.path0
-    else:
-        sys.path.insert(0, program.path0)
+    set_path0(program)
     before(program.code)
     try:
         exec(program.code, main.__dict__)

@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         # Aggregations alone: the probes that can run as programs in the core do (no Python
         # call per hit); collect() folds their results in before each print.
         session = TraceSession(specs, writer.emit if events else _drop, aggregator, events=events)
+        program.set_path0(prog)
         session.arm()
         try:
             # The program's own names are resolved on its compiled code before it runs: a

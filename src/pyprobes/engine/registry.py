@@ -361,6 +361,46 @@ def _release_tool_if_idle() -> None:
 # --- import-time arming -------------------------------------------------------------------
 
 
+def _locate_on_code(p: Probe, name: str, code: CodeType) -> Location | None:
+    """Where a symbol probe goes in module ``name`` whose code is ``code`` (None: the module
+    does not define its function); raises ProbeError where it cannot go."""
+    assert p.symbol_name is not None
+    _, qual = split_symbol(p.symbol_name)
+    if qual is None:
+        assert p.line is not None
+        loc = locate_line([code], p.line, f"module {name}", name)
+    else:
+        found = find_code_by_qualname([code], qual)
+        if found is None:
+            return None
+        loc = locate_in_code(found, p.offset, p.line, name, False)
+    _check_location(p, loc)
+    return loc
+
+
+def resolve_probe(p: Probe) -> Location | None:
+    """Resolve ``p`` as registering it would, registering nothing: where it would arm, or None
+    while it would be pending; raises the ProbeError that registering would."""
+    with _lock:
+        _validate(p)
+        target = _resolve(p)
+    if isinstance(target, Location):
+        _check_location(p, target)
+        return target
+    return None
+
+
+def resolve_probe_on_code(p: Probe, name: str, code: CodeType) -> Location:
+    """Resolve a symbol probe on the code of module ``name`` as importing it would arm it
+    (``code`` compiled, not run), registering nothing; raises where it could not arm."""
+    _validate(p)
+    loc = _locate_on_code(p, name, code)
+    if loc is None:
+        _, qual = split_symbol(p.symbol_name or "")
+        raise SymbolNotFoundError(f"module {name!r} defines no function {qual!r}")
+    return loc
+
+
 def _on_module_code(name: str, origin: str | None, code: CodeType) -> None:
     """A watched module's code object is about to run: (re)arm the probes that name it."""
     for listener in list(_import_listeners):
@@ -372,26 +412,18 @@ def _on_module_code(name: str, origin: str | None, code: CodeType) -> None:
         _process_dead_locked()
         touched: list[int | None] = []
         for p in list(_watch_modules.get(name, ())):
-            assert p.symbol_name is not None
-            _, qual = split_symbol(p.symbol_name)
             try:
-                if qual is None:
-                    assert p.line is not None
-                    loc = locate_line([code], p.line, f"module {name}", name)
-                else:
-                    found = find_code_by_qualname([code], qual)
-                    if found is None:
-                        _log.warning(
-                            "pyprobes: %s does not define %s; probe %r stays pending",
-                            name,
-                            qual,
-                            p,
-                        )
-                        continue
-                    loc = locate_in_code(found, p.offset, p.line, name, False)
-                _check_location(p, loc)
+                loc = _locate_on_code(p, name, code)
             except ProbeError as exc:
                 _log.warning("pyprobes: cannot arm %r on %s: %s", p, name, exc)
+                continue
+            if loc is None:
+                _log.warning(
+                    "pyprobes: %s does not define %s; probe %r stays pending",
+                    name,
+                    split_symbol(p.symbol_name or "")[1],
+                    p,
+                )
                 continue
             touched.append(_disarm(p))
             touched.append(_arm(p, loc))

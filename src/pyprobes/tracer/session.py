@@ -15,7 +15,7 @@ from types import CodeType
 from typing import Any
 
 import pyprobes
-from pyprobes.engine import Kprobe, Kretprobe, Probe, ProbeError
+from pyprobes.engine import Kretprobe, Probe, ProbeError
 from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
 from pyprobes.tracer import programs
@@ -27,6 +27,7 @@ from pyprobes.tracer.targets import (
     module_matches,
     placements_in_module,
     placements_now,
+    probe_for,
     static_placement,
 )
 
@@ -107,25 +108,11 @@ class TraceSession:
         else:
             rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
             handler, on_entry, on_return = None, rec.on_entry, rec.on_return
-        if c.spec.is_return:
-            probe = Kretprobe(
-                symbol_name=pl.symbol_name,
-                addr=pl.addr,
-                filename=pl.filename,
-                handler=on_return,
-                maxactive=c.spec.pool_size,
-            )
+        probe = probe_for(c.spec, pl, on_entry, on_return)
+        if isinstance(probe, Kretprobe):
             pyprobes.register_kretprobe(probe)
         else:
-            probe = Kprobe(
-                symbol_name=pl.symbol_name,
-                addr=pl.addr,
-                filename=pl.filename,
-                offset=pl.offset,
-                line=pl.line,
-                pre_handler=on_entry,
-            )
-            pyprobes.register_kprobe(probe)
+            pyprobes.register_kprobe(probe)  # type: ignore[arg-type]
         c.probes.append(probe)
         if handler is not None:
             c.handlers.append((handler, pl.probe_text))

@@ -9,14 +9,18 @@ the text the events show as ``probe``. Simple targets use the engine's own symbo
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import linecache
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import CodeType
 
 from pyprobes.engine import (
     InvalidProbeError,
+    Kprobe,
+    Kretprobe,
+    Probe,
     ProbeBlacklistedError,
     SymbolNotFoundError,
     find_code_by_qualname,
@@ -25,11 +29,12 @@ from pyprobes.engine import (
     module_roots,
 )
 from pyprobes.engine.blacklist import check
+from pyprobes.engine.registry import resolve_probe, resolve_probe_on_code
+from pyprobes.engine.resolve import Location, split_symbol
 from pyprobes.spec import ProbeSpec, Target
 from pyprobes.spec.diagnostics import did_you_mean
 
 MAIN = "__main__"
-CO_OPTIMIZED = 0x1  # inspect.CO_OPTIMIZED: a function's code (not a module or class body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +82,22 @@ def place_in_code(module: str, code: CodeType, spec: ProbeSpec) -> Placement:
 
 
 def _wanted(code: CodeType, pattern: str) -> bool:
+    """Whether a wildcard qualname ``pattern`` takes ``code``: every named function matches
+    by its ``co_qualname``, nested ones (``make.<locals>.inner``) included, except that a
+    pattern with a ``.`` takes nested functions only when it spells ``<`` (``Class.*`` is
+    the methods, not what is defined inside them); lambdas, comprehensions and generator
+    expressions (``<lambda>``, ``<genexpr>``) only for a pattern with ``<`` in it; module
+    and class bodies never."""
     name = code.co_qualname
-    if code.co_name == "<module>" or not code.co_flags & CO_OPTIMIZED:
-        return False  # a module or class body runs once: not a function
+    if not code.co_flags & inspect.CO_NEWLOCALS:
+        return False  # a module or class body, which runs once as it is defined
     if code.co_name == "__annotate__" and "__annotate__" not in pattern:
         return False  # PEP 649 (3.14+): made by the compiler for annotations, not the user's
-    if code.co_name.startswith("<") and "<" not in pattern:
-        return False  # lambdas, comprehensions and generator expressions only when asked for
-    # Nested functions (``make.<locals>.inner``) are functions of the module: ``*`` has them.
+    if "<" not in pattern:
+        if code.co_name.startswith("<"):
+            return False  # lambdas and comprehensions only when asked for
+        if "." in pattern and "<locals>" in name:
+            return False  # a dotted pattern names a level: nested functions when it says so
     return fnmatch.fnmatchcase(name, pattern)
 
 
@@ -193,10 +206,126 @@ def check_module_known(spec: ProbeSpec) -> None:
         raise missing_module_error(t.module)
 
 
+def probe_for(
+    spec: ProbeSpec,
+    pl: Placement,
+    on_entry: Callable[..., object] | None = None,
+    on_return: Callable[..., object] | None = None,
+) -> Probe:
+    """The engine probe a session registers for one placement of ``spec``: ``on_entry`` is
+    a ``p`` probe's pre_handler, ``on_return`` an ``r`` probe's handler (none, for resolving
+    only)."""
+    if spec.is_return:
+        return Kretprobe(
+            symbol_name=pl.symbol_name,
+            addr=pl.addr,
+            filename=pl.filename,
+            handler=on_return,
+            maxactive=spec.pool_size,
+        )
+    return Kprobe(
+        symbol_name=pl.symbol_name,
+        addr=pl.addr,
+        filename=pl.filename,
+        offset=pl.offset,
+        line=pl.line,
+        pre_handler=on_entry,
+    )
+
+
+#: A module's code compiled from its source without running it, or None where that cannot be
+#: had without importing something.
+ModuleCode = Callable[[str], CodeType | None]
+
+
+def _native_module(name: str) -> bool:
+    """Whether ``name`` is a builtin or C extension module (found without importing it)."""
+    import importlib.machinery
+    import importlib.util
+
+    if name in sys.builtin_module_names:
+        return True
+    mod = sys.modules.get(name)
+    spec = getattr(mod, "__spec__", None) if mod is not None else None
+    if spec is None and "." not in name:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return False
+    return isinstance(getattr(spec, "loader", None), importlib.machinery.ExtensionFileLoader)
+
+
+def _no_bytecode(name: str) -> InvalidProbeError:
+    return InvalidProbeError(
+        f"module {name!r} is built in or a C extension, not Python source; builtins and C"
+        " functions have no bytecode to probe"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """One probe a spec would place, and where it would arm (None: pending until import);
+    ``code`` keeps the location's code (held weakly by it) alive."""
+
+    placement: Placement
+    location: Location | None
+    code: CodeType | None = None
+
+    @classmethod
+    def of(cls, pl: Placement, loc: Location | None) -> Resolved:
+        """``pl`` resolved to ``loc``."""
+        return cls(pl, loc, loc.code if loc is not None else None)
+
+
+def resolve_spec(
+    spec: ProbeSpec,
+    module_code: ModuleCode,
+    main: CodeType | None = None,
+) -> list[Resolved]:
+    """What ``spec`` would probe, by the path a TraceSession arms it (``arm``, ``arm_main``,
+    then imports), registering nothing: each placement's probe is resolved by the engine as
+    registering it, or arming it when its module is imported, would be; raises the
+    ProbeError that would. Modules not imported are resolved on ``module_code`` (compiled,
+    not run); ``__main__`` specs on ``main`` (none without it)."""
+    t = spec.target
+    if t.module == MAIN:
+        if main is None:
+            return []
+        return [_resolve(spec, pl) for pl in placements_in_module(spec, MAIN, main)]
+    static = static_placement(spec)
+    if static is not None:
+        probe = probe_for(spec, static)
+        loc = resolve_probe(probe)
+        if loc is None and static.symbol_name is not None:
+            name = split_symbol(static.symbol_name)[0]
+            code = module_code(name)
+            if code is None and _native_module(name):
+                raise _no_bytecode(name)
+            if code is not None:
+                loc = resolve_probe_on_code(probe, name, code)
+        return [Resolved.of(static, loc)]
+    check_module_known(spec)
+    placements = placements_now(spec)
+    assert t.module is not None
+    if not any(c in t.module for c in "*?[") and t.module not in sys.modules:
+        code = module_code(t.module)
+        if code is None and _native_module(t.module):
+            raise _no_bytecode(t.module)
+        if code is not None:
+            placements += placements_in_module(spec, t.module, code)
+    return [_resolve(spec, pl) for pl in placements]
+
+
+def _resolve(spec: ProbeSpec, pl: Placement) -> Resolved:
+    return Resolved.of(pl, resolve_probe(probe_for(spec, pl)))
+
+
 __all__ = [
     "MAIN",
     "InvalidProbeError",
+    "ModuleCode",
     "Placement",
+    "Resolved",
     "check_module_known",
     "count_matches",
     "def_line",
@@ -205,5 +334,7 @@ __all__ = [
     "place_in_code",
     "placements_in_module",
     "placements_now",
+    "probe_for",
+    "resolve_spec",
     "static_placement",
 ]

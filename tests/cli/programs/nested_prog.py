@@ -1,23 +1,32 @@
-"""Nested functions and a lambda, for wildcard tests."""
+"""Functions nested in functions and classes, a lambda and a comprehension, for wildcards."""
+
+import json
 
 
-def make(k):
+def make():
     def inner(x):
-        def deepest(y):
-            return y + k
-
-        return deepest(x)
+        return x + 1
 
     return inner
 
 
 class Box:
-    def open(self):
-        def helper():
-            return 1
+    class Lid:
+        def open(self):
+            def hinge():
+                return 1
 
-        return helper()
+            return hinge()
+
+    def get(self):
+        return [i for i in range(2)]
 
 
-square = lambda v: v * v
-print(make(1)(2), Box().open(), square(3))
+f = make()
+for i in range(3):
+    f(i)
+Box.Lid().open()
+Box().get()
+g = lambda: 0
+g()
+json.dumps({"a": [1, {"b": 2}]}, indent=2)
