@@ -85,7 +85,7 @@ static PyObject *g_fault;          /* pycore._fault(probe, ctx, exc) */
 static PyObject *g_line_of;        /* context._line_of(code, offset) -> int | None */
 static PyObject *g_pending_insn;   /* pycore._pending_insn: id(frame) -> (frame, posts, ctx) */
 static PyObject *g_pending_line;   /* pycore._pending_line */
-static PyObject *g_disabled_codes; /* ccore._disabled_codes: ids of codes we returned DISABLE for */
+static PyObject *g_disabled_codes; /* pycore's CoreTables.disabled_codes: ids of codes we DISABLEd */
 static int g_close_emits_nothing;  /* gh-140373 (3.13.0 - 3.14.0) */
 static PyTypeObject *CtxType;      /* subclass of context.ProbeContext */
 static PyTypeObject *RiType;       /* subclass of context.KretprobeInstance */
@@ -3254,23 +3254,6 @@ setup(PyObject *mod, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-py_counters_of(PyObject *mod, PyObject *probe)
-{
-    return (PyObject *)counters_of(probe);
-}
-
-static PyObject *
-counters_values(PyObject *mod, PyObject *c)
-{
-    if (!Py_IS_TYPE(c, &CountersType)) {
-        PyErr_SetString(PyExc_TypeError, "not a Counters object");
-        return NULL;
-    }
-    Counters *k = (Counters *)c;
-    return Py_BuildValue("(LLL)", k->v[0], k->v[1], k->v[2]);
-}
-
-static PyObject *
 set_entry_clock(PyObject *mod, PyObject *name)
 {
     int want;
@@ -3332,8 +3315,6 @@ static PyMethodDef module_methods[] = {
      "frame_var(frame, name): a local of the frame, read without touching f_locals."},
     {"set_close_emits_nothing", set_close_emits_nothing, METH_O,
      "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
-    {"counters_of", py_counters_of, METH_O, "The Counters of a probe (created if needed)."},
-    {"counters_values", counters_values, METH_O, "(nhit, nmissed, nfault) of a Counters."},
     {"set_own_threads", set_own_threads, METH_O,
      "set_own_threads(idents): the threads on which no probe fires (pyprobes' own)."},
     {NULL},

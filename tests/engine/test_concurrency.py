@@ -24,6 +24,8 @@ def f2(x: int) -> int:
 
 
 TARGETS = (f0, f1, f2)
+#: What each target returns, computed here without a probe (f2(x) = 3x + 1).
+EXPECTED = (lambda x: x + 1, lambda x: 2 * x, lambda x: 3 * x + 1)
 
 
 def test_register_disable_enable_unregister_while_8_threads_call() -> None:
@@ -35,8 +37,8 @@ def test_register_disable_enable_unregister_while_8_threads_call() -> None:
         try:
             n = 0
             while not stop.is_set():
-                for f in TARGETS:
-                    assert f(n) == f(n)  # results are never changed
+                for f, want in zip(TARGETS, EXPECTED, strict=True):
+                    assert f(n) == want(n)  # results are never changed
                 n += 1
             calls_done[i] = n
         except BaseException as exc:  # pragma: no cover - reported below

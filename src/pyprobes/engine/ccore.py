@@ -56,7 +56,6 @@ from pyprobes.engine.pycore import (
     Site,
     build_site,
     call_args,
-    live_states,
     nactive,
     track_ret_state,
 )
@@ -69,11 +68,9 @@ __all__ = [
     "NAME",
     "call_args",
     "commit",
-    "current_tool",
     "drop_ret_state",
     "forget",
     "install",
-    "live_states",
     "nactive",
     "new_ret_state",
     "program_handler",
@@ -239,13 +236,3 @@ def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) 
     return _speedups.Program(
         program.lower(prog), prog, key_of or program.default_key_of, program.results_from_raw
     )
-
-
-def current_tool() -> int:
-    """The tool id whose callbacks are installed, or -1."""
-    return _tables.tool
-
-
-def counters(p: Probe) -> tuple[int, int, int]:
-    """(nhit, nmissed, nfault) straight from C (for tests)."""
-    return _speedups.counters_values(_speedups.counters_of(p))

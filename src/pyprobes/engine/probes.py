@@ -22,8 +22,9 @@ RetHandler = Callable[[KretprobeInstance, ProbeContext], object]
 class Probe:
     """Fields, counters and state shared by every probe kind.
 
-    The registry owns the private fields; the hot path only reads ``_site_*`` snapshots, so a
-    probe object may be inspected from any thread at any time.
+    The registry owns the private fields (under its lock); the hot path reads the site tables
+    the core built from them at registration and the public counters and handlers, so a probe
+    object may be inspected from any thread at any time.
     """
 
     kind: ClassVar[str] = "?"

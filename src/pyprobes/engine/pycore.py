@@ -838,16 +838,6 @@ os.register_at_fork(
 )
 
 
-def live_states() -> Iterable[RetStateLike]:
-    """The pools of every armed kretprobe (for tests and the listing)."""
-    return list(_ret_states)
-
-
 def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:
     """A handler that runs ``prog`` at each hit: the reference interpreter, called as any."""
     return program.ProgramHandler(prog, key_of)
-
-
-def current_tool() -> int:
-    """The tool id whose callbacks are installed, or -1."""
-    return _tables.tool
