@@ -53,6 +53,11 @@ typedef struct {
     PSlot *slots;
     Py_ssize_t nslots, cap;
     long long filtered, overflow;
+    /* events: with a ring, a hit that passes the filter also writes a record there */
+    PyObject *ring; /* strong RingObj, or NULL */
+    int probe;      /* the ring's id of this program's probe */
+    Py_ssize_t nfields;
+    PVar fields[8]; /* the values a record holds (REC_MAXV) */
 } ProgObj;
 
 static PyTypeObject ProgType;
@@ -60,6 +65,7 @@ static PyObject *g_threading;   /* the threading module (strong) */
 static PyObject *s_active, *s_name_attr;
 static PyObject *g_fault_key;   /* "(fault)" */
 static PyObject *g_nan;         /* one float NaN: every NaN key is this one */
+static PyObject *s_dunder_name; /* "__name__" */
 
 static void
 pvar_clear(PVar *v)
@@ -213,6 +219,10 @@ prog_dealloc(ProgObj *p)
     }
     pvar_clear(&p->key);
     pvar_clear(&p->hist);
+    for (Py_ssize_t i = 0; i < p->nfields; i++) {
+        pvar_clear(&p->fields[i]);
+    }
+    Py_CLEAR(p->ring);
     prog_reset_store(p);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
@@ -224,6 +234,7 @@ prog_traverse(ProgObj *p, visitproc visit, void *arg)
     Py_VISIT(p->key_of);
     Py_VISIT(p->make_results);
     Py_VISIT(p->keys);
+    Py_VISIT(p->ring);
     return 0;
 }
 
@@ -233,22 +244,36 @@ prog_tp_clear(ProgObj *p)
     Py_CLEAR(p->key_of);
     Py_CLEAR(p->make_results);
     Py_CLEAR(p->keys);
+    Py_CLEAR(p->ring);
     return 0;
 }
 
-/* Program(lowered, program, key_of, make_results) */
+static PyTypeObject RingType;
+
+/* Program(lowered, program, key_of, make_results, ring=None, probe=0) */
 static PyObject *
 prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *lowered, *program, *key_of, *make_results;
-    if (!PyArg_ParseTuple(args, "O!OOO:Program", &PyTuple_Type, &lowered, &program, &key_of,
-                          &make_results)) {
+    static char *kwlist[] = {"lowered", "program", "key_of", "make_results", "ring", "probe",
+                             NULL};
+    PyObject *lowered, *program, *key_of, *make_results, *ring = Py_None;
+    int probe = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOO|Oi:Program", kwlist, &PyTuple_Type,
+                                     &lowered, &program, &key_of, &make_results, &ring, &probe)) {
         return NULL;
     }
-    PyObject *filter, *key, *hist, *scales;
+    PyObject *filter, *key, *hist, *scales, *fields;
     Py_ssize_t max_keys;
-    if (!PyArg_ParseTuple(lowered, "OOOO!n", &filter, &key, &hist, &PyTuple_Type, &scales,
-                          &max_keys)) {
+    if (!PyArg_ParseTuple(lowered, "OOOO!nO!", &filter, &key, &hist, &PyTuple_Type, &scales,
+                          &max_keys, &PyTuple_Type, &fields)) {
+        return NULL;
+    }
+    if (ring != Py_None && !Py_IS_TYPE(ring, &RingType)) {
+        PyErr_SetString(PyExc_TypeError, "a program's ring is a _speedups.Ring");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(fields) > 8) {
+        PyErr_SetString(PyExc_ValueError, "a program's records hold at most 8 values");
         return NULL;
     }
     Py_ssize_t nscales = PyTuple_GET_SIZE(scales);
@@ -296,6 +321,17 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto fail;
         }
     }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); i++) {
+        if (pvar_from(PyTuple_GET_ITEM(fields, i), &p->fields[i], &p->needs) < 0) {
+            goto fail;
+        }
+        p->nfields = i + 1;
+    }
+    if (ring != Py_None) {
+        p->ring = Py_NewRef(ring);
+        p->probe = probe;
+        p->needs |= NEED_FRAME | NEED_DURATION; /* a return's record names its caller */
+    }
     p->keys = PyDict_New();
     if (p->keys == NULL) {
         goto fail;
@@ -313,6 +349,8 @@ typedef struct {
     int has_duration;    /* a return */
     long long duration;  /* valid at a return when the program reads it (NEED_DURATION) */
     PyObject *retval, *exc; /* borrowed (Py_None when absent) */
+    PyObject *code;      /* borrowed: the probed code */
+    long offset, lineno; /* the probed instruction, and its line if known (else -1) */
 } PEnv;
 
 static inline int
@@ -583,6 +621,8 @@ prog_hist_value(ProgObj *p, PEnv *env, unsigned long long *out)
     return ok;
 }
 
+#include "_records.c"
+
 /* Run the program for one hit: 0, or -1 with an exception (to the fault path). Every value
  * is read first; from the slot lookup on nothing runs code (scalar or (str, str) keys), so
  * no other thread can move the store while a slot pointer is held. */
@@ -606,6 +646,11 @@ prog_run(ProgObj *p, PEnv *env)
     unsigned long long value = 0;
     int counted = 0;
     if (p->has_hist && (counted = prog_hist_value(p, env, &value)) < 0) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    if (p->ring != NULL &&
+        ring_push((RingObj *)p->ring, p->probe, p->fields, p->nfields, env) < 0) {
         Py_XDECREF(key);
         return -1;
     }
@@ -782,8 +827,13 @@ prog_module_init(PyObject *m)
     s_name_attr = PyUnicode_InternFromString("_name");
     g_fault_key = PyUnicode_InternFromString("(fault)");
     g_nan = PyFloat_FromDouble(Py_NAN);
+    s_dunder_name = PyUnicode_InternFromString("__name__");
     if (g_threading == NULL || s_active == NULL || s_name_attr == NULL || g_fault_key == NULL ||
-        g_nan == NULL || PyType_Ready(&ProgType) < 0) {
+        g_nan == NULL || s_dunder_name == NULL || PyType_Ready(&ProgType) < 0 ||
+        PyType_Ready(&RingType) < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0) {
         return -1;
     }
     return PyModule_AddObjectRef(m, "Program", (PyObject *)&ProgType);

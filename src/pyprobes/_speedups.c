@@ -2390,7 +2390,8 @@ kprobe_pre(PEnt *e, PyObject *ctx)
         return handler_failed(e->probe, ctx);
     }
     if (Py_IS_TYPE(h, &ProgType)) {
-        PEnv env = {ctx, 0, 0, Py_None, Py_None};
+        CtxData *c = CTX(ctx);
+        PEnv env = {ctx, 0, 0, Py_None, Py_None, c->code, c->offset, c->lineno};
         int rc = prog_run((ProgObj *)h, &env);
         Py_DECREF(h);
         return rc < 0 ? handler_failed(e->probe, ctx) : 0;
@@ -2649,7 +2650,7 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
             }
             else {
                 long long d = (prog->needs & NEED_DURATION) ? ri_duration(RI(ri)) : 0;
-                PEnv env = {ctx, 1, d, retval, exc};
+                PEnv env = {ctx, 1, d, retval, exc, code, offset, -1};
                 if (prog_run(prog, &env) < 0) {
                     if (ctx == NULL &&
                         (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {

@@ -231,8 +231,25 @@ def set_own_threads(idents: Iterable[int]) -> None:
     _speedups.set_own_threads(tuple(idents))
 
 
-def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:
+def program_handler(
+    prog: program.Program, key_of: program.KeyOf | None = None, ring: object = None, probe: int = 0
+) -> object:
     """A handler that runs ``prog`` in C at each hit (the dispatch knows its type)."""
     return _speedups.Program(
-        program.lower(prog), prog, key_of or program.default_key_of, program.results_from_raw
+        program.lower(prog),
+        prog,
+        key_of or program.default_key_of,
+        program.results_from_raw,
+        ring,
+        probe,
     )
+
+
+def record_ring(
+    capacity: int,
+    render: Callable[[object], object],
+    exception_text: Callable[[BaseException], object],
+    wake: Callable[[], object] | None = None,
+) -> object:
+    """The C ring programs write event records into; it also renders them as JSON Lines."""
+    return _speedups.Ring(capacity, render, exception_text, wake)

@@ -13,7 +13,7 @@ One core serves the whole process, chosen once, when the registry is imported:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,7 +39,16 @@ class Core(Protocol):
     def new_ret_state(self, rp: Kretprobe, maxactive: int) -> Any: ...
     def drop_ret_state(self, state: Any) -> None: ...
     def nactive(self, state: Any) -> int: ...
-    def program_handler(self, prog: Program, key_of: KeyOf | None = None) -> object: ...
+    def program_handler(
+        self, prog: Program, key_of: KeyOf | None = None, ring: object = None, probe: int = 0
+    ) -> object: ...
+    def record_ring(
+        self,
+        capacity: int,
+        render: Callable[[object], object],
+        exception_text: Callable[[BaseException], object],
+        wake: Callable[[], object] | None = None,
+    ) -> Any: ...
     def set_own_threads(self, idents: Iterable[int]) -> None: ...
 
 

@@ -38,6 +38,14 @@ from types import FrameType
 from typing import Final, Protocol, Union
 
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.ring import (
+    GEN_FLAGS,
+    RecordRing,
+    caller_places,
+    entry_location,
+    thread_native_id,
+    value_of,
+)
 from pyprobes.engine.threads import thread_name
 
 #: What a key that cannot be read (an unbound local, a probe with no return value) becomes.
@@ -125,8 +133,13 @@ class Program:
     hist: Var | None = None
     hist_scales: tuple[int, ...] = (1,)
     max_keys: int = 4096
+    #: What an event record of a hit holds (the fetch args, in order), when the handler is
+    #: given a ring (``engine.ring``): each hit that passes the filter writes one record.
+    fields: tuple[Var, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.fields) > 8:
+            raise ValueError(f"a record holds at most 8 values, not {len(self.fields)}")
         if not self.hist_scales or not all(type(d) is int and d > 0 for d in self.hist_scales):
             raise ValueError(f"hist_scales are positive ints, not {self.hist_scales!r}")
         if type(self.max_keys) is not int or self.max_keys < 1:
@@ -135,6 +148,7 @@ class Program:
     def vars(self) -> set[Var]:
         """Every value the program reads."""
         out: set[Var] = {v for v in (self.key, self.hist) if v is not None}
+        out.update(self.fields)
         todo: list[Cond] = [self.filter] if self.filter is not None else []
         while todo:
             c = todo.pop()
@@ -231,9 +245,17 @@ class ProgramHandler:
     in the store taken (and be lost to both). The C core's take() has no such window.
     """
 
-    def __init__(self, program: Program, key_of: KeyOf | None = None) -> None:
+    def __init__(
+        self,
+        program: Program,
+        key_of: KeyOf | None = None,
+        ring: RecordRing | None = None,
+        probe: int = 0,
+    ) -> None:
         self.program = program
         self.key_of = key_of or default_key_of
+        self.ring = ring
+        self.probe = probe
         self._results = Results()
 
     def take(self) -> Results:
@@ -312,12 +334,58 @@ class ProgramHandler:
             return int(raw)
         return None
 
+    def _record(self, ctx: ProbeContext, duration: int | None) -> None:
+        """One event record into the ring, as the C core's ring_push writes it."""
+        ring = self.ring
+        assert ring is not None
+        if ring.full(self.probe):
+            return
+        time_ns = ctx.time_ns
+        values = []
+        for var in self.program.fields:
+            raw = self._read(var, ctx, duration)
+            values.append(FAULT_KEY if raw is UNREAD else value_of(ring, raw))
+        code = ctx.code
+        if duration is None:
+            location, site = entry_location(code, ctx.lineno), ""
+            retval, exc_text, is_async = None, None, False
+        else:
+            frame = ctx.frame
+            location, site = caller_places(frame.f_back if frame is not None else None)
+            exc = ctx.exception
+            retval = None if exc is not None else value_of(ring, ctx.retval)
+            exc_text = None
+            if exc is not None:
+                try:
+                    exc_text = ring.exception_text(exc)
+                except Exception:
+                    exc_text = FAULT_KEY
+            is_async = bool(code.co_flags & GEN_FLAGS)
+        ring.push(
+            (
+                self.probe,
+                "p" if duration is None else "r",
+                time_ns,
+                thread_native_id(),
+                thread_name(),
+                tuple(values),
+                retval,
+                exc_text,  # type: ignore[arg-type]
+                duration,
+                location,
+                site,
+                is_async,
+            )
+        )
+
     def _hit(self, ctx: ProbeContext, duration: int | None) -> None:
         prog = self.program
         res = self._results
         if prog.filter is not None and self._holds(prog.filter, ctx, duration) is not True:
             res.filtered += 1
             return
+        if self.ring is not None:
+            self._record(ctx, duration)
         key = self._key(ctx, duration) if prog.key is not None else None
         value = self._hist_value(ctx, duration) if prog.hist is not None else None
         slot = res.slots.get(key)
@@ -371,6 +439,7 @@ def lower(program: Program) -> Lowered:
         None if program.hist is None else _lower_var(program.hist),
         program.hist_scales,
         program.max_keys,
+        tuple(_lower_var(v) for v in program.fields),
     )
 
 

@@ -34,6 +34,7 @@ from pyprobes.engine.context import (
 )
 from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.resolve import ENTRY, LINE, OFFSET, Location
+from pyprobes.engine.ring import RecordRing
 
 NAME = "python"
 
@@ -838,6 +839,20 @@ os.register_at_fork(
 )
 
 
-def program_handler(prog: program.Program, key_of: program.KeyOf | None = None) -> object:
+def program_handler(
+    prog: program.Program, key_of: program.KeyOf | None = None, ring: object = None, probe: int = 0
+) -> object:
     """A handler that runs ``prog`` at each hit: the reference interpreter, called as any."""
-    return program.ProgramHandler(prog, key_of)
+    if ring is not None and not isinstance(ring, RecordRing):
+        raise TypeError("a program's ring is this core's record_ring()")
+    return program.ProgramHandler(prog, key_of, ring, probe)
+
+
+def record_ring(
+    capacity: int,
+    render: Callable[[object], object],
+    exception_text: Callable[[BaseException], object],
+    wake: Callable[[], object] | None = None,
+) -> RecordRing:
+    """The ring programs of this core write event records into (engine.ring)."""
+    return RecordRing(capacity, render, exception_text, wake)

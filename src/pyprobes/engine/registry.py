@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import CodeType
+from typing import Any
 
 from pyprobes.engine import blacklist, core, pycore, quirks, tool
 from pyprobes.engine.errors import (
@@ -663,13 +664,31 @@ def count_active(rp: Kretprobe) -> int:
     return _core.nactive(rp._rstate)
 
 
-def program_handler(prog: Program, key_of: KeyOf | None = None) -> ProgramRunner:
+def program_handler(
+    prog: Program, key_of: KeyOf | None = None, *, ring: object = None, probe: int = 0
+) -> ProgramRunner:
     """A handler that runs ``prog`` in the selected core, with no Python call per hit there.
 
     Give it as a kprobe's ``pre_handler`` or a kretprobe's ``handler``; ``take()`` reads and
-    resets what it gathered. ``key_of`` turns a key that is not a scalar into a str.
+    resets what it gathered. ``key_of`` turns a key that is not a scalar into a str. With a
+    ``ring`` (``record_ring()``), each hit that passes the filter also writes an event record
+    of ``prog.fields`` there, told apart by ``probe`` (an id from ``ring.add_probe()``).
     """
-    return _core.program_handler(prog, key_of)  # type: ignore[return-value]
+    return _core.program_handler(prog, key_of, ring, probe)  # type: ignore[return-value]
+
+
+def record_ring(
+    capacity: int,
+    render: Callable[[object], object],
+    exception_text: Callable[[BaseException], object],
+    wake: Callable[[], object] | None = None,
+) -> Any:
+    """A bounded ring of programs' event records in the selected core (``engine.ring``).
+
+    ``render`` and ``exception_text`` turn a value that is not a plain scalar, and an
+    exception, into what a record holds; ``wake`` is called when the ring is a quarter full.
+    """
+    return _core.record_ring(capacity, render, exception_text, wake)
 
 
 # --- pyprobes' own threads ------------------------------------------------------------------

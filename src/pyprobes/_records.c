@@ -1,0 +1,808 @@
+/* --- EVENT RECORDS: a program's events as fixed-size records in a bounded ring ------------------
+ * Included by _program.c. A program made with a Ring writes one record per hit that passes its
+ * filter: the time, the thread, the captured values (held, not copied: only exact scalars that
+ * render as themselves are held raw; anything else is rendered at the hit by the ring's render
+ * function, ours, so no object of the program is kept), the caller of a return. The probed
+ * thread does O(1) work and no Python call for the common values; a full ring counts the
+ * record lost for its probe and holds nothing.
+ *
+ * The reader (the writer thread) takes the records with take() (tuples, as
+ * engine/records.py's RecordRing gives them) or take_json() (the JSON Lines text of
+ * output/render_json.py, rendered here; a record with a value this fast path does not
+ * spell exactly is rendered by the fallback given, so the output is the reference's byte for
+ * byte). Both swap the full buffer for the spare one first, under the GIL, so hits that run
+ * while the records are rendered land in the other buffer. Everything runs with the GIL. */
+
+#define REC_MAXV 8
+
+typedef struct {
+    int probe;
+    char is_return, is_async;
+    short nvals;
+    long long time_ns, duration;
+    unsigned long tid;
+    long lineno; /* entry: the probed line (-1: from code and offset); return: the caller's */
+    long offset; /* entry: the probed instruction */
+    PyObject *tname;   /* strong: the thread's name */
+    PyObject *code;    /* strong: entry: the probed code; return: the caller's, or NULL */
+    PyObject *module;  /* strong: return: the caller's __name__ (a str), or NULL */
+    PyObject *retval;  /* strong: return: the rendered return value; NULL at entry */
+    PyObject *exc;     /* strong: the exception's text, or NULL */
+    PyObject *vals[REC_MAXV]; /* strong: rendered values */
+} Rec;
+
+typedef struct {
+    PyObject_HEAD
+    Rec *recs;  /* the buffer hits write into */
+    Rec *spare; /* the other one; NULL while a reader renders it */
+    Py_ssize_t n, cap;
+    long long *lost;
+    Py_ssize_t nprobes;
+    PyObject *render;   /* strong: capture rendering of a value that is not held raw */
+    PyObject *exc_text; /* strong: an exception's one-line text */
+    PyObject *wake;     /* strong or NULL: called once when a buffer is a quarter full */
+    int woken;
+} RingObj;
+
+static PyTypeObject RingType;
+
+static void
+rec_clear(Rec *r)
+{
+    Py_CLEAR(r->tname);
+    Py_CLEAR(r->code);
+    Py_CLEAR(r->module);
+    Py_CLEAR(r->retval);
+    Py_CLEAR(r->exc);
+    for (int i = 0; i < r->nvals; i++) {
+        Py_CLEAR(r->vals[i]);
+    }
+    r->nvals = 0;
+}
+
+/* An exact scalar that capture's render() gives back unchanged, and JSON spells simply. */
+static inline int
+rec_raw(PyObject *v)
+{
+    if (v == Py_None || PyBool_Check(v)) {
+        return 1;
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        (void)PyLong_AsLongLongAndOverflow(v, &overflow);
+        return !overflow;
+    }
+    if (PyFloat_CheckExact(v)) {
+        return isfinite(PyFloat_AS_DOUBLE(v));
+    }
+    return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v) && PyUnicode_GET_LENGTH(v) <= 256;
+}
+
+/* A value as the record holds it (new reference): itself when raw, else render(value); a
+ * failed render is "(fault)", as the capture rules make it. */
+static PyObject *
+rec_value(RingObj *ring, PyObject *v)
+{
+    if (rec_raw(v)) {
+        return Py_NewRef(v);
+    }
+    PyObject *r = PyObject_CallOneArg(ring->render, v);
+    if (r == NULL) {
+        PyErr_Clear();
+        return Py_NewRef(g_fault_key);
+    }
+    return r;
+}
+
+/* Write one record for a hit of probe `probe` (the filter passed). 0, or -1 with an error. */
+static int
+ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
+{
+    if (ring->recs == NULL || probe < 0 || probe >= ring->nprobes) {
+        return 0;
+    }
+    if (ring->n >= ring->cap) {
+        ring->lost[probe]++;
+        return 0;
+    }
+    Rec rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.probe = probe;
+    rec.time_ns = now_ns();
+    rec.tid = PyThread_get_thread_native_id();
+    rec.lineno = -1;
+    rec.tname = prog_thread_name();
+    if (rec.tname == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyObject *raw = prog_read(&fields[i], env);
+        if (raw == NULL) {
+            if (PyErr_Occurred()) {
+                goto fail;
+            }
+            raw = Py_NewRef(g_fault_key); /* a local that is not bound: as capture says */
+        }
+        rec.vals[i] = rec_value(ring, raw);
+        Py_DECREF(raw);
+        rec.nvals = (short)(i + 1);
+    }
+    if (env->has_duration) {
+        rec.is_return = 1;
+        rec.duration = env->duration;
+        rec.is_async = (((PyCodeObject *)env->code)->co_flags & GEN_FLAGS) != 0;
+        rec.retval = env->exc != Py_None ? Py_NewRef(Py_None) : rec_value(ring, env->retval);
+        if (env->exc != Py_None) {
+            rec.exc = PyObject_CallOneArg(ring->exc_text, env->exc);
+            if (rec.exc == NULL) {
+                PyErr_Clear();
+                rec.exc = Py_NewRef(g_fault_key);
+            }
+        }
+        PyObject *f = env->ctx != NULL ? ctx_frame(env->ctx) : NULL;
+        PyFrameObject *back = (f != NULL && PyFrame_Check(f)) ? PyFrame_GetBack((PyFrameObject *)f)
+                                                             : NULL;
+        if (back != NULL) {
+            rec.code = (PyObject *)PyFrame_GetCode(back);
+            rec.lineno = PyFrame_GetLineNumber(back);
+            PyObject *globals = PyFrame_GetGlobals(back);
+            if (globals != NULL && PyDict_Check(globals)) {
+                PyObject *name = PyDict_GetItemWithError(globals, s_dunder_name); /* borrowed */
+                if (name != NULL && PyUnicode_CheckExact(name)) {
+                    rec.module = Py_NewRef(name);
+                }
+            }
+            Py_XDECREF(globals);
+            Py_DECREF(back);
+            PyErr_Clear();
+        }
+    }
+    else {
+        rec.code = Py_NewRef(env->code);
+        rec.offset = env->offset;
+        rec.lineno = env->lineno;
+        if (rec.offset < 0 && env->ctx != NULL) {
+            int err;
+            rec.offset = ctx_offset(env->ctx, &err);
+            if (err) {
+                PyErr_Clear();
+                rec.offset = 0;
+            }
+        }
+    }
+    /* Nothing above ran code of the program, but our render functions are Python: the ring
+     * may have been filled meanwhile by another thread, or taken. */
+    if (ring->recs == NULL || ring->n >= ring->cap) {
+        ring->lost[probe]++;
+        rec_clear(&rec);
+        return 0;
+    }
+    ring->recs[ring->n++] = rec;
+    if (!ring->woken && ring->wake != NULL && ring->n >= ring->cap / 4) {
+        ring->woken = 1;
+        PyObject *r = PyObject_CallNoArgs(ring->wake);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    return 0;
+fail:
+    rec_clear(&rec);
+    return -1;
+}
+
+/* --- reading ----------------------------------------------------------------------------- */
+
+static long
+rec_line(Rec *r)
+{
+    if (r->lineno < 0 && r->code != NULL && !r->is_return) {
+        r->lineno = PyCode_Addr2Line((PyCodeObject *)r->code, (int)r->offset);
+    }
+    return r->lineno;
+}
+
+/* `location` and `site` as HitRecorder gives them (new references). */
+static int
+rec_places(Rec *r, PyObject **location, PyObject **site)
+{
+    *location = *site = NULL;
+    PyCodeObject *co = (PyCodeObject *)r->code;
+    if (!r->is_return) {
+        *site = PyUnicode_FromString("");
+        *location = co == NULL ? PyUnicode_FromString("?")
+                               : PyUnicode_FromFormat("%U:%ld", co->co_filename, rec_line(r));
+    }
+    else if (co == NULL) {
+        *site = PyUnicode_FromString("?");
+        *location = PyUnicode_FromString("?");
+    }
+    else {
+        *location = PyUnicode_FromFormat("%U:%ld", co->co_filename, r->lineno);
+        if (r->module != NULL) {
+            *site = PyUnicode_FromFormat("%U:%U:%ld", r->module, co->co_qualname, r->lineno);
+        }
+        else {
+            *site = PyUnicode_FromFormat("?:%U:%ld", co->co_qualname, r->lineno);
+        }
+    }
+    if (*location == NULL || *site == NULL) {
+        Py_CLEAR(*location);
+        Py_CLEAR(*site);
+        return -1;
+    }
+    return 0;
+}
+
+/* (probe, kind, time_ns, thread_id, thread_name, values, retval, exception, duration_ns,
+ *  location, site, is_async): engine/records.py's Record. */
+static PyObject *
+rec_tuple(Rec *r)
+{
+    PyObject *location, *site;
+    if (rec_places(r, &location, &site) < 0) {
+        return NULL;
+    }
+    PyObject *vals = PyTuple_New(r->nvals);
+    if (vals == NULL) {
+        Py_DECREF(location);
+        Py_DECREF(site);
+        return NULL;
+    }
+    for (int i = 0; i < r->nvals; i++) {
+        PyTuple_SET_ITEM(vals, i, Py_NewRef(r->vals[i]));
+    }
+    PyObject *duration = r->is_return ? PyLong_FromLongLong(r->duration) : Py_NewRef(Py_None);
+    PyObject *t = Py_BuildValue(
+        "(isLkONNONNNO)", r->probe, r->is_return ? "r" : "p", r->time_ns, r->tid, r->tname,
+        vals, r->is_return ? Py_NewRef(r->retval) : Py_NewRef(Py_None),
+        r->exc != NULL ? r->exc : Py_None, duration, location, site,
+        r->is_async ? Py_True : Py_False);
+    return t;
+}
+
+/* Swap the buffers: the full one (n records) is the caller's until ring_give_back. */
+static Rec *
+ring_swap(RingObj *ring, Py_ssize_t *n)
+{
+    *n = 0;
+    if (ring->spare == NULL || ring->recs == NULL) {
+        return NULL; /* another reader has it */
+    }
+    Rec *full = ring->recs;
+    *n = ring->n;
+    ring->recs = ring->spare;
+    ring->spare = NULL;
+    ring->n = 0;
+    ring->woken = 0;
+    return full;
+}
+
+static void
+ring_give_back(RingObj *ring, Rec *full, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rec_clear(&full[i]);
+    }
+    if (ring->spare == NULL) {
+        ring->spare = full;
+    }
+    else {
+        PyMem_Free(full); /* (cleared meanwhile) */
+    }
+}
+
+/* {probe: lost} since the last read, and the counters start over. */
+static PyObject *
+ring_take_lost(RingObj *ring)
+{
+    PyObject *d = PyDict_New();
+    for (Py_ssize_t i = 0; d != NULL && i < ring->nprobes; i++) {
+        if (ring->lost[i] == 0) {
+            continue;
+        }
+        PyObject *k = PyLong_FromSsize_t(i), *v = PyLong_FromLongLong(ring->lost[i]);
+        if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
+            Py_CLEAR(d);
+        }
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (d != NULL) {
+            ring->lost[i] = 0;
+        }
+    }
+    return d;
+}
+
+static PyObject *
+ring_take(RingObj *ring, PyObject *unused)
+{
+    Py_ssize_t n;
+    Rec *full = ring_swap(ring, &n);
+    PyObject *list = PyList_New(0);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        PyObject *t = rec_tuple(&full[i]);
+        if (t == NULL || PyList_Append(list, t) < 0) {
+            Py_CLEAR(list);
+        }
+        Py_XDECREF(t);
+    }
+    if (full != NULL) {
+        ring_give_back(ring, full, n);
+    }
+    if (list == NULL) {
+        return NULL;
+    }
+    PyObject *lost = ring_take_lost(ring);
+    if (lost == NULL) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", list, lost);
+}
+
+/* --- JSON Lines, as output/render_json.py spells them -------------------------------------- */
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+} Buf;
+
+static int
+buf_grow(Buf *b, Py_ssize_t more)
+{
+    if (b->n + more <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->n + more) {
+        cap *= 2;
+    }
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int
+buf_put(Buf *b, const char *s, Py_ssize_t n)
+{
+    if (buf_grow(b, n) < 0) {
+        return -1;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+#define BUF_LIT(b, s) buf_put((b), (s), (Py_ssize_t)sizeof(s) - 1)
+
+static int
+buf_fmt_ll(Buf *b, long long v)
+{
+    char t[32];
+    int n = snprintf(t, sizeof t, "%lld", v);
+    return buf_put(b, t, n);
+}
+
+/* The body of a str as sanitize.dumps writes it (no quotes), when it is ASCII: 0 written,
+ * 1 not ASCII (nothing written), -1 error. json escapes C0, '"' and '\\'; dumps also DEL. */
+static int
+buf_json_body(Buf *b, PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) {
+        return 1;
+    }
+    const unsigned char *d = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(s);
+    if (buf_grow(b, len * 6) < 0) {
+        return -1;
+    }
+    char *o = b->p + b->n;
+    static const char hex[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = d[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    b->n = o - b->p;
+    return 0;
+}
+
+static int
+buf_json_str(Buf *b, PyObject *s)
+{
+    int rc;
+    if (BUF_LIT(b, "\"") < 0 || (rc = buf_json_body(b, s)) < 0) {
+        return -1;
+    }
+    return rc != 0 ? rc : BUF_LIT(b, "\"");
+}
+
+/* "A:LINE" or "A:B:LINE" JSON-quoted (a location, a site): 0, 1 (not ASCII), -1 error. */
+static int
+buf_json_place(Buf *b, PyObject *a, PyObject *q, long line)
+{
+    char t[32];
+    int tn = snprintf(t, sizeof t, ":%ld\"", line);
+    int rc;
+    if (BUF_LIT(b, "\"") < 0 || (rc = buf_json_body(b, a)) < 0) {
+        return -1;
+    }
+    if (rc == 0 && q != NULL) {
+        if (BUF_LIT(b, ":") < 0 || (rc = buf_json_body(b, q)) < 0) {
+            return -1;
+        }
+    }
+    return rc != 0 ? rc : buf_put(b, t, tn);
+}
+
+/* A rendered value in JSON: 0 written, 1 not this fast path's, -1 error. */
+static int
+buf_json_value(Buf *b, PyObject *v)
+{
+    if (v == Py_None) {
+        return BUF_LIT(b, "null");
+    }
+    if (v == Py_True) {
+        return BUF_LIT(b, "true");
+    }
+    if (v == Py_False) {
+        return BUF_LIT(b, "false");
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        return overflow ? 1 : buf_fmt_ll(b, x);
+    }
+    if (PyFloat_CheckExact(v)) {
+        double x = PyFloat_AS_DOUBLE(v);
+        if (!isfinite(x)) {
+            return 1;
+        }
+        char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (s == NULL) {
+            return -1;
+        }
+        int rc = buf_put(b, s, (Py_ssize_t)strlen(s));
+        PyMem_Free(s);
+        return rc;
+    }
+    if (PyUnicode_CheckExact(v)) {
+        return buf_json_str(b, v);
+    }
+    return 1;
+}
+
+static int
+buf_utf8(Buf *b, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    return u == NULL ? -1 : buf_put(b, u, n);
+}
+
+/* One record's line: 0, 1 (the fast path cannot spell it), -1 error. `st` is the probe's
+ * (prefix, keys): the JSON text up to "location": and each fetch arg's '"name":'. */
+static int
+rec_json(Buf *b, Rec *r, PyObject *st, long long pid)
+{
+    PyObject *prefix = PyTuple_GET_ITEM(st, 0), *keys = PyTuple_GET_ITEM(st, 1);
+    if (PyTuple_GET_SIZE(keys) != r->nvals) {
+        return 1;
+    }
+    int rc;
+#define STEP(e)                                                                                 \
+    do {                                                                                        \
+        if ((rc = (e)) != 0) {                                                                  \
+            return rc;                                                                          \
+        }                                                                                       \
+    } while (0)
+    PyCodeObject *co = (PyCodeObject *)r->code;
+    STEP(buf_utf8(b, prefix));
+    if (co == NULL) {
+        STEP(BUF_LIT(b, "\"?\""));
+    }
+    else {
+        STEP(buf_json_place(b, co->co_filename, NULL, r->is_return ? r->lineno : rec_line(r)));
+    }
+    STEP(BUF_LIT(b, ",\"time_ns\":"));
+    STEP(buf_fmt_ll(b, r->time_ns));
+    STEP(BUF_LIT(b, ",\"pid\":"));
+    STEP(buf_fmt_ll(b, pid));
+    STEP(BUF_LIT(b, ",\"thread_id\":"));
+    STEP(buf_fmt_ll(b, (long long)r->tid));
+    STEP(BUF_LIT(b, ",\"thread_name\":"));
+    STEP(buf_json_str(b, r->tname));
+    STEP(BUF_LIT(b, ",\"args\":{"));
+    for (int i = 0; i < r->nvals; i++) {
+        if (i > 0) {
+            STEP(BUF_LIT(b, ","));
+        }
+        STEP(buf_utf8(b, PyTuple_GET_ITEM(keys, i)));
+        STEP(buf_json_value(b, r->vals[i]));
+    }
+    STEP(BUF_LIT(b, "}"));
+    if (r->is_return) {
+        STEP(BUF_LIT(b, ",\"retval\":"));
+        STEP(buf_json_value(b, r->retval));
+        STEP(BUF_LIT(b, ",\"exception\":"));
+        STEP(r->exc != NULL ? buf_json_str(b, r->exc) : BUF_LIT(b, "null"));
+        STEP(BUF_LIT(b, ",\"duration_ns\":"));
+        STEP(buf_fmt_ll(b, r->duration));
+        STEP(BUF_LIT(b, ",\"site\":"));
+        if (co == NULL) {
+            STEP(BUF_LIT(b, "\"?\""));
+        }
+        else if (r->module == NULL) {
+            return 1;
+        }
+        else {
+            STEP(buf_json_place(b, r->module, co->co_qualname, r->lineno));
+        }
+        STEP(r->is_async ? BUF_LIT(b, ",\"is_async\":true") : BUF_LIT(b, ",\"is_async\":false"));
+    }
+    return BUF_LIT(b, "}\n");
+#undef STEP
+}
+
+static int
+count_one(PyObject *counts, int probe)
+{
+    PyObject *k = PyLong_FromLong(probe);
+    if (k == NULL) {
+        return -1;
+    }
+    PyObject *old = PyDict_GetItemWithError(counts, k);
+    long long n = old != NULL ? PyLong_AsLongLong(old) : 0;
+    PyObject *v = PyLong_FromLongLong(n + 1);
+    int rc = v == NULL ? -1 : PyDict_SetItem(counts, k, v);
+    Py_XDECREF(v);
+    Py_DECREF(k);
+    return rc;
+}
+
+/* take_json(statics, pid, fallback, keep=False) -> (text, counts, lost, records or None) */
+static PyObject *
+ring_take_json(RingObj *ring, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"statics", "pid", "fallback", "keep", NULL};
+    PyObject *statics, *fallback;
+    long long pid;
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LO|p:take_json", kwlist, &PyTuple_Type,
+                                     &statics, &pid, &fallback, &keep)) {
+        return NULL;
+    }
+    Py_ssize_t n;
+    Rec *full = ring_swap(ring, &n);
+    Buf b = {NULL, 0, 0};
+    PyObject *counts = PyDict_New(), *kept = keep ? PyList_New(0) : Py_NewRef(Py_None);
+    PyObject *result = NULL, *text = NULL, *lost = NULL;
+    if (counts == NULL || kept == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Rec *r = &full[i];
+        PyObject *st = r->probe < PyTuple_GET_SIZE(statics) ? PyTuple_GET_ITEM(statics, r->probe)
+                                                            : NULL;
+        Py_ssize_t mark = b.n;
+        int rc = 1;
+        if (st != NULL && PyTuple_Check(st) && PyTuple_GET_SIZE(st) == 2 &&
+            PyUnicode_Check(PyTuple_GET_ITEM(st, 0)) && PyTuple_Check(PyTuple_GET_ITEM(st, 1))) {
+            rc = rec_json(&b, r, st, pid);
+            if (rc < 0) {
+                goto done;
+            }
+        }
+        PyObject *t = NULL;
+        if (rc != 0 || keep) {
+            t = rec_tuple(r);
+            if (t == NULL) {
+                goto done;
+            }
+        }
+        if (rc != 0) {
+            b.n = mark;
+            PyObject *line = PyObject_CallOneArg(fallback, t);
+            if (line == NULL || !PyUnicode_Check(line) || buf_utf8(&b, line) < 0) {
+                Py_XDECREF(line);
+                Py_DECREF(t);
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_TypeError, "fallback gives a str");
+                }
+                goto done;
+            }
+            Py_DECREF(line);
+        }
+        if (keep && PyList_Append(kept, t) < 0) {
+            Py_DECREF(t);
+            goto done;
+        }
+        Py_XDECREF(t);
+        if (count_one(counts, r->probe) < 0) {
+            goto done;
+        }
+    }
+    text = PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "surrogatepass");
+    lost = ring_take_lost(ring);
+    if (text != NULL && lost != NULL) {
+        result = PyTuple_Pack(4, text, counts, lost, kept);
+    }
+done:
+    if (full != NULL) {
+        ring_give_back(ring, full, n);
+    }
+    PyMem_Free(b.p);
+    Py_XDECREF(text);
+    Py_XDECREF(lost);
+    Py_XDECREF(counts);
+    Py_XDECREF(kept);
+    return result;
+}
+
+/* --- the object ---------------------------------------------------------------------------- */
+
+/* Ring(capacity, render, exception_text, wake=None) */
+static PyObject *
+ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"capacity", "render", "exception_text", "wake", NULL};
+    Py_ssize_t cap;
+    PyObject *render, *exc_text, *wake = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOO|O:Ring", kwlist, &cap, &render, &exc_text,
+                                     &wake)) {
+        return NULL;
+    }
+    if (cap < 1 || cap > (1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "a ring holds 1 to %d records, not %zd", 1 << 24, cap);
+        return NULL;
+    }
+    RingObj *ring = (RingObj *)type->tp_alloc(type, 0);
+    if (ring == NULL) {
+        return NULL;
+    }
+    ring->cap = cap;
+    ring->recs = PyMem_Calloc(cap, sizeof(Rec));
+    ring->spare = PyMem_Calloc(cap, sizeof(Rec));
+    if (ring->recs == NULL || ring->spare == NULL) {
+        Py_DECREF(ring);
+        return PyErr_NoMemory();
+    }
+    ring->render = Py_NewRef(render);
+    ring->exc_text = Py_NewRef(exc_text);
+    ring->wake = wake == Py_None ? NULL : Py_NewRef(wake);
+    return (PyObject *)ring;
+}
+
+static PyObject *
+ring_add_probe(RingObj *ring, PyObject *unused)
+{
+    long long *lost = PyMem_Realloc(ring->lost, (ring->nprobes + 1) * sizeof(long long));
+    if (lost == NULL) {
+        return PyErr_NoMemory();
+    }
+    lost[ring->nprobes] = 0;
+    ring->lost = lost;
+    return PyLong_FromSsize_t(ring->nprobes++);
+}
+
+static PyObject *
+ring_clear_after_fork(RingObj *ring, PyObject *unused)
+{
+    /* The child's copies of the records are the parent's to write: drop them, uncounted. */
+    for (Py_ssize_t i = 0; ring->recs != NULL && i < ring->n; i++) {
+        rec_clear(&ring->recs[i]);
+    }
+    ring->n = 0;
+    for (Py_ssize_t i = 0; i < ring->nprobes; i++) {
+        ring->lost[i] = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+ring_free_recs(Rec *recs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; recs != NULL && i < n; i++) {
+        rec_clear(&recs[i]);
+    }
+    PyMem_Free(recs);
+}
+
+static int
+ring_traverse(RingObj *ring, visitproc visit, void *arg)
+{
+    Py_VISIT(ring->render);
+    Py_VISIT(ring->exc_text);
+    Py_VISIT(ring->wake);
+    return 0;
+}
+
+static int
+ring_tp_clear(RingObj *ring)
+{
+    Py_CLEAR(ring->render);
+    Py_CLEAR(ring->exc_text);
+    Py_CLEAR(ring->wake);
+    return 0;
+}
+
+static void
+ring_dealloc(RingObj *ring)
+{
+    PyObject_GC_UnTrack(ring);
+    ring_tp_clear(ring);
+    ring_free_recs(ring->recs, ring->n);
+    ring_free_recs(ring->spare, 0);
+    PyMem_Free(ring->lost);
+    Py_TYPE(ring)->tp_free((PyObject *)ring);
+}
+
+static PyObject *
+ring_len(RingObj *ring, void *closure)
+{
+    return PyLong_FromSsize_t(ring->n);
+}
+
+static PyObject *
+ring_capacity(RingObj *ring, void *closure)
+{
+    return PyLong_FromSsize_t(ring->cap);
+}
+
+static PyMethodDef ring_methods[] = {
+    {"add_probe", (PyCFunction)ring_add_probe, METH_NOARGS,
+     "A new probe id: its records and losses are told apart by it."},
+    {"take", (PyCFunction)ring_take, METH_NOARGS,
+     "(records, {probe: lost}) since the last take; the ring starts over."},
+    {"take_json", (PyCFunction)(void (*)(void))ring_take_json, METH_VARARGS | METH_KEYWORDS,
+     "take_json(statics, pid, fallback, keep=False) -> (text, {probe: n}, {probe: lost}, "
+     "records or None): the records as JSON Lines."},
+    {"clear_after_fork", (PyCFunction)ring_clear_after_fork, METH_NOARGS,
+     "Drop the records a forked child inherited."},
+    {NULL},
+};
+
+static PyGetSetDef ring_getset[] = {
+    {"pending", (getter)ring_len, NULL, "Records written and not yet taken.", NULL},
+    {"capacity", (getter)ring_capacity, NULL, "Records a buffer holds.", NULL},
+    {NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobes._speedups.Ring",
+    .tp_basicsize = sizeof(RingObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Ring(capacity, render, exception_text, wake=None): programs' event records.",
+    .tp_new = ring_new,
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_traverse = (traverseproc)ring_traverse,
+    .tp_clear = (inquiry)ring_tp_clear,
+    .tp_methods = ring_methods,
+    .tp_getset = ring_getset,
+};
