@@ -44,8 +44,33 @@ class Program:
         program: object,
         key_of: Callable[[object], str],
         make_results: Callable[..., object],
+        ring: Ring | None = None,
+        probe: int = 0,
     ) -> None: ...
     def take(self) -> object: ...
+
+class Ring:
+    """Programs' event records in a bounded ring (see pyprobes.engine.ring)."""
+
+    pending: int
+    capacity: int
+    def __init__(
+        self,
+        capacity: int,
+        render: Callable[[object], object],
+        exception_text: Callable[[BaseException], object],
+        wake: Callable[[], object] | None = None,
+    ) -> None: ...
+    def add_probe(self) -> int: ...
+    def take(self) -> tuple[list[tuple[object, ...]], dict[int, int]]: ...
+    def take_json(
+        self,
+        statics: tuple[tuple[str, tuple[str, ...]], ...],
+        pid: int,
+        fallback: Callable[[tuple[object, ...]], str],
+        keep: bool = False,
+    ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+    def clear_after_fork(self) -> None: ...
 
 def set_entry_clock(name: str) -> str: ...
 def set_close_emits_nothing(flag: bool) -> None: ...

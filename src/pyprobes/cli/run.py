@@ -24,6 +24,7 @@ from pyprobes.cli.options import (
 from pyprobes.engine import own_thread
 from pyprobes.output import Aggregator, EventWriter, format_summary, interval_stamp
 from pyprobes.tracer import TraceSession
+from pyprobes.tracer.records import RingSource
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -234,7 +235,17 @@ def run(args: argparse.Namespace) -> int:
         events = wants_events(args)
         # Aggregations alone: the probes that can run as programs in the core do (no Python
         # call per hit); collect() folds their results in before each print.
-        session = TraceSession(specs, writer.emit if events else _drop, aggregator, events=events)
+        # JSON events: the probes whose records a program can write do, into the core's
+        # ring, rendered on the writer's thread (in C by the C core); the others keep the
+        # Python path. Text and Chrome stay on the Python path for now: rendered in Python,
+        # the ring's records come faster than the writer renders them, and would be lost.
+        records = RingSource() if events and args.format == "json" else None
+        if records is not None:
+            records.wake_writer = writer.wake
+            writer.add_source(records)
+        session = TraceSession(
+            specs, writer.emit if events else _drop, aggregator, events=events, records=records
+        )
         program.set_path0(prog)
         session.arm()
         try:

@@ -75,6 +75,7 @@ __all__ = [
     "new_ret_state",
     "program_handler",
     "publish",
+    "record_ring",
     "set_own_threads",
     "uninstall",
 ]
@@ -240,7 +241,7 @@ def program_handler(
         prog,
         key_of or program.default_key_of,
         program.results_from_raw,
-        ring,
+        ring,  # type: ignore[arg-type]
         probe,
     )
 

@@ -103,7 +103,7 @@ def thread_native_id() -> int:
     return threading.get_native_id()
 
 
-def entry_location(code: CodeType, lineno: int) -> str:
+def entry_location(code: CodeType, lineno: int | None) -> str:
     """An entry's ``location``: the probed code's file and line."""
     return f"{code.co_filename}:{lineno}"
 

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
+from typing import Protocol
 
 from pyprobes.output.records import Event
 from pyprobes.output.render import Renderer
@@ -17,6 +18,20 @@ from pyprobes.output.sinks import Sink
 WRITER_THREAD_NAME = "pyprobes-writer"
 DEFAULT_CAPACITY = 65536
 DEFAULT_BATCH = 1024
+#: How often the writer reads its record sources when nothing wakes it earlier (seconds).
+SOURCE_POLL = 0.02
+
+
+class RecordSource(Protocol):
+    """Events kept elsewhere (a core's ring of records) that the writer renders and writes."""
+
+    def drain(self, renderer: Renderer) -> tuple[str, int]:
+        """The text of what is held now, and how many events it has (writer thread)."""
+        ...
+
+    def lost_by_event(self) -> dict[str, int]:
+        """Events that will never be written, per event name."""
+        ...
 
 
 class EventWriter:
@@ -68,6 +83,7 @@ class EventWriter:
         # event name -> events lost on the writer thread; only that thread updates it.
         self._writer_lost: dict[str, int] = {}
         self._written = 0
+        self._sources: list[RecordSource] = []
         self.render_errors = 0
         self.error: BaseException | None = None
         self._handle = sink.open()
@@ -103,6 +119,15 @@ class EventWriter:
             # Nothing may reach the probed program; at worst this event is uncounted.
             pass
 
+    def add_source(self, source: RecordSource) -> None:
+        """Also write what ``source`` holds, read every SOURCE_POLL s or when woken."""
+        self._sources = [*self._sources, source]
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Ask the writer thread to read its sources now (cheap; from a record source)."""
+        self._wake.set()
+
     # -- counters -----------------------------------------------------------------------
 
     @property
@@ -127,6 +152,9 @@ class EventWriter:
             out[name] = out.get(name, 0) + n
         for name, n in self._writer_lost.copy().items():
             out[name] = out.get(name, 0) + n
+        for source in self._sources:
+            for name, n in source.lost_by_event().items():
+                out[name] = out.get(name, 0) + n
         if self._stopped:
             # Emitted by a producer that passed the accepting check as the writer stopped.
             for event in self._buf.copy():
@@ -192,6 +220,20 @@ class EventWriter:
             for name in names:
                 self._lose(name)
 
+    def _drain_sources(self) -> None:
+        for source in self._sources:
+            if self.error is not None:
+                return
+            try:
+                text, n = source.drain(self._renderer)
+            except Exception:
+                self.render_errors += 1
+                continue
+            if self._write(text):
+                self._written += n
+            else:
+                self._lose("?", n)
+
     def _run(self) -> None:
         # The writer's own calls (json, str methods) are not the program's hits: whoever made
         # the writer says how to tell the engine (pyprobes.own_thread), output knows no engine.
@@ -203,12 +245,14 @@ class EventWriter:
         wake = self._wake
         try:
             while self.error is None and not self._abandoned:
-                wake.wait()
+                wake.wait(SOURCE_POLL if self._sources else None)
                 # Clear before draining: an append after the drain then sets it again.
                 wake.clear()
                 while buf and self.error is None and not self._abandoned:
                     self._write_batch()
-                if self._closing and not buf:
+                closing = self._closing
+                self._drain_sources()
+                if closing and not buf:
                     break
             if self.error is None:
                 try:
@@ -271,6 +315,10 @@ class EventWriter:
         self._writer_lost = {}
         self._written = 0
         self.error = RuntimeError("after fork the child writes no events; the parent does")
+        for source in self._sources:
+            after = getattr(source, "after_fork_in_child", None)
+            if after is not None:
+                after()
 
 
 _live_writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()

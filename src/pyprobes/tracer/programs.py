@@ -25,6 +25,7 @@ from pyprobes.spec.model import Root
 #: Durations are bucketed in ns, us and ms, as Log2Histogram shows them.
 DURATION_SCALES = (1, 1_000, 1_000_000)
 MAX_KEYS = 10_000
+MAX_FIELDS = 8
 _SPECIAL = {
     "$duration": prog.Var("duration"),
     "$retval": prog.Var("retval"),
@@ -45,6 +46,8 @@ class Plan:
     #: ``$function``/``$probe`` keys are the same for every hit of a placement: the program
     #: keeps no key and the placement's own is given when its results are folded.
     placement_key: str | None = None
+    #: Its results feed aggregations (collect() folds them); False: it only records events.
+    aggregates: bool = True
 
 
 class _NoProgram(Exception):
@@ -96,9 +99,32 @@ def _map_cond(spec: ProbeSpec, c: prog.Cond) -> prog.Cond:
     return prog.AllOf(parts) if isinstance(c, prog.AllOf) else prog.AnyOf(parts)
 
 
-def plan(spec: ProbeSpec, config: AggregatorConfig) -> Plan:
-    """The program for ``spec``'s hits under ``config``, or why there is none."""
+def _fields(spec: ProbeSpec) -> tuple[prog.Var, ...]:
+    """The Vars an event record of ``spec`` holds: its fetch args, each a plain name."""
+    if len(spec.fetchargs) > MAX_FIELDS:
+        raise _NoProgram(f"a record holds at most {MAX_FIELDS} fetch args")
+    out = []
+    for fa in spec.fetchargs:
+        if fa.type is not None or len(fa.path) != 1 or not isinstance(fa.path[0], Root):
+            raise _NoProgram(f"fetch arg {fa} is more than a name")
+        root = fa.root
+        if root.startswith("$"):
+            var = _special(spec, root)
+            if var is None:
+                raise _NoProgram(f"{root} at an entry is read by the Python path")
+        else:
+            var = prog.Var("local", root)
+        out.append(var)
+    return tuple(out)
+
+
+def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = False) -> Plan:
+    """The program for ``spec``'s hits under ``config`` (None: no aggregations), recording
+    its events too when ``events``, or why there is none."""
+    config = config if config is not None else AggregatorConfig()
+    aggregates = bool(config.hist_field or config.count or config.by_field or config.stats_field)
     try:
+        fields = _fields(spec) if events else ()
         if config.stats_field is not None:
             raise _NoProgram("--stats is kept by the Python path")
         cond = None
@@ -122,10 +148,12 @@ def plan(spec: ProbeSpec, config: AggregatorConfig) -> Plan:
             hist=hist,
             hist_scales=DURATION_SCALES if unit == "nsecs" else (1,),
             max_keys=MAX_KEYS,
+            fields=fields,
         ),
         keyed=key is not None or placement_key is not None,
         hist_unit=unit,
         placement_key=placement_key,
+        aggregates=aggregates,
     )
 
 

@@ -20,6 +20,7 @@ from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
 from pyprobes.tracer import programs
 from pyprobes.tracer.hits import Emit, HitRecorder
+from pyprobes.tracer.records import RingSource
 from pyprobes.tracer.targets import (
     MAIN,
     Placement,
@@ -62,14 +63,16 @@ class TraceSession:
         aggregator: Aggregator | None = None,
         *,
         events: bool = True,
+        records: RingSource | None = None,
     ) -> None:
         self._compiled = [_Compiled(s) for s in specs]
         self._aggregator = aggregator
         self._events = events or aggregator is None
-        if not self._events:
-            assert aggregator is not None
+        self._records = records if self._events else None
+        if not self._events or records is not None:
+            config = aggregator.config if aggregator is not None else None
             for c in self._compiled:
-                p = programs.plan(c.spec, aggregator.config)
+                p = programs.plan(c.spec, config, events=self._events)
                 c.plan = p if p.program is not None else None
         self._writer_emit = emit
         self._lock = threading.Lock()
@@ -92,7 +95,7 @@ class TraceSession:
         if agg is None:
             return
         for c in self._compiled:
-            if c.plan is None:
+            if c.plan is None or c.plan.program is None or not c.plan.aggregates:
                 continue
             for h, probe_text in list(c.handlers):
                 programs.add_results(agg, c.spec.event, c.plan, h.take(), probe_text)
@@ -103,7 +106,16 @@ class TraceSession:
         probe: Probe
         handler: Any
         if c.plan is not None and c.plan.program is not None:
-            handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_text)
+            source = self._records
+            if source is not None:
+                handler = pyprobes.program_handler(
+                    c.plan.program,
+                    key_of=programs.key_text,
+                    ring=source.ring,
+                    probe=source.new_probe(c.spec, pl.probe_text),
+                )
+            else:
+                handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_text)
             on_entry = on_return = handler
         else:
             rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
@@ -226,10 +238,12 @@ class TraceSession:
         for c in self._compiled:
             if c.plan is not None:
                 out.append((c.spec.event, "program"))
-            elif self._events or agg is None:
+            elif self._events and self._records is None:
                 out.append((c.spec.event, "python: events are written"))
             else:
-                out.append((c.spec.event, "python: " + programs.plan(c.spec, agg.config).reason))
+                config = agg.config if agg is not None else None
+                why = programs.plan(c.spec, config, events=self._events).reason
+                out.append((c.spec.event, "python: " + why))
         return out
 
     def describe(self) -> list[str]:

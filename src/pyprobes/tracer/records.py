@@ -1,0 +1,136 @@
+"""Events recorded by probe programs in the core's ring, turned into output on the writer thread.
+
+A spec whose events a program can record (``programs.plan`` with ``events=True``) writes fixed
+records into the engine's ring at each hit; ``RingSource.drain`` runs on the event writer's
+thread and renders what the ring holds: JSON Lines in C when the core has it (``take_json``,
+whose fallback for a record it cannot spell is this module's own rendering), any other format
+through the output renderers from ``Event`` records. Either way the text is the Python path's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import pyprobes
+from pyprobes.output import Event
+from pyprobes.output.render import Renderer
+from pyprobes.output.render_json import JsonRenderer
+from pyprobes.output.sanitize import dumps
+from pyprobes.spec import ProbeSpec, exception_text, render
+
+#: Records a buffer of the ring holds (there are two: one is written while the other is read).
+RING_CAPACITY = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    event: str
+    group: str
+    kind: str
+    probe: str
+    names: tuple[str, ...]
+
+
+class RingSource:
+    """The session's ring and what its probes' records need to become events."""
+
+    def __init__(self, capacity: int = RING_CAPACITY) -> None:
+        self.ring = pyprobes.record_ring(capacity, render, exception_text, self._wake)
+        self._probes: list[_Probe] = []
+        self._statics: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._lock = threading.Lock()  # new_probe (import listener, arm) against drain
+        self._lost: dict[str, int] = {}
+        self._json = JsonRenderer()
+        self.wake_writer: object = None  # the writer's wake-up, set by the writer
+
+    def _wake(self) -> None:
+        wake = self.wake_writer
+        if callable(wake):
+            wake()
+
+    def new_probe(self, spec: ProbeSpec, probe_text: str) -> int:
+        """A ring id for one placement of ``spec``, whose records name ``probe_text``."""
+        with self._lock:
+            kind = "r" if spec.is_return else "p"
+            p = _Probe(
+                spec.event, spec.group, kind, probe_text, tuple(fa.name for fa in spec.fetchargs)
+            )
+            pid: int = self.ring.add_probe()
+            assert pid == len(self._probes)
+            self._probes.append(p)
+            return pid
+
+    def _statics_of(self, probes: list[_Probe]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Per probe, its JSON up to ``"location":`` and its fetch args' keys. Made here, on
+        the writer's thread: json called where the probe is placed could hit a json probe."""
+        statics = self._statics
+        for p in probes[len(statics) :]:
+            prefix = dumps({"event": p.event, "group": p.group, "kind": p.kind, "probe": p.probe})
+            keys = tuple(dumps(n) + ":" for n in p.names)
+            statics = (*statics, (prefix[:-1] + ',"location":', keys))
+        self._statics = statics
+        return statics
+
+    def event_of(self, rec: tuple[object, ...]) -> Event:
+        """The Event a record stands for (as HitRecorder would have made it)."""
+        (i, kind, time_ns, tid, tname, values, retval, exc, duration, location, site, is_async) = (
+            rec
+        )
+        p = self._probes[i]  # type: ignore[call-overload]
+        ret = kind == "r"
+        return Event(
+            event=p.event,
+            group=p.group,
+            kind=p.kind,
+            probe=p.probe,
+            location=location,  # type: ignore[arg-type]
+            time_ns=time_ns,  # type: ignore[arg-type]
+            pid=os.getpid(),
+            thread_id=tid,  # type: ignore[arg-type]
+            thread_name=tname,  # type: ignore[arg-type]
+            args=dict(zip(p.names, values, strict=True)),  # type: ignore[call-overload]
+            retval=retval if ret else None,
+            exception=exc,  # type: ignore[arg-type]
+            duration_ns=duration,  # type: ignore[arg-type]
+            site=site if ret else "",  # type: ignore[arg-type]
+            is_async=bool(is_async),
+        )
+
+    def _fallback(self, rec: tuple[object, ...]) -> str:
+        return self._json.render(self.event_of(rec))
+
+    def drain(self, renderer: Renderer) -> tuple[str, int]:
+        """Render what the ring holds (writer thread): the text and how many events it has."""
+        with self._lock:
+            probes = list(self._probes)
+        take_json = getattr(self.ring, "take_json", None)
+        if isinstance(renderer, JsonRenderer) and take_json is not None:
+            statics = self._statics_of(probes)
+            text, counts, lost, _ = take_json(statics, os.getpid(), self._fallback)
+            self._count_lost(lost, probes)
+            return text, sum(counts.values())
+        records, lost = self.ring.take()
+        self._count_lost(lost, probes)
+        parts = []
+        for rec in records:
+            try:
+                parts.append(renderer.render(self.event_of(rec)))
+            except Exception:
+                name = probes[rec[0]].event
+                self._lost[name] = self._lost.get(name, 0) + 1
+        return "".join(parts), len(parts)
+
+    def _count_lost(self, lost: dict[int, int], probes: list[_Probe]) -> None:
+        for i, n in lost.items():
+            name = probes[i].event
+            self._lost[name] = self._lost.get(name, 0) + n
+
+    def lost_by_event(self) -> dict[str, int]:
+        """Records lost (the ring was full, or rendering failed) per event name."""
+        return dict(self._lost)
+
+    def after_fork_in_child(self) -> None:
+        """The child's inherited records are the parent's to write."""
+        self.ring.clear_after_fork()
