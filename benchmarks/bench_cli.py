@@ -1,6 +1,7 @@
 """What one probe costs through the command users run (issue 13), beside the tools they would
 pick instead: ``pyprobes run`` with aggregations (probe programs in the core), with events
-(the Python path), cProfile, and viztracer when it is installed.
+(JSON from the core's ring of records, text through the Python path), cProfile, and viztracer
+when it is installed.
 
 The program calls ``work(a, b)`` N times and prints the loop's own time (perf_counter_ns), so
 interpreter and tool start-up are not counted. Each variant runs as a fresh process, in
@@ -103,6 +104,12 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
         Variant("r-json", "pyprobes run -e 'r:w __main__:work' --format json -o FILE",
                 [*run, "-e", "r:w __main__:work", "--format", "json", "-o", str(out),
                  str(prog), n]),
+        Variant("r-json-args",
+                "pyprobes run -e 'r:w __main__:work a b $retval' --format json -o FILE",
+                [*run, "-e", "r:w __main__:work a b $retval", "--format", "json", "-o",
+                 str(out), str(prog), n]),
+        Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text, Python path)",
+                [*run, "-e", "r:w __main__:work", "-o", str(out), str(prog), n]),
         Variant("cprofile", "python -m cProfile (every call)",
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
     ]  # fmt: skip
