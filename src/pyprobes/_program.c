@@ -360,35 +360,55 @@ is_scalar(PyObject *v)
            PyFloat_CheckExact(v) || v == Py_None;
 }
 
-/* engine.threads.thread_name() (new reference). */
+/* The thread ident's int, as threading._active's keys are (borrowed): made once per thread and
+ * kept in a small table (GIL-protected, a slot replaced on collision), not at every hit. */
+#define IDENT_SLOTS 64
+static struct {
+    unsigned long ident;
+    PyObject *key;
+} g_idents[IDENT_SLOTS];
+
+static PyObject *
+prog_ident_key(void)
+{
+    unsigned long ident = PyThread_get_thread_ident();
+    size_t i = (size_t)((ident >> 12) ^ ident) % IDENT_SLOTS; /* idents are aligned addresses */
+    if (g_idents[i].key == NULL || g_idents[i].ident != ident) {
+        PyObject *k = PyLong_FromUnsignedLong(ident);
+        if (k == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(g_idents[i].key, k);
+        g_idents[i].ident = ident;
+    }
+    return g_idents[i].key;
+}
+
+/* engine.threads.thread_name() (new reference): threading._active read from the module's
+ * dict each time (a forked child rebinds it), as getattr(threading, "_active") does for a plain
+ * module. */
 static PyObject *
 prog_thread_name(void)
 {
-    PyObject *active = PyObject_GetAttr(g_threading, s_active);
-    if (active == NULL) {
-        PyErr_Clear();
-    }
-    else if (PyDict_Check(active)) {
-        PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    PyObject *mdict = PyModule_GetDict(g_threading); /* borrowed */
+    PyObject *active = mdict != NULL ? PyDict_GetItemWithError(mdict, s_active) : NULL;
+    if (active != NULL && PyDict_Check(active)) {
+        PyObject *ident = prog_ident_key(); /* borrowed */
         if (ident == NULL) {
-            Py_DECREF(active);
             return NULL;
         }
         PyObject *t = PyDict_GetItemWithError(active, ident); /* int keys: no Python code */
-        Py_DECREF(ident);
         if (t != NULL) {
             Py_INCREF(t);
             PyObject *name = PyObject_GetAttr(t, s_name_attr); /* as getattr(thread, "_name") */
             Py_DECREF(t);
             if (name != NULL && PyUnicode_Check(name)) {
-                Py_DECREF(active);
                 return name;
             }
             Py_XDECREF(name);
         }
-        PyErr_Clear();
     }
-    Py_XDECREF(active);
+    PyErr_Clear();
     return PyUnicode_FromFormat("Dummy-%lu", PyThread_get_thread_native_id());
 }
 
