@@ -9,7 +9,10 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 import pyprobes
 from pyprobes.output import Event, JsonRenderer
@@ -120,3 +123,115 @@ def test_pyprobes_run_writes_json_events_from_the_ring(tmp_path: Path) -> None:
     assert first["args"] == {"a": 0, "b": 2, "$retval": 2} and first["retval"] == 2
     assert last["args"]["a"] == 49999 and last["site"] == "__main__:<module>:5"
     assert "0 events lost" in proc.stderr
+
+
+def test_records_past_a_chunk_keep_their_order_and_fallbacks_in_place() -> None:
+    """Thousands of records (several of take_json's chunks), a fallback in every one."""
+    source = RingSource()
+    session = TraceSession([parse_spec(s) for s in SPECS], lambda e: None, records=source)
+    session.arm()
+    try:
+        for _ in range(100):
+            targets.run()
+    finally:
+        session.stop()
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    text, counts, lost, kept = source.ring.take_json(
+        source._statics_of(source._probes), os.getpid(), source._fallback, keep=True
+    )
+    assert len(kept) == 100 * (2 * (len(targets.VALUES) + 2) + 6 + 1) > 3 * 2048
+    assert text == "".join(JsonRenderer().render(source.event_of(r)) for r in kept)
+    assert lost == {}
+
+
+def _fill(source: RingSource, calls: int) -> None:
+    session = TraceSession(
+        [parse_spec(f"r:s {T}:show value n $retval")], lambda e: None, records=source
+    )
+    session.arm()
+    try:
+        for i in range(calls):
+            targets.show(i, i)
+    finally:
+        session.stop()
+
+
+def test_the_c_core_renders_json_with_the_gil_released() -> None:
+    """Another thread runs while take_json writes; with a switch interval this long, only a
+    release of the GIL lets it (it gives the GIL back at each sleep(0))."""
+    source = RingSource()
+    _fill(source, 30_000)
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    ticks = [0]
+    stop = threading.Event()
+    started = threading.Event()
+
+    def tick() -> None:
+        started.set()
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0)
+
+    statics = source._statics_of(source._probes)
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=tick)
+    t.start()
+    started.wait()
+    sys.setswitchinterval(1000.0)
+    try:
+        before = ticks[0]
+        text, counts, _, _ = source.ring.take_json(statics, os.getpid(), source._fallback)
+        during = ticks[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        t.join()
+    assert sum(counts.values()) == len(text.splitlines()) == 30_000
+    assert during > 0
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_while_the_records_are_being_rendered_leaves_the_child_a_working_ring() -> None:
+    """The child of a fork made while a reader holds a buffer (here: from the fallback, in the
+    middle of take_json) records and reads again after clear_after_fork."""
+    source = RingSource()
+    _fill(source, 10)
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    ring = source.ring
+    statics = source._statics_of(source._probes)
+    children: list[int] = []
+
+    def fork_once(rec: tuple[object, ...]) -> str:
+        if not children:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ring.clear_after_fork()
+                    _fill(source, 3)
+                    records, _ = ring.take()
+                    code = 0 if len(records) == 3 else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        return source._fallback(rec)
+
+    # a value the fast path cannot spell: its record goes to the fallback
+    session = TraceSession(
+        [parse_spec(f"r:s {T}:show value n $retval")], lambda e: None, records=source
+    )
+    session.arm()
+    try:
+        targets.show("café", 1)
+    finally:
+        session.stop()
+    text, counts, _, _ = ring.take_json(statics, os.getpid(), fork_once)
+    assert sum(counts.values()) == 11
+    _, status = os.waitpid(children[0], 0)
+    assert os.waitstatus_to_exitcode(status) == 0
