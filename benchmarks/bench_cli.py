@@ -9,7 +9,7 @@ interleaved rounds (shuffled order each round); the table gives, per variant, th
 ``(loop - plain loop) / N``: ns added per call, and the ratio to the engine's floor (an empty
 Python kretprobe handler, run in-process by ``Kretprobe``).
 
-    python benchmarks/bench_cli.py [--rounds 7] [--calls 200000] [--md FILE]
+    python benchmarks/bench_cli.py [--rounds 7] [--calls 200000] [--md FILE] [--only KEY,...]
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--md", type=Path, help="also write the table as Markdown here")
+    ap.add_argument("--only", help="comma-separated variant keys (plain and floor always run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
@@ -146,6 +147,13 @@ def main() -> None:
         prog.write_text(PROGRAM)
         (cwd / "pyprobes_bench_floor.py").write_text(FLOOR)
         vs = variants(prog, cwd / "events.jsonl", args.calls)
+        if args.only:
+            keep = {"plain", "floor", *args.only.split(",")}
+            unknown = keep - {v.key for v in vs}
+            if unknown:
+                raise SystemExit(f"--only: no variant {', '.join(sorted(unknown))}; the keys"
+                                 f" are {', '.join(v.key for v in vs)}")
+            vs = [v for v in vs if v.key in keep]
         checksum: list[str] = []
         for _ in range(args.rounds):
             order = vs[:]

@@ -408,21 +408,31 @@ buf_int(Buf *b, long long v)
     if (buf_grow(b, 24) < 0) {
         return -1;
     }
+    static const char pairs[201] = "00010203040506070809101112131415161718192021222324252627282930"
+                                   "31323334353637383940414243444546474849505152535455565758596061"
+                                   "62636465666768697071727374757677787980818283848586878889909192"
+                                   "93949596979899";
     char t[24];
-    int k = 0;
+    char *e = t + sizeof t, *d = e;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        t[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    char *o = b->p + b->n;
+    while (u >= 100) { /* two digits at a time */
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        d -= 2;
+        memcpy(d, pairs + 2 * r, 2);
+    }
+    if (u >= 10) {
+        d -= 2;
+        memcpy(d, pairs + 2 * u, 2);
+    }
+    else {
+        *--d = (char)('0' + u);
+    }
     if (v < 0) {
-        *o++ = '-';
+        *--d = '-';
     }
-    while (k > 0) {
-        *o++ = t[--k];
-    }
-    b->n = o - b->p;
+    memcpy(b->p + b->n, d, e - d);
+    b->n += e - d;
     return 0;
 }
 
@@ -485,6 +495,32 @@ static int
 buf_qstr(Buf *b, Str s)
 {
     return BUF_LIT(b, "\"") < 0 || buf_esc(b, s) < 0 ? -1 : BUF_LIT(b, "\"");
+}
+
+/* The last text escaped for one field: a record's file, thread name or site is most often the
+ * one before it, whose escaped bytes are then copied from where they were written. */
+typedef struct {
+    const char *src;
+    Py_ssize_t srcn, at, n;
+} EscMemo;
+
+static int
+buf_esc_memo(Buf *b, Str s, EscMemo *m)
+{
+    if (m->src == s.s && m->srcn == s.n) {
+        if (buf_grow(b, m->n) < 0) {
+            return -1;
+        }
+        memcpy(b->p + b->n, b->p + m->at, m->n);
+        b->n += m->n;
+        return 0;
+    }
+    Py_ssize_t at = b->n;
+    if (buf_esc(b, s) < 0) {
+        return -1;
+    }
+    *m = (EscMemo){s.s, s.n, at, b->n - at};
+    return 0;
 }
 
 /* A value as JSON writes it: a literal (null, true, false), an int, an ASCII str, or a float's
@@ -629,9 +665,15 @@ buf_jval(Buf *b, const JVal *v, const char *arena)
     }
 }
 
+/* What step 2 keeps from one record to the next (within a chunk: step 3 moves lines). */
+typedef struct {
+    Str pid; /* ',"pid":N' */
+    EscMemo file, tname, module, qual;
+} Memo;
+
 /* Step 2 for one record: its line. 0, or -1 (out of memory). No GIL needed. */
 static int
-flat_json(Buf *b, const Flat *f, long long pid, const char *arena)
+flat_json(Buf *b, const Flat *f, Memo *memo, const char *arena)
 {
 #define STEP(e)                                                                                 \
     do {                                                                                        \
@@ -645,19 +687,19 @@ flat_json(Buf *b, const Flat *f, long long pid, const char *arena)
     }
     else {
         STEP(BUF_LIT(b, "\""));
-        STEP(buf_esc(b, f->file));
+        STEP(buf_esc_memo(b, f->file, &memo->file));
         STEP(BUF_LIT(b, ":"));
         STEP(buf_int(b, f->line));
         STEP(BUF_LIT(b, "\""));
     }
     STEP(BUF_LIT(b, ",\"time_ns\":"));
     STEP(buf_int(b, f->time_ns));
-    STEP(BUF_LIT(b, ",\"pid\":"));
-    STEP(buf_int(b, pid));
+    STEP(buf_put(b, memo->pid.s, memo->pid.n));
     STEP(BUF_LIT(b, ",\"thread_id\":"));
     STEP(buf_int(b, f->tid));
-    STEP(BUF_LIT(b, ",\"thread_name\":"));
-    STEP(buf_qstr(b, f->tname));
+    STEP(BUF_LIT(b, ",\"thread_name\":\""));
+    STEP(buf_esc_memo(b, f->tname, &memo->tname));
+    STEP(BUF_LIT(b, "\""));
     STEP(BUF_LIT(b, ",\"args\":{"));
     for (int i = 0; i < f->nvals; i++) {
         if (i > 0) {
@@ -680,9 +722,9 @@ flat_json(Buf *b, const Flat *f, long long pid, const char *arena)
         }
         else {
             STEP(BUF_LIT(b, "\""));
-            STEP(buf_esc(b, f->module));
+            STEP(buf_esc_memo(b, f->module, &memo->module));
             STEP(BUF_LIT(b, ":"));
-            STEP(buf_esc(b, f->qual));
+            STEP(buf_esc_memo(b, f->qual, &memo->qual));
             STEP(BUF_LIT(b, ":"));
             STEP(buf_int(b, f->line));
             STEP(BUF_LIT(b, "\""));
@@ -759,21 +801,25 @@ chunk_fallbacks(Buf *b, Py_ssize_t from, Rec *recs, Flat *flat, Py_ssize_t *ends
     return rc;
 }
 
-/* take_json(statics, pid, fallback, keep=False) -> (text, counts, lost, records or None) */
+/* take_json(statics, pid, fallback, keep=False, utf8=False)
+ *   -> (text, counts, lost, records or None); with utf8, the text as UTF-8 bytes (no decoding:
+ *   a file opened as UTF-8 takes them as they are). */
 static PyObject *
 ring_take_json(RingObj *ring, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"statics", "pid", "fallback", "keep", NULL};
+    static char *kwlist[] = {"statics", "pid", "fallback", "keep", "utf8", NULL};
     PyObject *statics, *fallback;
     long long pid;
-    int keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LO|p:take_json", kwlist, &PyTuple_Type,
-                                     &statics, &pid, &fallback, &keep)) {
+    int keep = 0, utf8 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LO|pp:take_json", kwlist, &PyTuple_Type,
+                                     &statics, &pid, &fallback, &keep, &utf8)) {
         return NULL;
     }
     Py_ssize_t n;
     Rec *full = ring_swap(ring, &n);
     Buf b = {NULL, 0, 0}, arena = {NULL, 0, 0};
+    char pidtext[40];
+    snprintf(pidtext, sizeof pidtext, ",\"pid\":%lld", pid);
     PyObject *memo_code = NULL; /* borrowed: a record holds it */
     long memo_offset = 0, memo_line = 0;
     Py_ssize_t nprobes = ring->nprobes;
@@ -828,10 +874,11 @@ ring_take_json(RingObj *ring, PyObject *args, PyObject *kwds)
         }
         Py_ssize_t from = b.n;
         int failed = 0;
+        Memo memo = {{pidtext, (Py_ssize_t)strlen(pidtext)}};
         Py_BEGIN_ALLOW_THREADS /* step 2 */
         for (Py_ssize_t k = 0; k < m && !failed; k++) {
             if (!flat[k].fallback) {
-                failed = flat_json(&b, &flat[k], pid, arena.p) < 0;
+                failed = flat_json(&b, &flat[k], &memo, arena.p) < 0;
             }
             ends[k] = b.n;
         }
@@ -844,7 +891,8 @@ ring_take_json(RingObj *ring, PyObject *args, PyObject *kwds)
             goto done;
         }
     }
-    text = PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "surrogatepass");
+    text = utf8 ? PyBytes_FromStringAndSize(b.p ? b.p : "", b.n)
+                : PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "surrogatepass");
     cdict = counts_dict(counts, nprobes);
     lost = ring_take_lost(ring);
     if (text != NULL && cdict != NULL && lost != NULL) {
@@ -993,8 +1041,8 @@ static PyMethodDef ring_methods[] = {
     {"take", (PyCFunction)ring_take, METH_NOARGS,
      "(records, {probe: lost}) since the last take; the ring starts over."},
     {"take_json", (PyCFunction)(void (*)(void))ring_take_json, METH_VARARGS | METH_KEYWORDS,
-     "take_json(statics, pid, fallback, keep=False) -> (text, {probe: n}, {probe: lost}, "
-     "records or None): the records as JSON Lines."},
+     "take_json(statics, pid, fallback, keep=False, utf8=False) -> (text, {probe: n}, "
+     "{probe: lost}, records or None): the records as JSON Lines (UTF-8 bytes with utf8)."},
     {"clear_after_fork", (PyCFunction)ring_clear_after_fork, METH_NOARGS,
      "Drop the records a forked child inherited."},
     {NULL},

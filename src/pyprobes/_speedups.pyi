@@ -1,7 +1,7 @@
 # Type stub of the C core (src/pyprobes/_speedups.c); see pyprobes.engine.ccore.
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Literal, overload
 
 from pyprobes.engine import context
 from pyprobes.engine.probes import Kprobe, Kretprobe, Probe
@@ -63,13 +63,25 @@ class Ring:
     ) -> None: ...
     def add_probe(self) -> int: ...
     def take(self) -> tuple[list[tuple[object, ...]], dict[int, int]]: ...
+    @overload
     def take_json(
         self,
         statics: tuple[tuple[str, tuple[str, ...]], ...],
         pid: int,
         fallback: Callable[[tuple[object, ...]], str],
         keep: bool = False,
+        utf8: Literal[False] = False,
     ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+    @overload
+    def take_json(
+        self,
+        statics: tuple[tuple[str, tuple[str, ...]], ...],
+        pid: int,
+        fallback: Callable[[tuple[object, ...]], str],
+        keep: bool = False,
+        *,
+        utf8: Literal[True],
+    ) -> tuple[bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
     def clear_after_fork(self) -> None: ...
 
 def set_entry_clock(name: str) -> str: ...

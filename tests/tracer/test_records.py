@@ -138,11 +138,12 @@ def test_records_past_a_chunk_keep_their_order_and_fallbacks_in_place() -> None:
     if pyprobes.core_name() != "c":
         assert not hasattr(source.ring, "take_json")
         return
-    text, counts, lost, kept = source.ring.take_json(
-        source._statics_of(source._probes), os.getpid(), source._fallback, keep=True
+    data, counts, lost, kept = source.ring.take_json(
+        source._statics_of(source._probes), os.getpid(), source._fallback, keep=True, utf8=True
     )
     assert len(kept) == 100 * (2 * (len(targets.VALUES) + 2) + 6 + 1) > 3 * 2048
-    assert text == "".join(JsonRenderer().render(source.event_of(r)) for r in kept)
+    # (as UTF-8 bytes, for a file opened as UTF-8)
+    assert data == "".join(JsonRenderer().render(source.event_of(r)) for r in kept).encode()
     assert lost == {}
 
 

@@ -26,6 +26,9 @@ class SinkHandle(Protocol):
         """Write text; may raise OSError/ValueError, which the writer records."""
         ...
 
+    # A handle may also have ``write_utf8(data: bytes)``: text already encoded as UTF-8,
+    # written as it is (the writer decodes it for a handle without one).
+
     def flush(self) -> None:
         """Push buffered text out."""
         ...
@@ -72,6 +75,11 @@ class _FileHandle:
 
     def write(self, text: str) -> None:
         self._file.write(text)
+
+    def write_utf8(self, data: bytes) -> None:
+        """UTF-8 bytes straight to the file's buffer, after the text written before them."""
+        self._file.flush()
+        self._file.buffer.write(data)
 
     def flush(self) -> None:
         self._file.flush()

@@ -25,8 +25,9 @@ SOURCE_POLL = 0.02
 class RecordSource(Protocol):
     """Events kept elsewhere (a core's ring of records) that the writer renders and writes."""
 
-    def drain(self, renderer: Renderer) -> tuple[str, int]:
-        """The text of what is held now, and how many events it has (writer thread)."""
+    def drain(self, renderer: Renderer) -> tuple[str | bytes, int]:
+        """The text of what is held now (str, or UTF-8 bytes), and how many events it has
+        (writer thread)."""
         ...
 
     def lost_by_event(self) -> dict[str, int]:
@@ -182,10 +183,18 @@ class EventWriter:
     def _lose(self, name: str, n: int = 1) -> None:
         self._writer_lost[name] = self._writer_lost.get(name, 0) + n
 
-    def _write(self, text: str) -> bool:
+    def _write(self, text: str | bytes) -> bool:
         if self.error is not None:
             return False
         try:
+            if isinstance(text, bytes):
+                write_utf8 = getattr(self._handle, "write_utf8", None)
+                if write_utf8 is None:
+                    text = text.decode("utf-8", "surrogatepass")
+                elif text:
+                    write_utf8(text)
+                    self._handle.flush()
+                    return True
             if text:
                 self._handle.write(text)
                 self._handle.flush()

@@ -101,14 +101,15 @@ class RingSource:
     def _fallback(self, rec: tuple[object, ...]) -> str:
         return self._json.render(self.event_of(rec))
 
-    def drain(self, renderer: Renderer) -> tuple[str, int]:
-        """Render what the ring holds (writer thread): the text and how many events it has."""
+    def drain(self, renderer: Renderer) -> tuple[str | bytes, int]:
+        """Render what the ring holds (writer thread): the text (UTF-8 bytes from the C core's
+        JSON) and how many events it has."""
         with self._lock:
             probes = list(self._probes)
         take_json = getattr(self.ring, "take_json", None)
         if isinstance(renderer, JsonRenderer) and take_json is not None:
             statics = self._statics_of(probes)
-            text, counts, lost, _ = take_json(statics, os.getpid(), self._fallback)
+            text, counts, lost, _ = take_json(statics, os.getpid(), self._fallback, utf8=True)
             self._count_lost(lost, probes)
             return text, sum(counts.values())
         records, lost = self.ring.take()
