@@ -96,6 +96,18 @@ rec_value(RingObj *ring, PyObject *v)
     return r;
 }
 
+/* globals["__name__"] when it is a str (new reference), or NULL (no error). */
+static PyObject *
+rec_module(PyObject *globals)
+{
+    PyObject *name = NULL;
+    if (globals != NULL && PyDict_Check(globals)) {
+        name = PyDict_GetItemWithError(globals, s_dunder_name); /* borrowed */
+    }
+    PyErr_Clear();
+    return name != NULL && PyUnicode_CheckExact(name) ? Py_NewRef(name) : NULL;
+}
+
 /* Write one record for a hit of probe `probe` (the filter passed). 0, or -1 with an error. */
 static int
 ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
@@ -141,22 +153,32 @@ ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
                 rec.exc = Py_NewRef(g_fault_key);
             }
         }
-        PyObject *f = env->ctx != NULL ? ctx_frame(env->ctx) : NULL;
-        PyFrameObject *back = (f != NULL && PyFrame_Check(f)) ? PyFrame_GetBack((PyFrameObject *)f)
-                                                             : NULL;
-        if (back != NULL) {
-            rec.code = (PyObject *)PyFrame_GetCode(back);
-            rec.offset = PyFrame_GetLasti(back); /* its line is found when rendered */
-            PyObject *globals = PyFrame_GetGlobals(back);
-            if (globals != NULL && PyDict_Check(globals)) {
-                PyObject *name = PyDict_GetItemWithError(globals, s_dunder_name); /* borrowed */
-                if (name != NULL && PyUnicode_CheckExact(name)) {
-                    rec.module = Py_NewRef(name);
-                }
+        /* the caller: its code and instruction (its line is found when rendered), and the
+         * __name__ of its globals */
+#if HAVE_IFRAME
+        if (env->token != NULL) {
+            IFrame *back = iframe_caller(env->token);
+            if (back != NULL) {
+                rec.code = Py_NewRef(IFRAME_EXECUTABLE(back));
+                rec.offset =
+                    PyUnstable_InterpreterFrame_GetLasti((struct _PyInterpreterFrame *)back);
+                rec.module = rec_module(back->globals);
             }
-            Py_XDECREF(globals);
-            Py_DECREF(back);
-            PyErr_Clear();
+        }
+        else
+#endif
+        {
+            PyObject *f = env->ctx != NULL ? ctx_frame(env->ctx) : NULL;
+            PyFrameObject *back =
+                (f != NULL && PyFrame_Check(f)) ? PyFrame_GetBack((PyFrameObject *)f) : NULL;
+            if (back != NULL) {
+                rec.code = (PyObject *)PyFrame_GetCode(back);
+                rec.offset = PyFrame_GetLasti(back);
+                PyObject *globals = PyFrame_GetGlobals(back);
+                rec.module = rec_module(globals);
+                Py_XDECREF(globals);
+                Py_DECREF(back);
+            }
         }
     }
     else {

@@ -43,6 +43,11 @@ VALUES: list[object] = [
 ]
 
 
+#: calls of show in run(), and the hits of the tests' four probes
+SHOWS = len(VALUES) + 5
+HITS = 2 * SHOWS + 6 + 1
+
+
 def show(value: object, n: int) -> object:
     if n < 0:
         raise ValueError(n)
@@ -56,6 +61,8 @@ def gen(n: int) -> Iterator[int]:
 def run() -> None:
     for i, v in enumerate(VALUES):
         show(v, i)
+    list(map(show, ["via C"], [5]))  # a caller behind a C function's frame
+    sorted([2, 1], key=lambda v: show(v, 6))
     try:
         show("boom", -1)
     except ValueError:

@@ -64,7 +64,7 @@ def test_recorded_events_are_the_python_paths() -> None:
     records, lost = source.ring.take()
     assert lost == {}
     recorded = [source.event_of(r) for r in records]
-    assert len(recorded) == len(by_python) == 2 * (len(targets.VALUES) + 2) + 6 + 1
+    assert len(recorded) == len(by_python) == targets.HITS
     # The same events in the same order (the lines a user reads), timings aside.
     assert [as_json(untimed(e)) for e in recorded] == [as_json(untimed(e)) for e in by_python]
 
@@ -75,7 +75,7 @@ def test_the_c_cores_json_is_the_renderers_byte_for_byte() -> None:
         assert not hasattr(source.ring, "take_json")
         trace(source)
         text, n = source.drain(JsonRenderer())
-        assert n == len(text.splitlines()) == 2 * (len(targets.VALUES) + 2) + 6 + 1
+        assert n == len(text.splitlines()) == targets.HITS
         return
     trace(source)
     take_json = source.ring.take_json
@@ -96,13 +96,13 @@ def test_a_full_ring_counts_each_lost_record_for_its_probe() -> None:
     trace(source)
     records, lost = ring.take()
     assert len(records) == 5
-    hits = 2 * (len(targets.VALUES) + 2) + 6 + 1
+    hits = targets.HITS
     assert len(records) + sum(lost.values()) == hits
     by_probe: dict[int, int] = {}
     for r in records:
         by_probe[r[0]] = by_probe.get(r[0], 0) + 1
     # what each probe lost and kept adds up to its own hits
-    assert by_probe.get(0, 0) + lost.get(0, 0) == len(targets.VALUES) + 2
+    assert by_probe.get(0, 0) + lost.get(0, 0) == targets.SHOWS
 
 
 def test_pyprobes_run_writes_json_events_from_the_ring(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_records_past_a_chunk_keep_their_order_and_fallbacks_in_place() -> None:
     data, counts, lost, kept = source.ring.take_json(
         source._statics_of(source._probes), os.getpid(), source._fallback, keep=True, utf8=True
     )
-    assert len(kept) == 100 * (2 * (len(targets.VALUES) + 2) + 6 + 1) > 3 * 2048
+    assert len(kept) == 100 * targets.HITS > 3 * 2048
     # (as UTF-8 bytes, for a file opened as UTF-8)
     assert data == "".join(JsonRenderer().render(source.event_of(r)) for r in kept).encode()
     assert lost == {}
