@@ -96,6 +96,20 @@ rec_value(RingObj *ring, PyObject *v)
     return r;
 }
 
+/* The calling thread's native id: kept by its thread state (set again in a forked child), where
+ * PyThread_get_thread_native_id() is a system call on Linux. */
+static inline unsigned long
+rec_native_tid(void)
+{
+#if HAVE_FRAME_TOKEN
+    PyThreadState *ts = CURRENT_TSTATE();
+    if (ts != NULL && ts->native_thread_id != 0) {
+        return ts->native_thread_id;
+    }
+#endif
+    return PyThread_get_thread_native_id();
+}
+
 /* globals["__name__"] when it is a str (new reference), or NULL (no error). */
 static PyObject *
 rec_module(PyObject *globals)
@@ -123,7 +137,7 @@ ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
     memset(&rec, 0, sizeof(rec));
     rec.probe = probe;
     rec.time_ns = now_ns();
-    rec.tid = PyThread_get_thread_native_id();
+    rec.tid = rec_native_tid();
     rec.lineno = -1;
     rec.tname = prog_thread_name();
     if (rec.tname == NULL) {
