@@ -3367,6 +3367,8 @@ static PyMethodDef module_methods[] = {
      "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
     {"set_own_threads", set_own_threads, METH_O,
      "set_own_threads(idents): the threads on which no probe fires (pyprobes' own)."},
+    {"text_numbers", text_numbers, METH_O,
+     "text_numbers(ns) -> (duration, seconds): how text lines spell ns (for the tests)."},
     {NULL},
 };
 

@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyprobes
-from pyprobes.output import Event, JsonRenderer
+from pyprobes.output import Event, JsonRenderer, TextRenderer
+from pyprobes.output.units import format_duration
 from pyprobes.spec import exception_text, parse_spec, render
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.records import RingSource
@@ -238,3 +241,66 @@ def test_a_fork_while_the_records_are_being_rendered_leaves_the_child_a_working_
     assert sum(counts.values()) == 11
     _, status = os.waitpid(children[0], 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_c_cores_text_is_the_renderers_byte_for_byte() -> None:
+    """Every kind of value, exceptions, $duration, odd thread names: the Python text lines."""
+    specs = [*SPECS, f"r:x {T}:show n $duration", f"r:t {T}:show $retval n"]
+    source = RingSource()
+    session = TraceSession([parse_spec(s) for s in specs], lambda e: None, records=source)
+    session.arm()
+    try:
+        targets.run()
+    finally:
+        session.stop()
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_text")
+        return
+    statics = source._text_statics_of(source._probes)
+    fell: list[object] = []
+
+    def fallback(rec: tuple[object, ...]) -> str:
+        fell.append(rec)
+        return source._text_fallback(rec)
+
+    text, counts, lost, kept = source.ring.take_text(statics, os.getpid(), fallback, keep=True)
+    # only what the fast path cannot spell (non-ASCII text, containers, objects...) fell back
+    assert 0 < len(fell) < len(kept) // 2
+    assert len(kept) == sum(counts.values()) == targets.HITS + 2 * targets.SHOWS
+    expected = [TextRenderer().render(source.event_of(r)) for r in kept]
+    assert text.splitlines(keepends=True) == expected
+    # the cases are there: a return that raised, durations
+    assert sum(" raised=ValueError" in line and "$retval" not in line for line in expected) == 3
+    assert sum("$duration=" in line for line in expected) == 2 * targets.SHOWS
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(10**12), 10**12)))
+def test_the_c_cores_numbers_in_text_are_format_durations_and_seconds(ns: int) -> None:
+    """(A pure function of the C module, whichever core runs.)"""
+    from pyprobes import _speedups
+
+    assert _speedups.text_numbers(ns) == (format_duration(ns), f"{ns / 1e9:.6f}")
+
+
+def test_pyprobes_run_writes_text_events_from_the_ring(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import threading\n"
+        "def work(a, b):\n    return b * a\n\n"
+        "threading.current_thread().name = 'main\\tthread'\n"
+        "for i in range(30000):\n    work(i, 'x')\nprint('done')\n"
+    )
+    out = tmp_path / "events.txt"
+    cmd = [sys.executable, "-m", "pyprobes", "run", "-e", "r:w __main__:work a b $duration"]
+    cmd += ["-o", str(out), str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"
+    lines = out.read_text().splitlines()
+    assert len(lines) == 30000
+    first = lines[0]
+    assert first.startswith("main\\tthread-")  # a tab in a name is escaped
+    assert ": w: (__main__:<module>:7 <- __main__:work) a=0 b='x' $duration=" in first
+    assert lines[-1].split(") ", 1)[1].startswith("a=29999 b='x' $duration=")
+    assert "0 events lost" in proc.stderr

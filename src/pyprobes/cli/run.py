@@ -235,11 +235,10 @@ def run(args: argparse.Namespace) -> int:
         events = wants_events(args)
         # Aggregations alone: the probes that can run as programs in the core do (no Python
         # call per hit); collect() folds their results in before each print.
-        # JSON events: the probes whose records a program can write do, into the core's
-        # ring, rendered on the writer's thread (in C by the C core); the others keep the
-        # Python path. Text and Chrome stay on the Python path for now: rendered in Python,
-        # the ring's records come faster than the writer renders them, and would be lost.
-        records = RingSource() if events and args.format == "json" else None
+        # Events: the probes whose records a program can write do, into the core's ring,
+        # rendered on the writer's thread (JSON and text in C by the C core); the others keep
+        # the Python path, and so does Chrome output (RingSource.takes says which).
+        records = RingSource() if events and RingSource.takes(args.format or "text") else None
         if records is not None:
             records.wake_writer = writer.wake
             writer.add_source(records)
