@@ -762,6 +762,24 @@ class Aggregator:
         snapshot._per_event = taken
         return snapshot
 
+    def snapshot(self) -> Aggregator:
+        """What was aggregated so far, as a new independent Aggregator; this one is unchanged
+        and keeps counting (cumulative readers such as ``/metrics``).
+
+        The lock is held for one event's copy at a time, so an add() on a probed thread
+        waits for at most that; each event is copied whole (its hits, keys and histograms
+        agree), while two events may be a few adds apart.
+        """
+        snapshot = Aggregator.from_config(self.config)
+        with self._lock:
+            names = list(self._per_event)
+        for name in names:
+            with self._lock:
+                agg = self._per_event.get(name)
+                if agg is not None:
+                    snapshot._per_event[name] = agg.copy()
+        return snapshot
+
     @property
     def events(self) -> list[str]:
         """The event names seen, sorted."""

@@ -1,0 +1,107 @@
+"""``--metrics-port``/``--metrics-addr``: the session's aggregations at ``/metrics`` while the
+program runs (Prometheus' text format; ``output.prometheus`` renders, ``output.metrics_server``
+serves, this module ties them to a session)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+import pyprobes
+from pyprobes.cli.options import UsageError
+from pyprobes.engine import own_thread
+from pyprobes.output import Aggregator, EventWriter
+from pyprobes.output.metrics_server import MetricsServer
+from pyprobes.output.prometheus import KeyBudget, render_metrics
+from pyprobes.output.sanitize import terminal_safe
+from pyprobes.tracer import TraceSession
+from pyprobes.tracer.programs import MAX_KEYS
+
+
+def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    """--metrics-port and --metrics-addr."""
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the aggregations and counters at http://ADDR:PORT/metrics (Prometheus"
+        " text format) while the program runs; 0 picks a free port",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address --metrics-port binds (default 127.0.0.1; 0.0.0.0 or :: for all)",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
+def check_metrics_options(args: argparse.Namespace) -> None:
+    """Refuse what /metrics cannot serve, before the program starts."""
+    if args.metrics_port is None:
+        return
+    if not args.probe and not args.probe_file:
+        raise UsageError("--metrics-port serves the probes' figures: give probes with -e or -f")
+    if args.interval:
+        raise UsageError(
+            "--metrics-port serves cumulative counters, and --interval resets the aggregations:"
+            " use one of them (Prometheus' rate() gives per-interval figures)"
+        )
+
+
+def metrics_page(
+    session: TraceSession, aggregator: Aggregator | None, writer: EventWriter
+) -> Callable[[], str]:
+    """What a scrape answers: the programs' results folded in, then the aggregations read
+    (not reset) and the summary's counters, at this moment."""
+    labels = {"hostname": socket.gethostname(), "pid": str(os.getpid())}
+    info = {"version": pyprobes.__version__, "core": pyprobes.core_name()}
+    budget = KeyBudget(MAX_KEYS)
+
+    def page() -> str:
+        session.collect()
+        snapshot = aggregator.snapshot() if aggregator is not None else None
+        rows = session.summary_rows(writer.lost_by_event())
+        return render_metrics(snapshot, rows, labels=labels, budget=budget, info=info)
+
+    return page
+
+
+def start_metrics(
+    args: argparse.Namespace,
+    session: TraceSession,
+    aggregator: Aggregator | None,
+    writer: EventWriter,
+) -> MetricsServer | None:
+    """Bind and start serving when --metrics-port was given (one line on stderr says where);
+    a bind failure is a UsageError."""
+    if args.metrics_port is None:
+        return None
+    page = metrics_page(session, aggregator, writer)
+    try:
+        server = MetricsServer(
+            page, args.metrics_addr, args.metrics_port, thread_context=own_thread
+        )
+    except (OSError, OverflowError) as exc:
+        where = terminal_safe(f"{args.metrics_addr}:{args.metrics_port}", 256)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot serve metrics on {where}: {reason}") from None
+    server.start()
+    try:
+        sys.stderr.write(f"pyprobes: metrics at {server.url}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+    return server
