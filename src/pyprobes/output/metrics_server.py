@@ -38,6 +38,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "pyprobes"
     sys_version = ""
 
+    def setup(self) -> None:
+        self.timeout = self.server.client_timeout
+        super().setup()
+
     def do_GET(self) -> None:
         self._answer(body=True)
 
@@ -73,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(HTTPServer):
     page: Callable[[], str]
+    client_timeout: float = CLIENT_TIMEOUT
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that went away mid-request: nothing to report."""
@@ -93,10 +98,12 @@ class MetricsServer:
         port: int = 0,
         *,
         thread_context: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+        client_timeout: float = CLIENT_TIMEOUT,
     ) -> None:
         cls = _Server6 if ":" in host else _Server
         self._server = cls((host, port), _Handler, bind_and_activate=True)
         self._server.page = page
+        self._server.client_timeout = client_timeout
         self._server.timeout = 0  # handle_request() after select() said a client is there
         self._thread_context = thread_context
         self._wake_r, self._wake_w = os.pipe()

@@ -133,6 +133,9 @@ class _Family:
     kind: str
     help: str
     samples: list[str] = field(default_factory=list)
+    #: A histogram family's series, written at the end with one bucket layout for all (so
+    #: ``sum by (le)`` over keys or events adds the same buckets).
+    hists: list[tuple[Labels, Log2Histogram]] = field(default_factory=list)
 
     def add(self, suffix: str, labels: Iterable[tuple[str, str]], value: int | float) -> None:
         self.samples.append(f"{self.name}{suffix}{_labels(labels)} {format_number(value)}")
@@ -141,6 +144,12 @@ class _Family:
         self.samples.append(f"{self.name}{suffix}{_labels(labels)} {value}")
 
     def text(self) -> str:
+        if self.hists:
+            floor = MIN_DURATION_BUCKETS if self.hists[0][1].unit == "nsecs" else 1
+            last = max(floor, *(top_bucket(h) for _, h in self.hists))
+            for labels, hist in self.hists:
+                _histogram(self, labels, hist, last)
+            self.hists = []
         head = f"# HELP {self.name} {escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n"
         return head + "".join(s + "\n" for s in self.samples)
 
@@ -158,7 +167,7 @@ class _Families:
         return fam
 
     def text(self) -> str:
-        return "".join(f.text() for f in self._by_name.values() if f.samples)
+        return "".join(f.text() for f in self._by_name.values() if f.samples or f.hists)
 
 
 # --- bounded keys ------------------------------------------------------------------------
@@ -201,19 +210,24 @@ class KeyBudget:
 # --- histograms ---------------------------------------------------------------------------
 
 
-def histogram_buckets(hist: Log2Histogram) -> list[tuple[str, int]]:
+def top_bucket(hist: Log2Histogram) -> int:
+    """The index of the highest non-empty bucket (1 when empty)."""
+    rows = hist.buckets(hist.unit)
+    return rows[-1][1].bit_length() if rows else 1
+
+
+def histogram_buckets(hist: Log2Histogram, last: int | None = None) -> list[tuple[str, int]]:
     """``(le, cumulative count)`` for every bucket from the first (``le`` 1 ns, or 1) up to
-    the last non-empty one (for durations at least MIN_DURATION_BUCKETS), then ``+Inf``.
+    bucket ``last`` (default: the last non-empty one, for durations at least
+    MIN_DURATION_BUCKETS), then ``+Inf``.
 
     Bucket k of the log2 histogram holds the ints in [2**(k-1), 2**k - 1] (0 and 1 in
     bucket 1), so its upper bound ``le`` is 2**k - 1 (ns, written in seconds, for durations).
     """
     duration = hist.unit == "nsecs"
-    rows = hist.buckets(hist.unit)
-    counts = {hi: n for _, hi, n in rows}
-    last = rows[-1][1].bit_length() if rows else 1
-    if duration:
-        last = max(last, MIN_DURATION_BUCKETS)
+    counts = {hi: n for _, hi, n in hist.buckets(hist.unit)}
+    if last is None:
+        last = max(top_bucket(hist), MIN_DURATION_BUCKETS if duration else 1)
     out: list[tuple[str, int]] = []
     running = 0
     for k in range(1, last + 1):
@@ -231,8 +245,8 @@ def _merge_hists(hists: Iterable[Log2Histogram]) -> Log2Histogram | None:
     return merged
 
 
-def _histogram(fam: _Family, labels: Labels, hist: Log2Histogram) -> None:
-    for le, n in histogram_buckets(hist):
+def _histogram(fam: _Family, labels: Labels, hist: Log2Histogram, last: int) -> None:
+    for le, n in histogram_buckets(hist, last):
         fam.add("_bucket", (*labels, ("le", le)), n)
     if hist.unit == "nsecs":
         fam.add_raw("_sum", labels, ns_as_seconds(hist.total))
@@ -298,14 +312,14 @@ def _event(
             fam = fams.get("value", "histogram", "Log2 histogram of a field (--hist FIELD).")
             base = (*ev, ("field", hist_field))
         if ea.hist is not None:
-            _histogram(fam, (*base, *const), ea.hist)
+            fam.hists.append(((*base, *const), ea.hist))
         grouped: dict[str, list[Log2Histogram]] = {}
         for k, h in ea.hist_by.items():
             grouped.setdefault(series_key(k), []).append(h)
         for s, hs in grouped.items():
             merged = _merge_hists(hs)
             if merged is not None:
-                _histogram(fam, (*base, ("key", s), *const), merged)
+                fam.hists.append(((*base, ("key", s), *const), merged))
 
     if ea.stats is not None and stats_field is not None:
         _stats(fams, ea.stats, stats_field, ev, const)
