@@ -33,14 +33,13 @@ PATH = "/metrics"
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = CLIENT_TIMEOUT
     protocol_version = "HTTP/1.0"
     server_version = "pyprobes"
     sys_version = ""
 
     def setup(self) -> None:
-        self.timeout = self.server.client_timeout
         super().setup()
+        self.connection.settimeout(self.server.client_timeout)
 
     def do_GET(self) -> None:
         self._answer(body=True)
