@@ -126,3 +126,8 @@ def test_bad_metrics_options_are_one_line_errors() -> None:
         "pyprobes: error: cannot serve metrics on no.such.host.invalid:0: "
     )
     assert r.stderr.count("\n") == 1
+    r = _pyprobes("run", "--metrics-addr", "::1", "-e", "p __main__:work", "metrics_prog.py")
+    assert r.returncode == 2
+    assert (
+        r.stderr == "pyprobes: error: --metrics-addr is where --metrics-port binds: give that too\n"
+    )

@@ -20,6 +20,8 @@ from pyprobes.output.sanitize import terminal_safe
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.programs import MAX_KEYS
 
+DEFAULT_ADDR = "127.0.0.1"
+
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
     """--metrics-port and --metrics-addr."""
@@ -32,7 +34,6 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-addr",
-        default="127.0.0.1",
         metavar="ADDR",
         help="the address --metrics-port binds (default 127.0.0.1; 0.0.0.0 or :: for all)",
     )
@@ -51,6 +52,8 @@ def _port(text: str) -> int:
 def check_metrics_options(args: argparse.Namespace) -> None:
     """Refuse what /metrics cannot serve, before the program starts."""
     if args.metrics_port is None:
+        if args.metrics_addr is not None:
+            raise UsageError("--metrics-addr is where --metrics-port binds: give that too")
         return
     if not args.probe and not args.probe_file:
         raise UsageError("--metrics-port serves the probes' figures: give probes with -e or -f")
@@ -90,12 +93,11 @@ def start_metrics(
     if args.metrics_port is None:
         return None
     page = metrics_page(session, aggregator, writer)
+    addr = args.metrics_addr or DEFAULT_ADDR
     try:
-        server = MetricsServer(
-            page, args.metrics_addr, args.metrics_port, thread_context=own_thread
-        )
-    except (OSError, OverflowError) as exc:
-        where = terminal_safe(f"{args.metrics_addr}:{args.metrics_port}", 256)
+        server = MetricsServer(page, addr, args.metrics_port, thread_context=own_thread)
+    except (OSError, OverflowError, UnicodeError) as exc:
+        where = terminal_safe(f"{addr}:{args.metrics_port}", 256)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(f"cannot serve metrics on {where}: {reason}") from None
     server.start()
