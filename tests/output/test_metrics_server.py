@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import urllib.error
@@ -114,3 +115,20 @@ def test_ipv6_loopback() -> None:
     with server:
         assert server.url.startswith("http://[::1]:")
         assert _get(server.url)[2] == b"v6 1\n"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with the server's thread
+def test_a_forked_child_that_stops_leaves_the_parent_serving() -> None:
+    with MetricsServer(lambda: "up 1\n") as server:
+        pid = os.fork()
+        if pid == 0:  # the child: as a program that forks and ends through pyprobes' report
+            code = 1
+            try:
+                server.stop()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _get(server.url) == (200, CONTENT_TYPE, b"up 1\n")
+        assert server.thread is not None and server.thread.is_alive()

@@ -106,6 +106,7 @@ class MetricsServer:
         self._server.timeout = 0  # handle_request() after select() said a client is there
         self._thread_context = thread_context
         self._wake_r, self._wake_w = os.pipe()
+        self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -153,15 +154,17 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Stop serving, close the socket, join the thread (idempotent; any thread but the
-        server's own)."""
+        server's own). In a forked child it only closes the child's copies of the sockets:
+        the wake-up pipe is shared, and the parent's server goes on."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             thread = self._thread
-        os.write(self._wake_w, b"x")
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        if os.getpid() == self._pid:
+            os.write(self._wake_w, b"x")
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         self._server.server_close()
         os.close(self._wake_r)
         os.close(self._wake_w)
