@@ -1,6 +1,7 @@
 """``--metrics-port``/``--metrics-addr``: the session's aggregations at ``/metrics`` while the
-program runs (Prometheus' text format; ``output.prometheus`` renders, ``output.metrics_server``
-serves, this module ties them to a session)."""
+program runs (``run``) or while attached (``attach``), in Prometheus' text format;
+``output.prometheus`` renders, ``output.metrics_server`` serves, this module ties them to what
+the command reads."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import pyprobes
 from pyprobes.cli.options import UsageError
 from pyprobes.engine import own_thread
-from pyprobes.output import Aggregator, EventWriter
+from pyprobes.output import Aggregator, EventWriter, SummaryRow
 from pyprobes.output.metrics_server import MetricsServer
 from pyprobes.output.prometheus import KeyBudget, render_metrics
 from pyprobes.output.sanitize import terminal_safe
@@ -64,35 +65,44 @@ def check_metrics_options(args: argparse.Namespace) -> None:
         )
 
 
-def metrics_page(
+#: What a scrape reads: the aggregations (a snapshot, never reset) and the summary's rows.
+Reader = Callable[[], tuple[Aggregator | None, list[SummaryRow]]]
+
+
+def session_reader(
     session: TraceSession, aggregator: Aggregator | None, writer: EventWriter
-) -> Callable[[], str]:
-    """What a scrape answers: the programs' results folded in, then the aggregations read
-    (not reset) and the summary's counters, at this moment."""
-    labels = {"hostname": socket.gethostname(), "pid": str(os.getpid())}
+) -> Reader:
+    """``pyprobes run``'s figures at this moment: the programs' results folded in first."""
+
+    def read() -> tuple[Aggregator | None, list[SummaryRow]]:
+        session.collect()
+        snapshot = aggregator.snapshot() if aggregator is not None else None
+        return snapshot, session.summary_rows(writer.lost_by_event())
+
+    return read
+
+
+def metrics_page(read: Reader, pid: int) -> Callable[[], str]:
+    """What a scrape answers, labelled with this host and ``pid`` (the probed process)."""
+    labels = {"hostname": socket.gethostname(), "pid": str(pid)}
     info = {"version": pyprobes.__version__, "core": pyprobes.core_name()}
     budget = KeyBudget(MAX_KEYS)
 
     def page() -> str:
-        session.collect()
-        snapshot = aggregator.snapshot() if aggregator is not None else None
-        rows = session.summary_rows(writer.lost_by_event())
+        snapshot, rows = read()
         return render_metrics(snapshot, rows, labels=labels, budget=budget, info=info)
 
     return page
 
 
 def start_metrics(
-    args: argparse.Namespace,
-    session: TraceSession,
-    aggregator: Aggregator | None,
-    writer: EventWriter,
+    args: argparse.Namespace, read: Reader, pid: int | None = None
 ) -> MetricsServer | None:
     """Bind and start serving when --metrics-port was given (one line on stderr says where);
-    a bind failure is a UsageError."""
+    a bind failure is a UsageError. ``pid``: the probed process (default this one)."""
     if args.metrics_port is None:
         return None
-    page = metrics_page(session, aggregator, writer)
+    page = metrics_page(read, os.getpid() if pid is None else pid)
     addr = args.metrics_addr or DEFAULT_ADDR
     try:
         server = MetricsServer(page, addr, args.metrics_port, thread_context=own_thread)

@@ -13,7 +13,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from pyprobes.cli import program
-from pyprobes.cli.metrics import add_metrics_options, check_metrics_options, start_metrics
+from pyprobes.cli.metrics import (
+    add_metrics_options,
+    check_metrics_options,
+    session_reader,
+    start_metrics,
+)
 from pyprobes.cli.options import (
     add_tracing_options,
     load_specs,
@@ -255,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
             # The program's own names are resolved on its compiled code before it runs: a
             # typo fails here, with "did you mean", not after the whole program ran.
             session.arm_main(prog.code, prog.names)
-            metrics = start_metrics(args, session, aggregator, writer)
+            metrics = start_metrics(args, session_reader(session, aggregator, writer))
         except BaseException:
             session.stop()
             raise
