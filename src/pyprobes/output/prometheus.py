@@ -75,11 +75,14 @@ NS_PER_S = 1_000_000_000
 def escape_label(value: str) -> str:
     """A label value as the format writes it: backslash, double quote and newline escaped;
     what cannot be UTF-8 (a lone surrogate) becomes a ``\\udcxx``-style escape."""
-    out = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    try:
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        out = out.encode("utf-8", "backslashreplace").decode("utf-8")
+    out = value
+    if "\\" in out or '"' in out or "\n" in out:
+        out = out.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if not out.isascii():
+        try:
+            out.encode("utf-8")
+        except UnicodeEncodeError:
+            out = out.encode("utf-8", "backslashreplace").decode("utf-8")
     return out
 
 
@@ -122,8 +125,12 @@ def key_label(key: Hashable) -> str:
 Labels = tuple[tuple[str, str], ...]
 
 
+def _inner(pairs: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+
+
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+    inner = _inner(pairs)
     return "{" + inner + "}" if inner else ""
 
 
@@ -228,14 +235,24 @@ def histogram_buckets(hist: Log2Histogram, last: int | None = None) -> list[tupl
     counts = {hi: n for _, hi, n in hist.buckets(hist.unit)}
     if last is None:
         last = max(top_bucket(hist), MIN_DURATION_BUCKETS if duration else 1)
+    names = _LE_SECONDS if duration else _LE_VALUES
     out: list[tuple[str, int]] = []
     running = 0
     for k in range(1, last + 1):
         hi = (1 << k) - 1
         running += counts.get(hi, 0)
-        out.append((ns_as_seconds(hi) if duration else str(hi), running))
+        out.append((names[k] if k < len(names) else _le(hi, duration), running))
     out.append(("+Inf", hist.count))
     return out
+
+
+def _le(hi: int, duration: bool) -> str:
+    return ns_as_seconds(hi) if duration else str(hi)
+
+
+#: ``le`` of bucket k (index k; 0 unused), made once.
+_LE_SECONDS = tuple(_le((1 << k) - 1, True) for k in range(65))
+_LE_VALUES = tuple(_le((1 << k) - 1, False) for k in range(65))
 
 
 def _merge_hists(hists: Iterable[Log2Histogram]) -> Log2Histogram | None:
@@ -246,13 +263,13 @@ def _merge_hists(hists: Iterable[Log2Histogram]) -> Log2Histogram | None:
 
 
 def _histogram(fam: _Family, labels: Labels, hist: Log2Histogram, last: int) -> None:
-    for le, n in histogram_buckets(hist, last):
-        fam.add("_bucket", (*labels, ("le", le)), n)
-    if hist.unit == "nsecs":
-        fam.add_raw("_sum", labels, ns_as_seconds(hist.total))
-    else:
-        fam.add("_sum", labels, hist.total)
-    fam.add("_count", labels, hist.count)
+    inner = _inner(labels)
+    head = f"{fam.name}_bucket{{{inner}{',' if inner else ''}le="
+    fam.samples.extend(f'{head}"{le}"}} {n}' for le, n in histogram_buckets(hist, last))
+    tail = "{" + inner + "}" if inner else ""
+    total = ns_as_seconds(hist.total) if hist.unit == "nsecs" else str(hist.total)
+    fam.samples.append(f"{fam.name}_sum{tail} {total}")
+    fam.samples.append(f"{fam.name}_count{tail} {hist.count}")
 
 
 # --- one event ---------------------------------------------------------------------------
