@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 from metrics_helpers import Run
 
+from pyprobes.output import Aggregator, Event, SummaryRow
+from pyprobes.output.prometheus import KeyBudget, render_metrics
+
 #: How long Prometheus may take to start, scrape, and show a new value (scrapes are 1 s apart).
 DEADLINE = 60.0
 
@@ -39,6 +42,15 @@ def prometheus_binary() -> str:
         "Prometheus is not installed: run 'scripts/dev prometheus' (as root: apt-get install"
         " prometheus), or set PYPROBES_PROMETHEUS to its binary"
     )
+
+
+def promtool_binary() -> str:
+    """promtool, from the same package, beside the prometheus binary."""
+    beside = Path(prometheus_binary()).with_name("promtool")
+    for candidate in (os.environ.get("PYPROBES_PROMTOOL"), str(beside), shutil.which("promtool")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("promtool is not installed: run 'scripts/dev prometheus' (Debian's prometheus)")
 
 
 def _free_port() -> int:
@@ -215,3 +227,50 @@ def test_prometheus_scrapes_what_the_session_reports(tmp_path: Path) -> None:
         if running >= 0.99 * 500:
             assert (lo - 1) / 1e9 <= p99 <= hi / 1e9, (p99, lo, hi)
             break
+
+
+def _ev(name: str, args: dict[str, object], duration_ns: int) -> Event:
+    return Event(
+        event=name,
+        group="g",
+        kind="r",
+        probe="m:f",
+        location="m.py:1",
+        time_ns=0,
+        pid=1,
+        thread_id=1,
+        thread_name="T",
+        args=args,
+        duration_ns=duration_ns,
+    )
+
+
+def test_promtool_passes_a_page_of_every_family() -> None:
+    """Prometheus' own linter (``promtool check metrics``): the text parses, and the names,
+    types and units follow its conventions, for every kind of series pyprobes writes."""
+    labels = {"hostname": "h", "pid": "7"}
+    by = Aggregator(count=True, by_field="k", hist_field="$duration", stats_field="n")
+    for k, n in [("GET", 1), ("GET", 5), ('a"b\\c\nd', 2), ("x", "not a number")]:
+        by.add(_ev("req", {"k": k, "n": n}, 1_000))
+    other = Aggregator(hist_field="n", stats_field="$duration")
+    other.add(_ev("w", {"n": 3}, 5_000))
+    pages = [
+        render_metrics(
+            by.snapshot(),
+            [SummaryRow("req", 4, 0, 1)],
+            labels=labels,
+            info={"version": "0.1.0", "core": "c"},
+            budget=KeyBudget(2),
+        ),
+        render_metrics(other.snapshot(), [SummaryRow("w", 1, 1, 0)], labels=labels),
+    ]
+    for page in pages:
+        assert "pyprobes_" in page
+        r = subprocess.run(
+            [promtool_binary(), "check", "metrics"],
+            input=page,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), page
