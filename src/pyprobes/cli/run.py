@@ -13,6 +13,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from pyprobes.cli import program
+from pyprobes.cli.metrics import (
+    add_metrics_options,
+    check_metrics_options,
+    session_reader,
+    start_metrics,
+)
 from pyprobes.cli.options import (
     add_tracing_options,
     load_specs,
@@ -37,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " summary to stderr at the end.",
     )
     add_tracing_options(p)
+    add_metrics_options(p)
     p.add_argument(
         "--listen",
         action="store_true",
@@ -220,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [] if _listen_only(args) else load_specs(args)
     fix_optional_field(args, specs)
     specs = check_fields(args, specs)
+    check_metrics_options(args)
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
@@ -251,12 +259,15 @@ def run(args: argparse.Namespace) -> int:
             # The program's own names are resolved on its compiled code before it runs: a
             # typo fails here, with "did you mean", not after the whole program ran.
             session.arm_main(prog.code, prog.names)
+            metrics = start_metrics(args, session_reader(session, aggregator, writer))
         except BaseException:
             session.stop()
             raise
         reporter = _Reporter(session, writer, aggregator, args)
         if args.listen:
             reporter.after.append(_stop_agent)
+        if metrics is not None:
+            reporter.after.append(metrics.stop)
         _end_on_signals(reporter.final)
         if args.interval:
             threading.Thread(

@@ -76,6 +76,7 @@ class TraceSession:
                 c.plan = p if p.program is not None else None
         self._writer_emit = emit
         self._lock = threading.Lock()
+        self._collect_lock = threading.Lock()
         self._armed = False
         self._stopped = False
         self._main_names: set[str] = set()
@@ -90,10 +91,18 @@ class TraceSession:
             agg.add(event)
 
     def collect(self) -> None:
-        """Fold what the programs gathered since the last call into the aggregator."""
+        """Fold what the programs gathered since the last call into the aggregator.
+
+        Callers on several threads (``--interval``, ``/metrics``, the final report) are taken
+        one at a time, so once a collect() returns, everything taken before it is folded in.
+        """
         agg = self._aggregator
         if agg is None:
             return
+        with self._collect_lock:
+            self._collect_into(agg)
+
+    def _collect_into(self, agg: Aggregator) -> None:
         for c in self._compiled:
             if c.plan is None or c.plan.program is None or not c.plan.aggregates:
                 continue
