@@ -1,6 +1,6 @@
 """What one probe costs through the command users run (issue 13), beside the tools they would
 pick instead: ``pyprobes run`` with aggregations (probe programs in the core), with events
-(JSON from the core's ring of records, text through the Python path), cProfile, and viztracer
+(JSON and text from the core's ring of records), cProfile, and viztracer
 when it is installed.
 
 The program calls ``work(a, b)`` N times and prints the loop's own time (perf_counter_ns), so
@@ -108,7 +108,7 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
                 "pyprobes run -e 'r:w __main__:work a b $retval' --format json -o FILE",
                 [*run, "-e", "r:w __main__:work a b $retval", "--format", "json", "-o",
                  str(out), str(prog), n]),
-        Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text, Python path)",
+        Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text)",
                 [*run, "-e", "r:w __main__:work", "-o", str(out), str(prog), n]),
         Variant("cprofile", "python -m cProfile (every call)",
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
