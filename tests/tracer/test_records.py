@@ -141,7 +141,7 @@ def test_records_past_a_chunk_keep_their_order_and_fallbacks_in_place() -> None:
     if pyprobes.core_name() != "c":
         assert not hasattr(source.ring, "take_json")
         return
-    data, counts, lost, kept = source.ring.take_json(
+    data, _, lost, kept = source.ring.take_json(
         source._statics_of(source._probes), os.getpid(), source._fallback, keep=True, utf8=True
     )
     assert len(kept) == 100 * targets.HITS > 3 * 2048
@@ -237,7 +237,7 @@ def test_a_fork_while_the_records_are_being_rendered_leaves_the_child_a_working_
         targets.show("café", 1)
     finally:
         session.stop()
-    text, counts, _, _ = ring.take_json(statics, os.getpid(), fork_once)
+    _, counts, _, _ = ring.take_json(statics, os.getpid(), fork_once)
     assert sum(counts.values()) == 11
     _, status = os.waitpid(children[0], 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -263,7 +263,7 @@ def test_the_c_cores_text_is_the_renderers_byte_for_byte() -> None:
         fell.append(rec)
         return source._text_fallback(rec)
 
-    text, counts, lost, kept = source.ring.take_text(statics, os.getpid(), fallback, keep=True)
+    text, counts, _, kept = source.ring.take_text(statics, os.getpid(), fallback, keep=True)
     # only what the fast path cannot spell (non-ASCII text, containers, objects...) fell back
     assert 0 < len(fell) < len(kept) // 2
     assert len(kept) == sum(counts.values()) == targets.HITS + 2 * targets.SHOWS
