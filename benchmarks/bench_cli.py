@@ -151,8 +151,10 @@ def main() -> None:
             keep = {"plain", "floor", *args.only.split(",")}
             unknown = keep - {v.key for v in vs}
             if unknown:
-                raise SystemExit(f"--only: no variant {', '.join(sorted(unknown))}; the keys"
-                                 f" are {', '.join(v.key for v in vs)}")
+                raise SystemExit(
+                    f"--only: no variant {', '.join(sorted(unknown))}; the keys"
+                    f" are {', '.join(v.key for v in vs)}"
+                )
             vs = [v for v in vs if v.key in keep]
         checksum: list[str] = []
         for _ in range(args.rounds):
