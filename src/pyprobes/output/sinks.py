@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Literal, Protocol, TextIO
 
 
 class TextStream(Protocol):
@@ -70,7 +70,7 @@ class _StreamHandle:
 class _FileHandle:
     """Writes to a file it opened itself, and closes it."""
 
-    def __init__(self, file: IO[str]) -> None:
+    def __init__(self, file: TextIO) -> None:
         self._file = file
 
     def write(self, text: str) -> None:
@@ -108,7 +108,7 @@ class FileSink:
 
     def open(self) -> SinkHandle:
         """Open the file now, so a bad path fails at setup with the OS's own message."""
-        mode = "a" if self.append else "w"
+        mode: Literal["a", "w"] = "a" if self.append else "w"
         return _FileHandle(
             open(self.path, mode, encoding="utf-8", errors="backslashreplace", newline="\n")
         )
