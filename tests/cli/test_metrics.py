@@ -30,7 +30,7 @@ def test_the_histogram_count_is_the_calls_made_so_far_and_never_reset() -> None:
         status, err = run.finish()
     assert status == 0, err
     assert "count = 350" in err  # the final report saw every call: scrapes reset nothing
-    assert re.search(r"^w\s+350\s+0\s+0$", err, re.M), err
+    assert re.search(r"^w\s+350\s+0\s+0\s+0$", err, re.M), err  # HITS FILTERED LOST MISSES
 
 
 def test_counts_by_key_and_the_server_thread_is_not_probed() -> None:

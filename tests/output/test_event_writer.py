@@ -283,10 +283,10 @@ class BytesSource:
     """A record source whose text comes as UTF-8 bytes, as the C core's JSON does."""
 
     def __init__(self, data: bytes, n: int) -> None:
-        self.pending = [(data, n)]
+        self.pending = [(data, {"caf\u00e9": n})]
 
-    def drain(self, renderer: object) -> tuple[bytes, int]:
-        return self.pending.pop() if self.pending else (b"", 0)
+    def drain(self, renderer: object) -> tuple[bytes, dict[str, int]]:
+        return self.pending.pop() if self.pending else (b"", {})
 
     def lost_by_event(self) -> dict[str, int]:
         return {}
@@ -302,6 +302,7 @@ def test_utf8_bytes_from_a_source_land_after_the_text_before_them(tmp_path: Path
     w = EventWriter(JsonRenderer(), FileSink(path, append=True))
     w.add_source(BytesSource(line.encode(), 1))
     w.close(timeout=WAIT)
+    assert w.written_by_event() == {"caf\u00e9": 1}
     first, second = path.read_text(encoding="utf-8").splitlines()
     assert json.loads(first)["args"] == {"i": 0} and second + "\n" == line
     stream = io.StringIO()

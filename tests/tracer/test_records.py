@@ -77,8 +77,10 @@ def test_the_c_cores_json_is_the_renderers_byte_for_byte() -> None:
     if pyprobes.core_name() != "c":  # the reference renders records with the renderers
         assert not hasattr(source.ring, "take_json")
         trace(source)
-        text, n = source.drain(JsonRenderer())
-        assert n == len(text.splitlines()) == targets.HITS
+        text, counts = source.drain(JsonRenderer())
+        assert isinstance(text, str)
+        assert sum(counts.values()) == len(text.splitlines()) == targets.HITS
+        assert counts == {"s": targets.SHOWS, "e": targets.SHOWS, "f": 6, "g": 1}
         return
     trace(source)
     take_json = source.ring.take_json

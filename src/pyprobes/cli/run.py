@@ -127,11 +127,13 @@ class _Reporter:
         writer: EventWriter,
         aggregator: Aggregator | None,
         args: argparse.Namespace,
+        events: bool,
     ) -> None:
         self.session = session
         self.writer = writer
         self.aggregator = aggregator
         self.args = args
+        self.events = events  # events are written: the summary says how many
         self._done = threading.Event()
         # The final report runs once, from main, the timer or a signal, and whoever comes
         # second waits for it to be written: the process must not exit (or die) mid-report.
@@ -170,7 +172,9 @@ class _Reporter:
             if failure is not None:
                 _err(failure)
             lost = self.writer.lost_by_event()
-            _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+            written = self.writer.written_by_event() if self.events else None
+            rows = self.session.summary_rows(lost, written)
+            _err(format_summary(rows, sum(lost.values())))
             for after in self.after:
                 after()
 
@@ -263,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         except BaseException:
             session.stop()
             raise
-        reporter = _Reporter(session, writer, aggregator, args)
+        reporter = _Reporter(session, writer, aggregator, args, events)
         if args.listen:
             reporter.after.append(_stop_agent)
         if metrics is not None:

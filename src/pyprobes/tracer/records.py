@@ -121,9 +121,9 @@ class RingSource:
         """Per probe, what take_text writes of it: its event, its probe and its names."""
         return tuple((p.event, p.probe, p.names) for p in probes)
 
-    def drain(self, renderer: Renderer) -> tuple[str | bytes, int]:
-        """Render what the ring holds (writer thread): the text (UTF-8 bytes from the C core's
-        JSON) and how many events it has."""
+    def drain(self, renderer: Renderer) -> tuple[str | bytes, dict[str, int]]:
+        """Render what the ring holds (writer thread): the text (UTF-8 bytes from the C core)
+        and how many events it has per event name."""
         with self._lock:
             probes = list(self._probes)
         # The C core writes JSON and text itself (byte for byte the renderers' lines); a
@@ -133,7 +133,7 @@ class RingSource:
             statics = self._statics_of(probes)
             data, counts, lost, _ = take_json(statics, os.getpid(), self._fallback, utf8=True)
             self._count_lost(lost, probes)
-            return data, sum(counts.values())
+            return data, self._by_event(counts, probes)
         take_text = getattr(self.ring, "take_text", None)
         if type(renderer) is TextRenderer and take_text is not None:
             statics_t = self._text_statics_of(probes)
@@ -141,17 +141,28 @@ class RingSource:
                 statics_t, os.getpid(), self._text_fallback, utf8=True
             )
             self._count_lost(lost, probes)
-            return data, sum(counts.values())
+            return data, self._by_event(counts, probes)
         records, lost = self.ring.take()
         self._count_lost(lost, probes)
         parts = []
+        by_event: dict[str, int] = {}
         for rec in records:
+            name = probes[rec[0]].event  # type: ignore[call-overload]
             try:
                 parts.append(renderer.render(self.event_of(rec)))
             except Exception:
-                name = probes[rec[0]].event
                 self._lost[name] = self._lost.get(name, 0) + 1
-        return "".join(parts), len(parts)
+            else:
+                by_event[name] = by_event.get(name, 0) + 1
+        return "".join(parts), by_event
+
+    @staticmethod
+    def _by_event(counts: dict[int, int], probes: list[_Probe]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, n in counts.items():
+            name = probes[i].event
+            out[name] = out.get(name, 0) + n
+        return out
 
     def _count_lost(self, lost: dict[int, int], probes: list[_Probe]) -> None:
         for i, n in lost.items():
