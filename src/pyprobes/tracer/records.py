@@ -147,7 +147,7 @@ class RingSource:
         parts = []
         by_event: dict[str, int] = {}
         for rec in records:
-            name = probes[rec[0]].event  # type: ignore[call-overload]
+            name = probes[rec[0]].event
             try:
                 parts.append(renderer.render(self.event_of(rec)))
             except Exception:
