@@ -298,9 +298,9 @@ buf_esc_memo(Buf *b, Str s, EscMemo *m, int (*esc)(Buf *, Str))
     return 0;
 }
 
-/* A value as the formats spell it: None, a bool, an int, an ASCII str, or a float whose repr
- * is kept in the chunk's arena (at offset i, s.n bytes). */
-enum { JV_NONE, JV_TRUE, JV_FALSE, JV_INT, JV_STR, JV_FLOAT };
+/* A value as the formats spell it: None, a bool, an int, an ASCII str, or text kept in the
+ * chunk's arena (at offset i, s.n bytes): a float's repr, or a container's JSON. */
+enum { JV_NONE, JV_TRUE, JV_FALSE, JV_INT, JV_STR, JV_FLOAT, JV_JSON };
 typedef struct {
     int tag;
     Str s;
@@ -333,9 +333,112 @@ typedef struct {
     Str module, qual;  /* the site (module.s NULL: the site is "?") */
 } Flat;
 
-/* `v` flattened: 0, 1 (this fast path does not spell it), -1 error. */
+/* repr(x) of a finite float into `b`: 0, or -1 with an error. */
 static int
-flat_value(PyObject *v, JVal *out, Buf *arena)
+buf_float_repr(Buf *b, double x)
+{
+    char *r = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    int rc = buf_put(b, r, (Py_ssize_t)strlen(r));
+    PyMem_Free(r);
+    if (rc < 0) {
+        PyErr_NoMemory();
+    }
+    return rc;
+}
+
+#define JSON_MAX_DEPTH 32
+
+/* A rendered container (the capture rules' plain data: lists, tuples, dicts with str keys,
+ * and scalars) as sanitize.dumps writes it, with `readable` separators (", ", ": ") or compact
+ * ones: 0, 1 (not this fast path's: the buffer is left where it was), -1 error. With the GIL:
+ * the objects are exact builtin types, so no code of the program runs. */
+static int
+buf_json_data(Buf *b, PyObject *v, int readable, int depth)
+{
+    Py_ssize_t mark = b->n;
+    int rc = 0;
+    Str s;
+    if (v == Py_None) {
+        rc = BUF_LIT(b, "null");
+    }
+    else if (v == Py_True || v == Py_False) {
+        rc = v == Py_True ? BUF_LIT(b, "true") : BUF_LIT(b, "false");
+    }
+    else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        rc = overflow ? 1 : buf_int(b, x);
+    }
+    else if (PyFloat_CheckExact(v)) {
+        double x = PyFloat_AS_DOUBLE(v);
+        rc = isfinite(x) ? buf_float_repr(b, x) : 1;
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    else if (str_ascii(v, &s)) {
+        rc = buf_qstr(b, s);
+    }
+    else if (depth >= JSON_MAX_DEPTH) {
+        rc = 1;
+    }
+    else if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+        PyObject **items = PySequence_Fast_ITEMS(v);
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(v);
+        rc = BUF_LIT(b, "[");
+        for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+            if (i > 0) {
+                rc = readable ? BUF_LIT(b, ", ") : BUF_LIT(b, ",");
+            }
+            if (rc == 0) {
+                rc = buf_json_data(b, items[i], readable, depth + 1);
+            }
+        }
+        if (rc == 0) {
+            rc = BUF_LIT(b, "]");
+        }
+    }
+    else if (PyDict_CheckExact(v)) {
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *key, *value;
+        rc = BUF_LIT(b, "{");
+        while (rc == 0 && PyDict_Next(v, &pos, &key, &value)) {
+            if (i++ > 0) {
+                rc = readable ? BUF_LIT(b, ", ") : BUF_LIT(b, ",");
+            }
+            if (rc == 0) {
+                rc = str_ascii(key, &s) ? buf_qstr(b, s) : 1;
+            }
+            if (rc == 0) {
+                rc = readable ? BUF_LIT(b, ": ") : BUF_LIT(b, ":");
+            }
+            if (rc == 0) {
+                rc = buf_json_data(b, value, readable, depth + 1);
+            }
+        }
+        if (rc == 0) {
+            rc = BUF_LIT(b, "}");
+        }
+    }
+    else {
+        rc = 1;
+    }
+    if (rc != 0) {
+        b->n = mark;
+        if (rc < 0 && !PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+    }
+    return rc;
+}
+
+/* `v` flattened (`readable`: a container's JSON as text lines write it): 0, 1 (this fast path
+ * does not spell it), -1 error. */
+static int
+flat_value(PyObject *v, JVal *out, Buf *arena, int readable)
 {
     if (v == Py_None || v == Py_True || v == Py_False) {
         out->tag = v == Py_None ? JV_NONE : (v == Py_True ? JV_TRUE : JV_FALSE);
@@ -352,22 +455,21 @@ flat_value(PyObject *v, JVal *out, Buf *arena)
         if (!isfinite(x)) {
             return 1;
         }
-        char *r = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        if (r == NULL) {
-            return -1;
-        }
         out->tag = JV_FLOAT;
         out->i = arena->n;
-        out->s.n = (Py_ssize_t)strlen(r);
-        int rc = buf_put(arena, r, out->s.n);
-        PyMem_Free(r);
-        if (rc < 0) {
-            PyErr_NoMemory();
-        }
+        int rc = buf_float_repr(arena, x);
+        out->s.n = arena->n - out->i;
         return rc;
     }
-    out->tag = JV_STR;
-    return str_ascii(v, &out->s) ? 0 : 1;
+    if (str_ascii(v, &out->s)) {
+        out->tag = JV_STR;
+        return 0;
+    }
+    out->tag = JV_JSON;
+    out->i = arena->n;
+    int rc = buf_json_data(arena, v, readable, 0);
+    out->s.n = arena->n - out->i;
+    return rc;
 }
 
 /* str.isspace() for an ASCII character. */
@@ -482,14 +584,14 @@ rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
     f->tid = (long long)r->tid;
     STEP(str_ascii(r->tname, &f->tname) ? 0 : 1);
     for (int i = 0; i < r->nvals; i++) {
-        STEP(flat_value(r->vals[i], &f->vals[i], arena));
-        if (fmt == FMT_TEXT && pi->dur[i] && f->vals[i].tag == JV_FLOAT) {
+        STEP(flat_value(r->vals[i], &f->vals[i], arena, fmt == FMT_TEXT));
+        if (fmt == FMT_TEXT && pi->dur[i] && f->vals[i].tag >= JV_FLOAT) {
             return 1; /* (a duration is an int) */
         }
     }
     f->exc.s = NULL;
     if (r->is_return) {
-        STEP(flat_value(r->retval, &f->retval, arena));
+        STEP(flat_value(r->retval, &f->retval, arena, fmt == FMT_TEXT));
         if (r->exc != NULL) {
             STEP(str_ascii(r->exc, &f->exc) ? 0 : 1);
             if (fmt == FMT_TEXT) {
@@ -531,7 +633,8 @@ json_value(Buf *b, const JVal *v, const char *arena)
     case JV_TRUE: return BUF_LIT(b, "true");
     case JV_FALSE: return BUF_LIT(b, "false");
     case JV_INT: return buf_int(b, v->i);
-    case JV_FLOAT: return buf_put(b, arena + v->i, v->s.n);
+    case JV_FLOAT:
+    case JV_JSON: return buf_put(b, arena + v->i, v->s.n);
     default: return buf_qstr(b, v->s);
     }
 }
@@ -628,7 +731,8 @@ text_value(Buf *b, const JVal *v, int duration, const char *arena)
     case JV_TRUE: return BUF_LIT(b, "True");
     case JV_FALSE: return BUF_LIT(b, "False");
     case JV_INT: return duration ? text_duration(b, v->i) : buf_int(b, v->i);
-    case JV_FLOAT: return buf_put(b, arena + v->i, v->s.n);
+    case JV_FLOAT:
+    case JV_JSON: return buf_put(b, arena + v->i, v->s.n);
     default: return buf_repr(b, v->s);
     }
 }

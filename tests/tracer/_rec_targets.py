@@ -38,6 +38,14 @@ VALUES: list[object] = [
     [1, "two", None],
     {"k": [1.5]},
     (1, 2),
+    {"a": {"b": [True, False, None, -3, 2.5e-7, 1e300]}, 'q"\n\\': "x\ty\x7f"},
+    [[], {}, ()],
+    {1: "an int key", None: 2},
+    ["caf\u00e9"],  # non-ASCII inside: the fallback's
+    [float("nan")],
+    [[[[[[[[[[1]]]]]]]]]],
+    list(range(40)),
+    [2**70],
     b"bytes",
     OPAQUE,
 ]
@@ -45,7 +53,7 @@ VALUES: list[object] = [
 
 #: calls of show in run(), and the hits of the tests' four probes
 SHOWS = len(VALUES) + 5
-HITS = 2 * SHOWS + 6 + 1
+HITS = 2 * SHOWS + (len(VALUES) - 21) + 1  # (the f probe: n > 20)
 
 
 def show(value: object, n: int) -> object:
