@@ -20,6 +20,11 @@ enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOTIN };
 typedef struct {
     int kind;
     PyObject *name; /* strong, interned: a local's name; else NULL */
+    /* a local's slot in the frames of `code` (strong), found at the first hit in it: >= 0, or
+     * -1 when it is read through the frame object (a cell, a free variable...), -2 when the
+     * code has no such local */
+    PyObject *code;
+    Py_ssize_t slot;
 } PVar;
 
 typedef struct PCond {
@@ -71,6 +76,7 @@ static void
 pvar_clear(PVar *v)
 {
     Py_CLEAR(v->name);
+    Py_CLEAR(v->code);
 }
 
 static void
@@ -103,6 +109,8 @@ pvar_from(PyObject *t, PVar *out, int *needs)
     }
     out->kind = (int)kind;
     out->name = NULL;
+    out->code = NULL;
+    out->slot = 0;
     if (kind == V_DURATION) {
         *needs |= NEED_DURATION;
     }
@@ -432,6 +440,62 @@ prog_thread_name(void)
     return PyUnicode_FromFormat("Dummy-%lu", PyThread_get_thread_native_id());
 }
 
+#if HAVE_IFRAME
+#define FAST_LOCAL 0x20 /* CO_FAST_LOCAL; with CO_FAST_CELL 0x40, CO_FAST_FREE 0x80 and
+                         * CO_FAST_HIDDEN 0x10 it is read through the frame object */
+
+/* A plain local of the interpreter frame `token`, read from its slot with no frame object:
+ * 1 (*value a new reference), 0 (not bound: NameError), -1 (read it through the frame
+ * object, as PyFrame_GetVar does). The frame is the probed one, current at the hit. */
+static int
+iframe_local(PVar *v, void *token, PyObject **value)
+{
+    IFrame *f = (IFrame *)token;
+    PyObject *exe = IFRAME_EXECUTABLE(f);
+    if (!PyCode_Check(exe)) {
+        return -1;
+    }
+    PyCodeObject *co = (PyCodeObject *)exe;
+    if (v->code != exe) {
+        Py_ssize_t slot = -2;
+        PyObject *names = co->co_localsplusnames;
+        const char *kinds = PyBytes_AS_STRING(co->co_localspluskinds);
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+            PyObject *name = PyTuple_GET_ITEM(names, i);
+            if (name == v->name || PyUnicode_Compare(name, v->name) == 0) {
+                unsigned char k = (unsigned char)kinds[i];
+                slot = (k & FAST_LOCAL) && !(k & (0x10 | 0x40 | 0x80)) ? i : -1;
+                break;
+            }
+        }
+        PyErr_Clear();
+        if (!(co->co_flags & CO_OPTIMIZED)) {
+            slot = -1; /* (module and class bodies: their locals are a dict) */
+        }
+        Py_XSETREF(v->code, Py_NewRef(exe));
+        v->slot = slot;
+    }
+    if (v->slot == -2) {
+        return 0;
+    }
+    if (v->slot < 0) {
+        return -1;
+    }
+    uintptr_t bits = f->localsplus[v->slot];
+#if PY_VERSION_HEX >= 0x030E0000
+    if ((bits & 3) == 3) {
+        return -1; /* a tagged int: not an object */
+    }
+    bits &= ~(uintptr_t)3;
+#endif
+    if (bits == 0) {
+        return 0;
+    }
+    *value = Py_NewRef((PyObject *)bits);
+    return 1;
+}
+#endif
+
 /* A Var's value (new reference), or NULL with no error set when it cannot be read (the
  * reference's UNREAD); NULL with an error only for an internal failure. */
 static PyObject *
@@ -456,6 +520,14 @@ prog_read(PVar *v, PEnv *env)
         if (env->ctx == NULL) {
             return NULL;
         }
+#if HAVE_IFRAME
+        PyObject *slot_value;
+        void *token = CTX(env->ctx)->token;
+        int got = token != NULL ? iframe_local(v, token, &slot_value) : -1;
+        if (got >= 0) {
+            return got ? slot_value : NULL;
+        }
+#endif
         PyObject *f = ctx_frame(env->ctx);
         if (f == NULL || !PyFrame_Check(f)) {
             PyErr_Clear();

@@ -86,16 +86,23 @@ typedef struct IFrame {
     void *instr_ptr;
 #if PY_VERSION_HEX >= 0x030E0000
     void *stackpointer;
-#else
-    int stacktop;
-#endif
     uint16_t return_offset;
     char owner;
+    uint8_t visited;
+#else
+    int stacktop;
+    uint16_t return_offset;
+    char owner;
+#endif
+    uintptr_t localsplus[1]; /* PyObject * (3.12, 3.13), _PyStackRef (3.14+) */
 } IFrame;
+/* (offsets read from the real headers of 3.12.1, 3.13.0, 3.14.10 and 3.15.2) */
 #if PY_VERSION_HEX >= 0x030E0000
 #define IFRAME_EXECUTABLE(f) ((PyObject *)((f)->executable & ~(uintptr_t)3))
+_Static_assert(offsetof(IFrame, owner) == 74 && offsetof(IFrame, localsplus) == 80, "IFrame");
 #else
 #define IFRAME_EXECUTABLE(f) ((PyObject *)(f)->executable)
+_Static_assert(offsetof(IFrame, owner) == 70 && offsetof(IFrame, localsplus) == 72, "IFrame");
 #endif
 
 /* The Python frame the interpreter frame `token` returns to, or NULL. */

@@ -293,6 +293,48 @@ def test_thread_names_follow_renames_and_threads_threading_does_not_know() -> No
     assert len(dummy) == 2 and list(counts.values()) == [1]  # the _DummyThread's own name
 
 
+def _kinds(a: int, b: int = 2, *rest: object, **kw: object) -> int:
+    c = a + 1
+
+    def inner() -> int:
+        return a + c  # a and c are cells of _kinds, free variables of inner
+
+    d = inner()
+    del b
+    return d
+
+
+def _two_steps(x: int) -> Iterator[int]:
+    y = x * 2
+    yield y
+    z = y + 1
+    yield z
+
+
+def _keys_of(fn: object, name: str, call: object, *, entry: bool = False) -> dict[object, int]:
+    prog = Program(key=Var("local", name))
+    with (on_entry if entry else on_return)(fn, prog) as h:
+        call()  # type: ignore[operator]
+    return {k: s.count for k, s in take(h).slots.items()}
+
+
+def test_locals_of_every_kind_read_as_the_frame_has_them() -> None:
+    """Plain locals are read from the frame's slots (C core: no frame object); cells,
+    arguments that are cells, deleted and unbound locals, names the code does not have,
+    and a generator's locals read as PyFrame_GetVar has them, in both cores."""
+    call = lambda: _kinds(5, 7, 8, k=1)
+    assert _keys_of(_kinds, "a", call) == {5: 1}  # an argument that is a cell
+    assert _keys_of(_kinds, "c", call) == {6: 1}  # a cell
+    assert _keys_of(_kinds, "d", call) == {11: 1}  # a plain local
+    assert _keys_of(_kinds, "b", call) == {FAULT_KEY: 1}  # deleted
+    assert _keys_of(_kinds, "nope", call) == {FAULT_KEY: 1}  # no such local
+    assert len(_keys_of(_kinds, "rest", call)) == len(_keys_of(_kinds, "kw", call)) == 1
+    assert _keys_of(_kinds, "a", call, entry=True) == {5: 1}
+    assert _keys_of(_kinds, "d", call, entry=True) == {FAULT_KEY: 1}  # not bound yet
+    two = lambda: list(_two_steps(3))
+    assert _keys_of(_two_steps, "y", two) == {6: 1} and _keys_of(_two_steps, "z", two) == {7: 1}
+
+
 def test_an_entry_program_counts_and_reads_arguments() -> None:
     with on_entry(work, Program(filter=Cmp("==", n_local(), "hit"), key=n_local())) as h:
         for v in ("hit", "miss", "hit"):
