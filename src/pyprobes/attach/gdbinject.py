@@ -96,10 +96,16 @@ try:
 except KeyboardInterrupt:__import__('_thread').interrupt_main()
 except BaseException:pass
 """
-_THREAD_CODE = (
-    "try:exec(open({script!r},encoding='utf-8').read(),{{'__name__':'__pyprobes_bootstrap__'}})\n"
-    "except BaseException:pass\n"
-)
+# The thread's code: the bootstrap script, then, if the client that queued it is gone (killed
+# while it waited), the removal of its files, which nobody else would read.
+_THREAD_CODE = """\
+try:
+ exec(open({script!r},encoding='utf-8').read(),{{'__name__':'__pyprobes_bootstrap__'}})
+ import os,shutil
+ try:os.kill({client},0)
+ except ProcessLookupError:shutil.rmtree({workdir!r},ignore_errors=True)
+except BaseException:pass
+"""
 
 _COMMANDS = """\
 set confirm off
@@ -243,9 +249,14 @@ def gdb_problem(
     return None
 
 
-def payload_text(pid: int, script: str) -> str:
+def payload_text(pid: int, script: str, client: int | None = None) -> str:
     """The Python that ``PyRun_SimpleString`` runs at the safe point (it fits one page)."""
-    text = _PAYLOAD.format(pid=pid, code=_THREAD_CODE.format(script=script))
+    code = _THREAD_CODE.format(
+        script=script,
+        client=os.getpid() if client is None else client,
+        workdir=os.path.dirname(script),
+    )
+    text = _PAYLOAD.format(pid=pid, code=code)
     if len(text.encode()) >= PAGE:
         raise AttachError(f"the bootstrap's path is too long: {script}")
     return text
@@ -367,7 +378,7 @@ def _queued(output: str) -> bool:
 def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> AttachError:
     """The one-line error for a gdb session that did not queue the start."""
     out = run.output
-    if "ptrace: No such process" in out or not pid_alive(pid):
+    if "ptrace: No such process" in out or exited(pid, proc):
         return NoSuchProcessError(f"process {pid} exited during the attach")
     if "ptrace: Operation not permitted" in out or "Could not attach to process" in out:
         reason = bootstrap.ptrace_problem(pid, proc=proc)
@@ -437,6 +448,23 @@ def _workdirs(pid: int) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{pid}-*"))
 
 
+def sweep_workdirs(proc: str = "/proc") -> None:
+    """Remove the bootstrap files of processes that are gone (or whose pid was reused)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid_text = d.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            if d.is_symlink() or (d.stat().st_uid != os.geteuid() and os.geteuid() != 0):
+                continue
+            stamp = (d / "started").read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        pid = int(pid_text)
+        if exited(pid, proc) or _start_time(pid, proc) != stamp:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def queued_bootstrap(pid: int, proc: str = "/proc") -> Path | None:
     """The status file of a start already queued in ``pid`` that has not run yet (left by an
     attach that gave up waiting), after removing the files of finished or dead ones."""
@@ -469,6 +497,17 @@ def all_blocked(pid: int, proc: str = "/proc") -> str:
     return f"none of its {len(tids)} threads ran Python code ({main.removeprefix('its ')})"
 
 
+def exited(pid: int, proc: str = "/proc") -> bool:
+    """Whether ``pid`` is gone or a zombie (its parent has not reaped it yet)."""
+    if not pid_alive(pid):
+        return True
+    try:
+        with open(f"{proc}/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def _wait(pid: int, status: Path, wait: float, proc: str) -> Path | None:
     """The agent's socket once the bootstrap says so (None when ``wait`` runs out)."""
     deadline = time.monotonic() + wait
@@ -481,7 +520,7 @@ def _wait(pid: int, status: Path, wait: float, proc: str) -> Path | None:
                 f"the bootstrap ran in process {pid} but its agent did not start:"
                 f" {text.removeprefix('error ').strip()}"
             )
-        if not pid_alive(pid):
+        if exited(pid, proc):
             raise NoSuchProcessError(f"process {pid} exited during the attach")
         found = find_socket(pid, proc)
         if found is not None:  # started by a queued start of an earlier attach, or by itself
@@ -521,6 +560,7 @@ def inject(pid: int, *, timeout: float | None = None, proc: str = "/proc") -> Pa
             f" or {bootstrap.how_to_start_agent(pid, remote=False)}"
         )
     wait = bootstrap.bootstrap_timeout() if timeout is None else timeout
+    sweep_workdirs(proc)
     earlier = queued_bootstrap(pid, proc)
     if earlier is not None:  # do not queue a second start: wait for that one
         found = _wait(pid, earlier, wait, proc)
@@ -578,6 +618,7 @@ __all__ = [
     "SYMBOLS",
     "GdbRun",
     "all_blocked",
+    "exited",
     "find_gdb",
     "gdb_argv",
     "gdb_commands",
@@ -589,6 +630,7 @@ __all__ = [
     "queued_bootstrap",
     "run_gdb",
     "stopped_threads",
+    "sweep_workdirs",
     "target_build",
     "tracer_of",
 ]
