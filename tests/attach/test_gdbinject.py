@@ -336,6 +336,34 @@ def test_a_forked_target_and_its_child_each_get_their_own_agent(
     assert done.split()[2] == done.split()[3]
 
 
+def test_a_call_that_does_not_return_is_abandoned_and_the_target_runs_on(
+    cli: Cli, target: Callable[..., Child], runtime: Path, tmp_path: Path
+) -> None:
+    """What a queueing call blocked on a lock would do (here pause(), which never returns):
+    gdb is interrupted, unwinds the call, restores the thread and detaches."""
+    child = target("busy")
+    pid = child.ready()
+    commands = tmp_path / "hang.gdb"
+    commands.write_text(
+        "set confirm off\nset pagination off\nset unwindonsignal on\n"
+        "sharedlibrary libc[.-]\necho PYPROBES-QUEUE\\n\noutput (int) pause()\n"
+        "echo \\nPYPROBES-QUEUED\\n\n"
+    )
+    gdb = gdbinject.find_gdb()
+    assert gdb is not None
+    argv = gdbinject.gdb_argv(gdb, pid, str(commands), 30)
+    started = time.monotonic()
+    run = gdbinject.run_gdb(argv, tmp_path / "gdb.log", pid, 30, call_bound=1)
+    assert time.monotonic() - started < 15
+    assert run.call_hung and not run.queued
+    assert "GDB has restored the context to what it was before the call" in run.output
+    assert "PYPROBES-DETACHED" in run.output
+    assert "did not return within" in str(gdbinject.gdb_failure(pid, run, 30))
+    untouched(pid)
+    attach_cycle(cli, runtime, pid)  # it runs Python code, its agent starts as usual
+    finished_cleanly(child)  # no KeyboardInterrupt, no lost work
+
+
 def test_another_python_version_is_one_line_before_any_gdb(
     cli: Cli, target: Callable[..., Child], runtime: Path
 ) -> None:
@@ -498,6 +526,13 @@ def test_problems_found_in_proc_are_one_line(tmp_path: Path) -> None:
     p = gdbinject.gdb_problem(7, proc=proc, mine=(3, 13), free_threaded=False, environ=env, euid=me)
     assert p is not None and p.endswith(gdbinject.INSTALL_HINT)
     assert gdbinject.target_build(7, proc) == (3, 13, False)
+    proc = fake_proc(tmp_path / "e", 7, "/usr/bin/python3.13")
+    status = Path(proc) / "7" / "status"
+    status.write_text(status.read_text().replace("TracerPid:\t0", "TracerPid:\t99"))
+    p = gdbinject.gdb_problem(7, proc=proc, mine=(3, 13), free_threaded=False, euid=me)
+    assert (
+        p == "process 7 is already traced by process 99 (a debugger or strace): detach that first"
+    )
 
 
 def run_of(output: str, killed: bool = False) -> gdbinject.GdbRun:

@@ -79,6 +79,8 @@ GDB_TIMEOUT = 20.0
 GDB_TIMEOUT_ENV = "PYPROBES_GDB_TIMEOUT"
 #: Seconds between SIGINT and SIGKILL for a gdb past its time.
 GDB_GRACE = 5.0
+#: Seconds the queueing call may take (it takes microseconds; more means it is blocked).
+CALL_TIMEOUT = 3.0
 WORKDIR_PREFIX = "pyprobes-gdb-"
 PAGE = 4096
 INSTALL_HINT = (
@@ -294,11 +296,12 @@ def gdb_argv(gdb: str, pid: int, commands: str, bound: float) -> list[str]:
 @dataclass(frozen=True)
 class GdbRun:
     """What one gdb session did: its output, whether it queued the start, whether it had to
-    be killed."""
+    be interrupted (past its bound, or a call that did not return) or killed."""
 
     output: str
     queued: bool
     killed: bool
+    call_hung: bool = False
 
 
 def stopped_threads(pid: int, proc: str = "/proc") -> list[int]:
@@ -321,9 +324,20 @@ def _resume_if_stopped(pid: int) -> None:
             os.kill(pid, signal.SIGCONT)
 
 
-def run_gdb(argv: list[str], log: Path, pid: int, bound: float) -> GdbRun:
-    """Run gdb (own session, stdin /dev/null, output to ``log``) within ``bound`` seconds:
-    then SIGINT (abandons a call in progress), then SIGKILL; the target is never left in T."""
+def _read(log: Path) -> str:
+    try:
+        return log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def run_gdb(
+    argv: list[str], log: Path, pid: int, bound: float, call_bound: float = CALL_TIMEOUT
+) -> GdbRun:
+    """Run gdb (own session, stdin /dev/null, output to ``log``) within ``bound`` seconds,
+    and its queueing call within ``call_bound``: past either, SIGINT (with ``unwindonsignal``
+    gdb abandons the call and restores the thread, then detaches), then SIGKILL after
+    ``GDB_GRACE``; a target left stopped gets SIGCONT."""
     with open(log, "wb") as out:
         child = subprocess.Popen(
             argv,
@@ -333,41 +347,49 @@ def run_gdb(argv: list[str], log: Path, pid: int, bound: float) -> GdbRun:
             start_new_session=True,
             close_fds=True,
         )
-    killed = False
+    interrupted = killed = call_hung = False
     deadline = time.monotonic() + bound + 1.0
-    while True:
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-            break
-        except subprocess.TimeoutExpired:
-            if not killed:
-                killed = True
-                with contextlib.suppress(OSError):
-                    os.killpg(child.pid, signal.SIGINT)
-                deadline = time.monotonic() + GDB_GRACE
-                continue
+    call_since: float | None = None
+    try:
+        while child.poll() is None:
+            now = time.monotonic()
+            if not interrupted:
+                text = _read(log)
+                in_call = "PYPROBES-QUEUE\n" in text and "PYPROBES-QUEUED" not in text
+                call_since = (call_since or now) if in_call else None
+                if call_since is not None and now - call_since > call_bound:
+                    call_hung = True
+                    deadline = now  # interrupt it now
+            if now >= deadline:
+                if not interrupted:
+                    interrupted = True
+                    # to gdb (or the timeout(1) over it, which passes it on), not the group:
+                    # a second SIGINT could abort gdb's detach
+                    with contextlib.suppress(OSError):
+                        os.kill(child.pid, signal.SIGINT)
+                    deadline = now + GDB_GRACE
+                else:
+                    killed = True
+                    with contextlib.suppress(OSError):
+                        os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                    break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(0.01)
+    except KeyboardInterrupt:
+        # gdb is in the middle of it: let it finish and detach (it is bounded), then go.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(bound + GDB_GRACE + 1.0)
+        if child.poll() is None:
             with contextlib.suppress(OSError):
                 os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-            break
-        except KeyboardInterrupt:
-            # gdb is in the middle of it: let it finish and detach (it is bounded), then go.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(bound + GDB_GRACE + 1.0)
-            if child.poll() is None:
-                with contextlib.suppress(OSError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-            _resume_if_stopped(pid)
-            raise
-    try:
-        output = log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        output = ""
-    if killed or "PYPROBES-DETACHED" not in output:
         _resume_if_stopped(pid)
-    queued = _queued(output)
-    return GdbRun(output, queued, killed)
+        raise
+    output = _read(log)
+    if interrupted or "PYPROBES-DETACHED" not in output:
+        _resume_if_stopped(pid)
+    return GdbRun(output, _queued(output), killed or interrupted, call_hung)
 
 
 def _queued(output: str) -> bool:
@@ -421,11 +443,17 @@ def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> Att
             f"the pending-call queue of process {pid} is full (it is not running Python code"
             " and earlier requests wait): try again later"
         )
+    if run.call_hung:
+        return NoAgentError(
+            f"gdb's call to queue the agent's start in process {pid} did not return within"
+            f" {CALL_TIMEOUT:g}s (the thread gdb stopped held a lock it needs) and was"
+            " abandoned, the thread restored and the process resumed: try again"
+        )
     if run.killed:
         return NoAgentError(
             f"gdb did not finish with process {pid} within {bound:g}s and was stopped (the"
-            " target was resumed); is the process in uninterruptible sleep (state D)? wait"
-            f" longer with {GDB_TIMEOUT_ENV}=SECONDS"
+            " process was resumed); is it in uninterruptible sleep (state D)? wait longer"
+            f" with {GDB_TIMEOUT_ENV}=SECONDS"
         )
     last = [line.strip() for line in out.splitlines() if line.strip() and "PYPROBES" not in line]
     detail = last[-1] if last else "no output"
@@ -609,6 +637,7 @@ def inject(pid: int, *, timeout: float | None = None, proc: str = "/proc") -> Pa
 
 
 __all__ = [
+    "CALL_TIMEOUT",
     "GDB_ENV",
     "GDB_SINCE",
     "GDB_TIMEOUT",
