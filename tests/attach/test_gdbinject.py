@@ -364,6 +364,22 @@ def test_a_call_that_does_not_return_is_abandoned_and_the_target_runs_on(
     finished_cleanly(child)  # no KeyboardInterrupt, no lost work
 
 
+def test_a_target_that_never_imported_threading_keeps_its_main_thread(
+    cli: Cli, runtime: Path, env: dict[str, str]
+) -> None:
+    child = Child([sys.executable, str(PROGRAMS / "plain_prog.py")], env)
+    try:
+        pid = child.ready()
+        attach_cycle(cli, runtime, pid)
+        # threading was imported by the pending call, in the main thread: it knows which it is
+        child.send("check\n")
+        child.wait_line(lambda s: s.startswith("main-thread "))
+        assert "main-thread True True" in child.lines
+        finished_cleanly(child)
+    finally:
+        child.kill()
+
+
 def test_another_python_version_is_one_line_before_any_gdb(
     cli: Cli, target: Callable[..., Child], runtime: Path
 ) -> None:

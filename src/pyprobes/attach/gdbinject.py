@@ -21,7 +21,9 @@ before it). Before those calls, the command file checks that every symbol is the
 The first thread of the target that checks its eval breaker while running Python code runs
 ``PyRun_SimpleString(payload)`` with the GIL, between two bytecodes: a safe point. The
 payload names nothing in ``__main__``; if the process is still the one asked for (not a fork
-child that inherited the queue) it starts a thread of its own, ``_thread.start_new_thread``,
+child that inherited the queue) it imports ``threading`` if the program has not (on this
+thread, so that 3.12's ``threading.main_thread()`` stays right: in a single-threaded program
+this is the main thread) and starts a thread of its own, ``_thread.start_new_thread``,
 and returns 0 (it catches everything: a pending call that fails would raise in the program;
 a KeyboardInterrupt that hit it is handed back to the main thread with ``interrupt_main``).
 That thread runs the same bootstrap script as ``sys.remote_exec`` on 3.14 (see
@@ -92,9 +94,13 @@ SYMBOLS = ("Py_Version", "PyInterpreterState_Main", "_PyEval_AddPendingCall",
            "PyRun_SimpleString", "mmap")  # fmt: skip
 _BUILD_IN_NAME = re.compile(r"(?:^|/)(?:lib)?python3\.(\d+)(t?)(?:[^/]*)$")
 
+# The pending call's code. threading is imported here, on the thread that runs the call, as
+# the program would: imported first on another thread, 3.12's threading takes that one for
+# the main thread (tests/attach/test_gdbinject.py shows it).
 _PAYLOAD = """\
 try:
- if __import__('os').getpid()=={pid}:__import__('_thread').start_new_thread(exec,({code!r},{{}}))
+ if __import__('os').getpid()=={pid}:
+  __import__('threading');__import__('_thread').start_new_thread(exec,({code!r},{{}}))
 except KeyboardInterrupt:__import__('_thread').interrupt_main()
 except BaseException:pass
 """
