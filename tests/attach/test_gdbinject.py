@@ -309,6 +309,51 @@ def test_a_client_killed_during_the_gdb_session_leaves_the_target_running(
     finished_cleanly(child)
 
 
+def test_two_clients_at_once_start_one_agent(
+    cli: Cli, target: Callable[..., Child], runtime: Path, env: dict[str, str]
+) -> None:
+    child = target("busy")
+    pid = child.ready()
+    clients = [_background_attach(env, pid, *PROBE, "--duration", "0.5") for _ in range(2)]
+    for c in clients:
+        _, err = c.communicate(timeout=TIMEOUT)
+        assert c.returncode == 0, err
+        assert any(line.startswith("@w: ") for line in err.splitlines())
+    assert sorted(p.name for p in (runtime / "pyprobes").glob("*.sock")) == [f"{pid}.sock"]
+    listed = json.loads(cli("list", str(pid), "--json").stdout)
+    assert listed["pid"] == pid and listed["probes"] == []
+    until(lambda: workdirs(pid) == [], "the bootstrap files to go")
+    untouched(pid)
+    finished_cleanly(child)
+
+
+def test_a_client_killed_while_waiting_for_a_safe_point_leaves_a_start_that_runs_later(
+    cli: Cli, target: Callable[..., Child], runtime: Path, env: dict[str, str]
+) -> None:
+    server = _feeder(runtime)
+    child = target("recv", str(runtime / "feed"))
+    conn, _ = server.accept()
+    try:
+        pid = child.ready()
+        client = _background_attach(env, pid, *PROBE)
+        until(lambda: _queued(pid), "gdb to queue the start")
+        client.kill()
+        client.communicate(timeout=TIMEOUT)
+        untouched(pid)
+        conn.sendall(b"wake\n")
+        child.wait_line(lambda s: s == "ok 4")
+        until(sock_of(runtime, pid).exists, "the agent")
+        until(lambda: workdirs(pid) == [], "the files of the killed client to go")
+        err = _probe_while_feeding(cli, env, pid, conn, child, 2)
+        assert "@w: 2" in err.splitlines()
+        conn.close()
+        child.wait_line(lambda s: s.startswith("done "))
+        finished_cleanly(child)
+    finally:
+        conn.close()
+        server.close()
+
+
 def test_a_forked_target_and_its_child_each_get_their_own_agent(
     cli: Cli, target: Callable[..., Child], runtime: Path
 ) -> None:
@@ -367,7 +412,9 @@ def test_a_call_that_does_not_return_is_abandoned_and_the_target_runs_on(
 def test_a_target_that_never_imported_threading_keeps_its_main_thread(
     cli: Cli, runtime: Path, env: dict[str, str]
 ) -> None:
-    child = Child([sys.executable, str(PROGRAMS / "plain_prog.py")], env)
+    # no PYTHONPATH either: the target imports pyprobes from the client's package directory
+    plain_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    child = Child([sys.executable, "-I", str(PROGRAMS / "plain_prog.py")], plain_env)
     try:
         pid = child.ready()
         attach_cycle(cli, runtime, pid)

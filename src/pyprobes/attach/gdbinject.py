@@ -52,6 +52,7 @@ be killed, a target left stopped (state T) gets SIGCONT.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -60,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,8 @@ GDB_TIMEOUT_ENV = "PYPROBES_GDB_TIMEOUT"
 GDB_GRACE = 5.0
 #: Seconds the queueing call may take (it takes microseconds; more means it is blocked).
 CALL_TIMEOUT = 3.0
+#: Seconds to wait for the status of a bootstrap whose agent already listens.
+STATUS_GRACE = 2.0
 WORKDIR_PREFIX = "pyprobes-gdb-"
 PAGE = 4096
 INSTALL_HINT = (
@@ -213,6 +217,7 @@ def gdb_problem(
     mine: tuple[int, int] | None = None,
     free_threaded: bool | None = None,
     environ: dict[str, str] | None = None,
+    check_tracer: bool = True,
 ) -> str | None:
     """Why gdb cannot start an agent in ``pid`` (one line), or None as far as /proc tells."""
     me = mine or (sys.version_info[0], sys.version_info[1])
@@ -243,18 +248,22 @@ def gdb_problem(
     problem = bootstrap.ptrace_problem(pid, proc=proc, euid=euid)
     if problem is not None:
         return problem
-    tracer = tracer_of(pid, proc)
+    tracer = tracer_of(pid, proc) if check_tracer else 0
     if tracer:
-        return (
-            f"process {pid} is already traced by process {tracer} (a debugger or strace):"
-            " detach that first"
-        )
+        return _traced(pid, tracer)
     if find_gdb(environ) is None:
         name = (os.environ if environ is None else environ).get(GDB_ENV, "") or "gdb"
         return f"starting an agent on CPython 3.12/3.13 needs gdb and {name} is not found: " + (
             INSTALL_HINT
         )
     return None
+
+
+def _traced(pid: int, tracer: int) -> str:
+    return (
+        f"process {pid} is already traced by process {tracer} (a debugger or strace):"
+        " detach that first"
+    )
 
 
 def payload_text(pid: int, script: str, client: int | None = None) -> str:
@@ -409,6 +418,9 @@ def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> Att
     if "ptrace: No such process" in out or exited(pid, proc):
         return NoSuchProcessError(f"process {pid} exited during the attach")
     if "ptrace: Operation not permitted" in out or "Could not attach to process" in out:
+        tracer = tracer_of(pid, proc)
+        if tracer:
+            return AttachPermissionError(_traced(pid, tracer))
         reason = bootstrap.ptrace_problem(pid, proc=proc)
         if reason is None:
             reason = (
@@ -484,6 +496,12 @@ def _workdirs(pid: int) -> list[Path]:
 
 def sweep_workdirs(proc: str = "/proc") -> None:
     """Remove the bootstrap files of processes that are gone (or whose pid was reused)."""
+    for lock in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*.lock"):
+        pid_text = lock.name[len(WORKDIR_PREFIX) : -len(".lock")]
+        if pid_text.isdigit() and exited(int(pid_text), proc) and not lock.is_symlink():
+            with contextlib.suppress(OSError):
+                if lock.stat().st_uid == os.geteuid():
+                    lock.unlink()
     for d in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
         pid_text = d.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
         if not pid_text.isdigit():
@@ -491,11 +509,14 @@ def sweep_workdirs(proc: str = "/proc") -> None:
         try:
             if d.is_symlink() or (d.stat().st_uid != os.geteuid() and os.geteuid() != 0):
                 continue
-            stamp = (d / "started").read_text(encoding="ascii").strip()
         except OSError:
             continue
+        try:
+            stamp: str | None = (d / "started").read_text(encoding="ascii").strip()
+        except OSError:
+            stamp = None  # (a status the script wrote while its client removed the rest)
         pid = int(pid_text)
-        if exited(pid, proc) or _start_time(pid, proc) != stamp:
+        if exited(pid, proc) or (stamp is not None and _start_time(pid, proc) != stamp):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -542,25 +563,32 @@ def exited(pid: int, proc: str = "/proc") -> bool:
         return True
 
 
-def _wait(pid: int, status: Path, wait: float, proc: str) -> Path | None:
-    """The agent's socket once the bootstrap says so (None when ``wait`` runs out)."""
+def _wait(pid: int, status: Path, wait: float, proc: str) -> tuple[Path | None, bool]:
+    """The agent's socket once the bootstrap says so, and whether it did (a socket that
+    appears without its status is waited on for ``STATUS_GRACE``: the script writes the
+    status right after the agent listens; past that, another start made it); (None, False)
+    when ``wait`` runs out."""
     deadline = time.monotonic() + wait
+    socket_since: float | None = None
     while True:
         with contextlib.suppress(OSError):
             text = status.read_text(encoding="utf-8")
             if text.startswith("ok "):
-                return Path(text[3:].strip())
+                return Path(text[3:].strip()), True
             raise NoAgentError(
                 f"the bootstrap ran in process {pid} but its agent did not start:"
                 f" {text.removeprefix('error ').strip()}"
             )
         if exited(pid, proc):
             raise NoSuchProcessError(f"process {pid} exited during the attach")
+        now = time.monotonic()
         found = find_socket(pid, proc)
-        if found is not None:  # started by a queued start of an earlier attach, or by itself
-            return found
-        if time.monotonic() >= deadline:
-            return None
+        if found is not None:
+            socket_since = socket_since or now
+            if now - socket_since >= STATUS_GRACE:
+                return found, False
+        elif now >= deadline:
+            return None, False
         time.sleep(0.02)
 
 
@@ -587,17 +615,58 @@ def inject(pid: int, *, timeout: float | None = None, proc: str = "/proc") -> Pa
     """Start an agent in ``pid`` through gdb; returns its socket path."""
     if not pid_alive(pid):
         raise NoSuchProcessError(f"no process {pid}")
-    problem = gdb_problem(pid, proc=proc)
-    if problem is not None:
+    problem = gdb_problem(pid, proc=proc, check_tracer=False)  # another client's gdb may
+    if problem is not None:  # trace it now: the lock below waits for that one
         raise NoAgentError(
             f"process {pid} runs no pyprobes agent and none can be started in it: {problem};"
             f" or {bootstrap.how_to_start_agent(pid, remote=False)}"
         )
     wait = bootstrap.bootstrap_timeout() if timeout is None else timeout
     sweep_workdirs(proc)
+    with _bootstrap_lock(pid, gdb_timeout() + GDB_GRACE + wait + 5.0):
+        found = find_socket(pid, proc)  # started meanwhile, by the client that held the lock
+        if found is not None:
+            return found
+        tracer = tracer_of(pid, proc)
+        if tracer:
+            raise AttachPermissionError(
+                f"{_traced(pid, tracer)}; or {bootstrap.how_to_start_agent(pid, remote=False)}"
+            )
+        return _inject_locked(pid, wait, proc)
+
+
+@contextlib.contextmanager
+def _bootstrap_lock(pid: int, bound: float) -> Iterator[None]:
+    """One bootstrap of ``pid`` at a time (of this user): a second gdb could not attach (a
+    process has one tracer), and the second client then finds the first one's agent."""
+    path = Path(tempfile.gettempdir()) / f"{WORKDIR_PREFIX}{pid}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:  # another user's, or a link: go without
+        yield
+        return
+    try:
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise NoAgentError(
+                        f"another pyprobes has been starting an agent in process {pid} for"
+                        f" {bound:g}s: try again later"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _inject_locked(pid: int, wait: float, proc: str) -> Path:
     earlier = queued_bootstrap(pid, proc)
     if earlier is not None:  # do not queue a second start: wait for that one
-        found = _wait(pid, earlier, wait, proc)
+        found, _ = _wait(pid, earlier, wait, proc)  # its files: the script removes them
         if found is None:
             raise _not_reached(pid, wait, proc, again=True)
         return found
@@ -628,14 +697,16 @@ def inject(pid: int, *, timeout: float | None = None, proc: str = "/proc") -> Pa
         if not run.queued:
             raise gdb_failure(pid, run, bound, proc)
         (workdir / "queued").touch()
-        found = _wait(pid, status, wait, proc)
-        if found is None:
+        found, reported = _wait(pid, status, wait, proc)
+        if not reported:
+            # Stop waiting, leave the start queued: the mark makes the script remove these
+            # files when it runs; if the status came first after all, they are ours to remove.
             _give_up(workdir, owner)
-            if status.exists() or find_socket(pid, proc) is not None:
-                found = _wait(pid, status, 0, proc)  # it came first after all
-            if found is None:
-                finished = False  # the queued start still reads these files
-                raise _not_reached(pid, wait, proc, again=False)
+            if status.exists():
+                found, reported = _wait(pid, status, 0, proc)
+            finished = reported
+        if found is None:
+            raise _not_reached(pid, wait, proc, again=False)
         return found
     finally:
         if finished:
