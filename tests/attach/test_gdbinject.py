@@ -427,6 +427,53 @@ def test_a_target_that_never_imported_threading_keeps_its_main_thread(
         child.kill()
 
 
+def test_a_gdb_that_does_not_finish_is_killed_and_the_target_resumed(
+    cli: Cli, target: Callable[..., Child], runtime: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    child = target("busy")
+    pid = child.ready()
+    commands = tmp_path / "stuck.gdb"
+    commands.write_text("echo PYPROBES-STOPPED\\n\nshell sleep 600\n")  # ignores SIGINT
+    monkeypatch.setattr(gdbinject, "GDB_GRACE", 1.0)
+    gdb = gdbinject.find_gdb()
+    assert gdb is not None
+    run = gdbinject.run_gdb(
+        gdbinject.gdb_argv(gdb, pid, str(commands), 1), tmp_path / "log", pid, 1
+    )
+    assert run.killed and not run.queued and "PYPROBES-STOPPED" in run.output
+    assert "PYPROBES-DETACHED" not in run.output
+    until(lambda: gdbinject.tracer_of(pid) == 0, "the kernel to detach the killed gdb")
+    untouched(pid)  # not left stopped
+    assert "did not finish with process" in str(gdbinject.gdb_failure(pid, run, 1))
+    attach_cycle(cli, runtime, pid)
+    finished_cleanly(child)
+
+
+def test_a_missing_symbol_is_found_before_any_call(
+    target: Callable[..., Child], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real command file, with one more symbol to check that no python has."""
+    child = target("busy")
+    pid = child.ready()
+    symbols = (*gdbinject.SYMBOLS[:2], "PyNoSuch_Symbol", *gdbinject.SYMBOLS[2:])
+    monkeypatch.setattr(gdbinject, "SYMBOLS", symbols)
+    payload = tmp_path / "payload.py"
+    payload.write_text("raise SystemExit('must not run')\n")
+    commands = tmp_path / "commands.gdb"
+    commands.write_text(gdbinject.gdb_commands(str(payload), sys.version_info[:2]))
+    gdb = gdbinject.find_gdb()
+    assert gdb is not None
+    argv = gdbinject.gdb_argv(gdb, pid, str(commands), 30)
+    run = gdbinject.run_gdb(argv, tmp_path / "gdb.log", pid, 30)
+    assert not run.queued and not run.killed and "PYPROBES-DETACHED" in run.output
+    assert "PYPROBES-QUEUE" not in run.output and "Restoring binary file" not in run.output
+    err = str(gdbinject.gdb_failure(pid, run, 30))
+    assert err.startswith(f"gdb finds no symbol PyNoSuch_Symbol in its python of process {pid}")
+    untouched(pid)
+    finished_cleanly(child)
+
+
 def test_another_python_version_is_one_line_before_any_gdb(
     cli: Cli, target: Callable[..., Child], runtime: Path
 ) -> None:
@@ -614,7 +661,8 @@ def test_what_gdb_said_becomes_one_line() -> None:
     stripped = (
         'PYPROBES-STOPPED\nPYPROBES-CHECK Py_Version\nSymbol "Py_Version" is at 0x1.\n'
         "PYPROBES-CHECK PyInterpreterState_Main\nSymbol ...\nPYPROBES-CHECK"
-        ' _PyEval_AddPendingCall\nNo symbol "_PyEval_AddPendingCall" in current context.\n'
+        " _PyEval_AddPendingCall\n/tmp/x/commands.gdb:12: Error in sourced command file:\n"
+        'No symbol "_PyEval_AddPendingCall" in current context.\n'
     )
     err = gdbinject.gdb_failure(me, run_of(stripped), 20)
     assert isinstance(err, NoAgentError)

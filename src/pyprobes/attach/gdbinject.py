@@ -304,7 +304,8 @@ def gdb_argv(gdb: str, pid: int, commands: str, bound: float) -> list[str]:
     ]  # fmt: skip
     watchdog = shutil.which("timeout")
     if watchdog is not None:
-        argv = [watchdog, "-s", "INT", "-k", f"{GDB_GRACE:g}", f"{bound:g}", *argv]
+        # --foreground: the signal goes to gdb alone, once (not to its group as well)
+        argv = [watchdog, "--foreground", "-s", "INT", "-k", f"{GDB_GRACE:g}", f"{bound:g}", *argv]
     return argv
 
 
@@ -402,9 +403,15 @@ def run_gdb(
         _resume_if_stopped(pid)
         raise
     output = _read(log)
-    if interrupted or "PYPROBES-DETACHED" not in output:
+    detached = "PYPROBES-DETACHED" in output
+    # 124/137: timeout(1) interrupted or killed it; a negative code: a signal did
+    stopped = interrupted or killed or child.returncode in (124, 137) or child.returncode < 0
+    if stopped or not detached:
+        if stopped:  # anything gdb left running in its group (a shell command)
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
         _resume_if_stopped(pid)
-    return GdbRun(output, _queued(output), killed or interrupted, call_hung)
+    return GdbRun(output, _queued(output), (stopped and not detached) or interrupted, call_hung)
 
 
 def _queued(output: str) -> bool:
@@ -429,6 +436,18 @@ def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> Att
                 " profile that allows ptrace; or the process made itself undumpable"
             )
         return AttachPermissionError(f"not allowed to ptrace process {pid}: {reason}")
+    if run.call_hung:
+        return NoAgentError(
+            f"gdb's call to queue the agent's start in process {pid} did not return within"
+            f" {CALL_TIMEOUT:g}s (the thread gdb stopped held a lock it needs) and was"
+            " abandoned, the thread restored and the process resumed: try again"
+        )
+    if run.killed:
+        return NoAgentError(
+            f"gdb did not finish with process {pid} within {bound:g}s and was stopped (the"
+            " process was resumed); is it in uninterruptible sleep (state D)? wait longer"
+            f" with {GDB_TIMEOUT_ENV}=SECONDS"
+        )
     if "PYPROBES-VERSION-MISMATCH" in out:
         m = re.search(r"PYPROBES-VERSION-MISMATCH\n\$\d+ = 0x([0-9a-f]+)", out)
         theirs = f"{int(m.group(1)[:-6] or '0', 16)}.{int(m.group(1)[-6:-4], 16)}" if m else "?"
@@ -437,9 +456,9 @@ def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> Att
             f"process {pid} runs Python {theirs} (its Py_Version) but this pyprobes runs on"
             f" {mine}: run 'python{theirs} -m pyprobes attach {pid}'"
         )
-    if "PYPROBES-STOPPED" in out and "PYPROBES-SYMBOLS-OK" not in out:
-        checked = re.findall(r"PYPROBES-CHECK (\S+)", out)
-        missing = checked[-1] if checked else "?"
+    no_symbol = re.search(r'No symbol "([^"]+)" in current context', out)
+    if "PYPROBES-SYMBOLS-OK" not in out and no_symbol is not None:
+        missing = no_symbol.group(1)
         if missing in ("Py_Version", "PyInterpreterState_Main"):
             return NoAgentError(
                 f"process {pid} has no symbol {missing}: it is no CPython 3.12+ process, or a"
@@ -460,18 +479,6 @@ def gdb_failure(pid: int, run: GdbRun, bound: float, proc: str = "/proc") -> Att
         return NoAgentError(
             f"the pending-call queue of process {pid} is full (it is not running Python code"
             " and earlier requests wait): try again later"
-        )
-    if run.call_hung:
-        return NoAgentError(
-            f"gdb's call to queue the agent's start in process {pid} did not return within"
-            f" {CALL_TIMEOUT:g}s (the thread gdb stopped held a lock it needs) and was"
-            " abandoned, the thread restored and the process resumed: try again"
-        )
-    if run.killed:
-        return NoAgentError(
-            f"gdb did not finish with process {pid} within {bound:g}s and was stopped (the"
-            " process was resumed); is it in uninterruptible sleep (state D)? wait longer"
-            f" with {GDB_TIMEOUT_ENV}=SECONDS"
         )
     last = [line.strip() for line in out.splitlines() if line.strip() and "PYPROBES" not in line]
     detail = last[-1] if last else "no output"
