@@ -40,13 +40,23 @@ exiting meanwhile; and no safe point within the bound (``PYPROBES_BOOTSTRAP_TIME
 default 10 s): every thread is blocked in a C call (``time.sleep``, ``recv``, a lock) and
 none returns to Python. gdb cannot make one return (a signal would run the program's own
 handlers), so the start stays queued and happens when a thread next runs Python code; a
-later ``pyprobes attach`` waits for that queued start instead of queueing another.
+later ``pyprobes attach`` waits for that queued start instead of queueing another. One
+bootstrap of a pid runs at a time (a lock file per pid: a process has one tracer), and a
+client that finds the agent listening once it holds the lock uses it: the agent never starts
+twice (``agent.start()`` is idempotent too).
 
-gdb is bounded too (``GDB_TIMEOUT``): past it, gdb gets SIGINT, which with ``unwindonsignal``
-abandons a call in progress and restores the thread; then SIGKILL. It runs in a session of its
-own with its output in a file, so a client killed or interrupted meanwhile leaves it to finish
-and detach; coreutils' ``timeout`` (when there) bounds it even then. After a gdb that had to
-be killed, a target left stopped (state T) gets SIGCONT.
+gdb is bounded too (``PYPROBES_GDB_TIMEOUT``, and ``CALL_TIMEOUT`` for the queueing call):
+past it, gdb gets SIGINT, which with ``unwindonsignal`` abandons a call in progress, restores
+the thread and lets gdb detach; then SIGKILL. It runs in a session of its own with its output
+in a file, so a client killed or interrupted meanwhile leaves it to finish and detach;
+coreutils' ``timeout`` (when there) bounds it even then. After a gdb that had to be stopped, a
+target left stopped (state T) gets SIGCONT.
+
+Files: ``<tmp>/pyprobes-gdb-PID-XXXX/`` (``mkdtemp``, 0700, given to the target's uid when
+root attaches) holds the command file, the payload, the script, gdb's log and the status; the
+client removes it once the status is read; a client that stops waiting marks it, and the
+script removes it when it runs; the thread removes it when the client is gone (killed). Those
+of exited processes are swept by the next attach.
 """
 
 from __future__ import annotations
