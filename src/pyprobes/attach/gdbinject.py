@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import platform
 import re
 import shutil
 import signal
@@ -98,6 +99,8 @@ CALL_TIMEOUT = 3.0
 #: Seconds to wait for the status of a bootstrap whose agent already listens.
 STATUS_GRACE = 2.0
 WORKDIR_PREFIX = "pyprobes-gdb-"
+#: Where the command file's mmap flags (MAP_PRIVATE | MAP_ANONYMOUS = 0x22) are right.
+MACHINES = ("x86_64", "aarch64")
 PAGE = 4096
 INSTALL_HINT = (
     "install gdb (Debian/Ubuntu: apt-get install gdb; Fedora/RHEL: dnf install gdb; Alpine:"
@@ -236,6 +239,11 @@ def gdb_problem(
         return (
             f"this pyprobes runs on Python {bootstrap.version_text(me)}; the gdb bootstrap is"
             " for CPython 3.12 and 3.13"
+        )
+    if sys.platform != "linux" or platform.machine() not in MACHINES:
+        return (
+            f"the gdb bootstrap runs on Linux {' and '.join(MACHINES)} only (this is"
+            f" {sys.platform} {platform.machine()})"
         )
     build = target_build(pid, proc)
     if build is not None:
