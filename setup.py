@@ -141,7 +141,12 @@ setup(
         Extension(
             "pyprobes._speedups",
             sources=["src/pyprobes/_speedups.c"],
-            depends=["src/pyprobes/_program.c"],  # included by _speedups.c
+            # included by _speedups.c, and by one another
+            depends=[
+                "src/pyprobes/_program.c",
+                "src/pyprobes/_records.c",
+                "src/pyprobes/_render.c",
+            ],
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt, "build": BuildWithPth, "build_pth": BuildPth},

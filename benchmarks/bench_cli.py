@@ -1,6 +1,6 @@
 """What one probe costs through the command users run (issue 13), beside the tools they would
 pick instead: ``pyprobes run`` with aggregations (probe programs in the core), with events
-(JSON from the core's ring of records, text through the Python path), cProfile, and viztracer
+(JSON and text from the core's ring of records), cProfile, and viztracer
 when it is installed.
 
 The program calls ``work(a, b)`` N times and prints the loop's own time (perf_counter_ns), so
@@ -9,7 +9,7 @@ interleaved rounds (shuffled order each round); the table gives, per variant, th
 ``(loop - plain loop) / N``: ns added per call, and the ratio to the engine's floor (an empty
 Python kretprobe handler, run in-process by ``Kretprobe``).
 
-    python benchmarks/bench_cli.py [--rounds 7] [--calls 200000] [--md FILE]
+    python benchmarks/bench_cli.py [--rounds 7] [--calls 200000] [--md FILE] [--only KEY,...]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
                 "pyprobes run -e 'r:w __main__:work a b $retval' --format json -o FILE",
                 [*run, "-e", "r:w __main__:work a b $retval", "--format", "json", "-o",
                  str(out), str(prog), n]),
-        Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text, Python path)",
+        Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text)",
                 [*run, "-e", "r:w __main__:work", "-o", str(out), str(prog), n]),
         Variant("cprofile", "python -m cProfile (every call)",
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--md", type=Path, help="also write the table as Markdown here")
+    ap.add_argument("--only", help="comma-separated variant keys (plain and floor always run)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
@@ -146,6 +147,15 @@ def main() -> None:
         prog.write_text(PROGRAM)
         (cwd / "pyprobes_bench_floor.py").write_text(FLOOR)
         vs = variants(prog, cwd / "events.jsonl", args.calls)
+        if args.only:
+            keep = {"plain", "floor", *args.only.split(",")}
+            unknown = keep - {v.key for v in vs}
+            if unknown:
+                raise SystemExit(
+                    f"--only: no variant {', '.join(sorted(unknown))}; the keys"
+                    f" are {', '.join(v.key for v in vs)}"
+                )
+            vs = [v for v in vs if v.key in keep]
         checksum: list[str] = []
         for _ in range(args.rounds):
             order = vs[:]

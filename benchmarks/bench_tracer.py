@@ -5,7 +5,12 @@ Runs, in interleaved rounds (shuffled order each round), from the repository roo
 - plain: ``python -m benchmarks.workload SCALE``
 - traced: ``python -m pyprobes run -e 'r:wl benchmarks.workload.MODULE:*' --format json
   -o FILE -m benchmarks.workload SCALE`` (kretprobes on every function of one module), with
-  the default core and, when that is the C core, again with ``PYPROBES_CORE=python``.
+  the default core and, when that is the C core, again with ``PYPROBES_CORE=python``; and the
+  same as text lines (no ``--format``), the default core;
+- viztracer, when it is installed, what a user would pick instead (issue 13), tracing every
+  call (``python -m viztracer --quiet -o FILE.json -m benchmarks.workload SCALE``): its include
+  filter records nothing under ``-m`` (a call is recorded only when its caller is, and runpy's
+  are not: gaogaotiantian/viztracer#292), so it cannot trace one module alone.
 
 Reports the slowdown (whole process, and the workload's own ``main()`` time that it prints),
 the events written (lines of FILE, checked against the hits of the exit summary), events per
@@ -16,6 +21,7 @@ second (events written / traced process time) and the events lost (the summary's
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -86,26 +92,35 @@ def make_variants(args: argparse.Namespace, tmp: Path) -> list[Variant]:
     cores = [pyprobes.core_name()]
     if cores[0] == "c" and not args.no_python_core:
         cores.append("python")
+    run = [py, "-m", "pyprobes", "run", "-e", spec_for(args.module)]
     for core in cores:
         f = tmp / f"events-{core}.jsonl"
-        argv = [
-            py,
-            "-m",
-            "pyprobes",
-            "run",
-            "-e",
-            spec_for(args.module),
-            "--format",
-            "json",
-            "-o",
-            str(f),
-            "-m",
-            "benchmarks.workload",
-            scale,
-        ]
+        argv = [*run, "--format", "json", "-o", str(f), "-m", "benchmarks.workload", scale]
         venv = {**env, "PYPROBES_CORE": core} if core == "python" else env
         out.append(Variant(f"traced-{core}", f"traced, {core} core", argv, venv, True, f))
+    f = tmp / "events.txt"
+    argv = [*run, "-o", str(f), "-m", "benchmarks.workload", scale]
+    out.append(Variant("traced-text", f"traced, text lines, {cores[0]} core", argv, env, True, f))
+    if importlib.util.find_spec("viztracer") is not None:
+        f = tmp / "viztracer.json"
+        argv = [py, "-m", "viztracer", "--quiet", "-o", str(f), "-m", "benchmarks.workload"]
+        label = "viztracer, every call (its include filter records nothing under -m)"
+        out.append(Variant("viztracer", label, [*argv, scale], env, True, f))
     return out
+
+
+def _summary_row(stderr: str, event: str) -> dict[str, int] | None:
+    """The exit summary's row of ``event``, by its headers (EVENT HITS FILTERED EVENTS ...)."""
+    lines = stderr.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("EVENT ")]
+    if not heads:
+        return None
+    headers = lines[heads[-1]].split()
+    for line in lines[heads[-1] + 1 :]:
+        cells = line.split()
+        if len(cells) == len(headers) and cells[0] == event:
+            return {h: int(c) for h, c in zip(headers[1:], cells[1:], strict=True) if c != "-"}
+    return None
 
 
 def run_once(v: Variant, checksum: list[int]) -> None:
@@ -128,19 +143,27 @@ def run_once(v: Variant, checksum: list[int]) -> None:
     v.main.append(int(m.group(2)) / 1e9)
     if v.out is None:
         return
+    if v.key == "viztracer":  # its complete events ("X"): one per traced call
+        with v.out.open("rb") as f:
+            trace = json.load(f)
+        v.events.append(sum(1 for e in trace["traceEvents"] if e.get("ph") == "X"))
+        v.lost.append(0)
+        v.hits.append(v.events[-1])
+        v.out.unlink()
+        return
     lost = _LOST.search(proc.stderr)
     if lost is None:
         raise RuntimeError(f"{v.key}: no 'N events lost' line in {proc.stderr[-500:]!r}")
-    hits = re.search(r"^wl\s+(\d+)\s+(\d+)\s+(\d+)\s*$", proc.stderr, re.M)
+    row = _summary_row(proc.stderr, "wl")
+    if row is None:
+        raise RuntimeError(f"{v.key}: no summary row of wl in {proc.stderr[-500:]!r}")
     with v.out.open("rb") as f:
         events = sum(1 for _ in f)
     v.events.append(events)
     v.lost.append(int(lost.group(1)))
-    v.hits.append(int(hits.group(1)) if hits else -1)
-    if hits and events + int(lost.group(1)) != int(hits.group(1)):
-        raise RuntimeError(
-            f"{v.key}: {events} events written + {lost.group(1)} lost != {hits.group(1)} hits"
-        )
+    v.hits.append(row["HITS"])
+    if events != row["EVENTS"] or events + row["LOST"] + row["FILTERED"] != row["HITS"]:
+        raise RuntimeError(f"{v.key}: {events} lines in the file, the summary says {row}")
     v.out.unlink()
 
 
@@ -252,13 +275,15 @@ def table(data: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[s
     cfg = data["config"]
     notes = [
         f"spec `{data['spec']}` (kretprobes on every function of"
-        f" `benchmarks.workload.{cfg['module']}`), events as JSON lines to a file; workload scale"
+        f" `benchmarks.workload.{cfg['module']}`), events as JSON lines (or text lines) to a"
+        f" file; viztracer's events are its complete (X) events; workload scale"
         f" {cfg['scale']}; {cfg['rounds']} interleaved rounds, median (IQR); slowdown per round"
         " against the same round's plain run.",
         "process = wall time of the whole command (interpreter start, pyprobes import and arming,"
         " the writer's final drain); main() = the time the workload itself reports.",
-        "events/s = events written / traced process time; written + lost = the probe's hits"
-        f" (checked); every run printed checksum {data['checksum']}.",
+        "events/s = events written / traced process time; pyprobes: the lines written are the"
+        " summary's EVENTS, and EVENTS + LOST + FILTERED its HITS (checked); every run printed"
+        f" checksum {data['checksum']}.",
         "commands (from the repository root): "
         + "; ".join(f"`{v['command']}`" for v in data["variants"].values()),
     ]

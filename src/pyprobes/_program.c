@@ -62,7 +62,7 @@ typedef struct {
 
 static PyTypeObject ProgType;
 static PyObject *g_threading;   /* the threading module (strong) */
-static PyObject *s_active, *s_name_attr;
+static PyObject *s_active, *s_name_attr, *s_thread_key;
 static PyObject *g_fault_key;   /* "(fault)" */
 static PyObject *g_nan;         /* one float NaN: every NaN key is this one */
 static PyObject *s_dunder_name; /* "__name__" */
@@ -330,7 +330,9 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (ring != Py_None) {
         p->ring = Py_NewRef(ring);
         p->probe = probe;
-        p->needs |= NEED_FRAME | NEED_DURATION; /* a return's record names its caller */
+        /* A return's record names its caller: from the interpreter frames (HAVE_IFRAME), or
+         * the frame objects. */
+        p->needs |= NEED_DURATION | (HAVE_IFRAME ? 0 : NEED_FRAME);
     }
     p->keys = PyDict_New();
     if (p->keys == NULL) {
@@ -351,6 +353,7 @@ typedef struct {
     PyObject *retval, *exc; /* borrowed (Py_None when absent) */
     PyObject *code;      /* borrowed: the probed code */
     long offset, lineno; /* the probed instruction, and its line if known (else -1) */
+    void *token;         /* a return's: the probed interpreter frame (HAVE_IFRAME), or NULL */
 } PEnv;
 
 static inline int
@@ -384,31 +387,48 @@ prog_ident_key(void)
     return g_idents[i].key;
 }
 
-/* engine.threads.thread_name() (new reference): threading._active read from the module's
- * dict each time (a forked child rebinds it), as getattr(threading, "_active") does for a plain
- * module. */
+/* The calling thread's threading.Thread (borrowed), or NULL (no error) when threading does not
+ * know it: threading._active[ident], read from the module's dict (a forked child rebinds it),
+ * as getattr(threading, "_active") does for a plain module. Once found it is kept in the
+ * thread state's dict (an extension's per-thread storage, gone with the thread), as the thread
+ * keeps its Thread for its life, and a fork keeps the forking thread's. */
 static PyObject *
-prog_thread_name(void)
+prog_thread(void)
 {
+    PyObject *tsd = PyThreadState_GetDict(); /* borrowed, NULL without a thread state */
+    PyObject *t = tsd != NULL ? PyDict_GetItemWithError(tsd, s_thread_key) : NULL;
+    if (t != NULL || PyErr_Occurred()) {
+        PyErr_Clear();
+        return t;
+    }
     PyObject *mdict = PyModule_GetDict(g_threading); /* borrowed */
     PyObject *active = mdict != NULL ? PyDict_GetItemWithError(mdict, s_active) : NULL;
     if (active != NULL && PyDict_Check(active)) {
         PyObject *ident = prog_ident_key(); /* borrowed */
-        if (ident == NULL) {
-            return NULL;
-        }
-        PyObject *t = PyDict_GetItemWithError(active, ident); /* int keys: no Python code */
-        if (t != NULL) {
-            Py_INCREF(t);
-            PyObject *name = PyObject_GetAttr(t, s_name_attr); /* as getattr(thread, "_name") */
-            Py_DECREF(t);
-            if (name != NULL && PyUnicode_Check(name)) {
-                return name;
-            }
-            Py_XDECREF(name);
+        t = ident != NULL ? PyDict_GetItemWithError(active, ident) : NULL; /* int keys */
+        if (t != NULL && tsd != NULL && PyDict_SetItem(tsd, s_thread_key, t) < 0) {
+            t = NULL;
         }
     }
     PyErr_Clear();
+    return t;
+}
+
+/* engine.threads.thread_name() (new reference). */
+static PyObject *
+prog_thread_name(void)
+{
+    PyObject *t = prog_thread();
+    if (t != NULL) {
+        Py_INCREF(t);
+        PyObject *name = PyObject_GetAttr(t, s_name_attr); /* as getattr(thread, "_name") */
+        Py_DECREF(t);
+        if (name != NULL && PyUnicode_Check(name)) {
+            return name;
+        }
+        Py_XDECREF(name);
+        PyErr_Clear();
+    }
     return PyUnicode_FromFormat("Dummy-%lu", PyThread_get_thread_native_id());
 }
 
@@ -845,12 +865,13 @@ prog_module_init(PyObject *m)
     g_threading = PyImport_ImportModule("threading");
     s_active = PyUnicode_InternFromString("_active");
     s_name_attr = PyUnicode_InternFromString("_name");
+    s_thread_key = PyUnicode_InternFromString("pyprobes.thread");
     g_fault_key = PyUnicode_InternFromString("(fault)");
     g_nan = PyFloat_FromDouble(Py_NAN);
     s_dunder_name = PyUnicode_InternFromString("__name__");
-    if (g_threading == NULL || s_active == NULL || s_name_attr == NULL || g_fault_key == NULL ||
-        g_nan == NULL || s_dunder_name == NULL || PyType_Ready(&ProgType) < 0 ||
-        PyType_Ready(&RingType) < 0) {
+    if (g_threading == NULL || s_active == NULL || s_name_attr == NULL || s_thread_key == NULL ||
+        g_fault_key == NULL || g_nan == NULL || s_dunder_name == NULL ||
+        PyType_Ready(&ProgType) < 0 || PyType_Ready(&RingType) < 0) {
         return -1;
     }
     if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0) {

@@ -96,6 +96,32 @@ rec_value(RingObj *ring, PyObject *v)
     return r;
 }
 
+/* The calling thread's native id: kept by its thread state (set again in a forked child), where
+ * PyThread_get_thread_native_id() is a system call on Linux. */
+static inline unsigned long
+rec_native_tid(void)
+{
+#if HAVE_FRAME_TOKEN
+    PyThreadState *ts = CURRENT_TSTATE();
+    if (ts != NULL && ts->native_thread_id != 0) {
+        return ts->native_thread_id;
+    }
+#endif
+    return PyThread_get_thread_native_id();
+}
+
+/* globals["__name__"] when it is a str (new reference), or NULL (no error). */
+static PyObject *
+rec_module(PyObject *globals)
+{
+    PyObject *name = NULL;
+    if (globals != NULL && PyDict_Check(globals)) {
+        name = PyDict_GetItemWithError(globals, s_dunder_name); /* borrowed */
+    }
+    PyErr_Clear();
+    return name != NULL && PyUnicode_CheckExact(name) ? Py_NewRef(name) : NULL;
+}
+
 /* Write one record for a hit of probe `probe` (the filter passed). 0, or -1 with an error. */
 static int
 ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
@@ -111,7 +137,7 @@ ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
     memset(&rec, 0, sizeof(rec));
     rec.probe = probe;
     rec.time_ns = now_ns();
-    rec.tid = PyThread_get_thread_native_id();
+    rec.tid = rec_native_tid();
     rec.lineno = -1;
     rec.tname = prog_thread_name();
     if (rec.tname == NULL) {
@@ -141,22 +167,32 @@ ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
                 rec.exc = Py_NewRef(g_fault_key);
             }
         }
-        PyObject *f = env->ctx != NULL ? ctx_frame(env->ctx) : NULL;
-        PyFrameObject *back = (f != NULL && PyFrame_Check(f)) ? PyFrame_GetBack((PyFrameObject *)f)
-                                                             : NULL;
-        if (back != NULL) {
-            rec.code = (PyObject *)PyFrame_GetCode(back);
-            rec.offset = PyFrame_GetLasti(back); /* its line is found when rendered */
-            PyObject *globals = PyFrame_GetGlobals(back);
-            if (globals != NULL && PyDict_Check(globals)) {
-                PyObject *name = PyDict_GetItemWithError(globals, s_dunder_name); /* borrowed */
-                if (name != NULL && PyUnicode_CheckExact(name)) {
-                    rec.module = Py_NewRef(name);
-                }
+        /* the caller: its code and instruction (its line is found when rendered), and the
+         * __name__ of its globals */
+#if HAVE_IFRAME
+        if (env->token != NULL) {
+            IFrame *back = iframe_caller(env->token);
+            if (back != NULL) {
+                rec.code = Py_NewRef(IFRAME_EXECUTABLE(back));
+                rec.offset =
+                    PyUnstable_InterpreterFrame_GetLasti((struct _PyInterpreterFrame *)back);
+                rec.module = rec_module(back->globals);
             }
-            Py_XDECREF(globals);
-            Py_DECREF(back);
-            PyErr_Clear();
+        }
+        else
+#endif
+        {
+            PyObject *f = env->ctx != NULL ? ctx_frame(env->ctx) : NULL;
+            PyFrameObject *back =
+                (f != NULL && PyFrame_Check(f)) ? PyFrame_GetBack((PyFrameObject *)f) : NULL;
+            if (back != NULL) {
+                rec.code = (PyObject *)PyFrame_GetCode(back);
+                rec.offset = PyFrame_GetLasti(back);
+                PyObject *globals = PyFrame_GetGlobals(back);
+                rec.module = rec_module(globals);
+                Py_XDECREF(globals);
+                Py_DECREF(back);
+            }
         }
     }
     else {
@@ -350,521 +386,7 @@ ring_take(RingObj *ring, PyObject *unused)
     return Py_BuildValue("(NN)", list, lost);
 }
 
-/* --- JSON Lines, as output/render_json.py spells them --------------------------------------
- * In three steps, a chunk of records at a time, so that the writing runs with the GIL released
- * and the program's threads run meanwhile:
- *   1. with the GIL, each record is flattened (Flat: C numbers, and pointers to the data of the
- *      strs the record and the probe's statics hold; a float rendered by repr's own function)
- *      or marked for the fallback, when this fast path cannot spell it exactly;
- *   2. without the GIL, the flat records are written into raw memory (PyMem_Raw*): no object
- *      is touched but through those pointers, and the swapped-out records, which nobody else
- *      reads or frees, keep every object alive until step 3;
- *   3. with the GIL, the fallback renders the marked records in their places. */
-
-#define JSON_CHUNK 2048
-
-typedef struct {
-    char *p;
-    Py_ssize_t n, cap;
-} Buf;
-
-/* Room for `more` bytes: 0, or -1 (out of memory, no error set: it may run without the GIL). */
-static int
-buf_grow(Buf *b, Py_ssize_t more)
-{
-    if (b->n + more <= b->cap) {
-        return 0;
-    }
-    Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
-    while (cap < b->n + more) {
-        cap *= 2;
-    }
-    char *p = PyMem_RawRealloc(b->p, cap);
-    if (p == NULL) {
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int
-buf_put(Buf *b, const char *s, Py_ssize_t n)
-{
-    if (buf_grow(b, n) < 0) {
-        return -1;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    return 0;
-}
-
-#define BUF_LIT(b, s) buf_put((b), (s), (Py_ssize_t)sizeof(s) - 1)
-
-/* A decimal integer, as int.__repr__ writes it. */
-static int
-buf_int(Buf *b, long long v)
-{
-    if (buf_grow(b, 24) < 0) {
-        return -1;
-    }
-    char t[24];
-    int k = 0;
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        t[k++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    char *o = b->p + b->n;
-    if (v < 0) {
-        *o++ = '-';
-    }
-    while (k > 0) {
-        *o++ = t[--k];
-    }
-    b->n = o - b->p;
-    return 0;
-}
-
-typedef struct {
-    const char *s;
-    Py_ssize_t n;
-} Str;
-
-/* An exact ASCII str's data: 1, or 0 when it is not one (nothing set). */
-static inline int
-str_ascii(PyObject *o, Str *out)
-{
-    if (o == NULL || !PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) {
-        return 0;
-    }
-    out->s = (const char *)PyUnicode_1BYTE_DATA(o);
-    out->n = PyUnicode_GET_LENGTH(o);
-    return 1;
-}
-
-/* ASCII text as sanitize.dumps writes a str's body: json escapes C0, '"' and '\\', dumps
- * also DEL. */
-static int
-buf_esc(Buf *b, Str s)
-{
-    if (buf_grow(b, s.n * 6) < 0) {
-        return -1;
-    }
-    const unsigned char *d = (const unsigned char *)s.s;
-    char *o = b->p + b->n;
-    static const char hex[] = "0123456789abcdef";
-    for (Py_ssize_t i = 0; i < s.n; i++) {
-        unsigned char c = d[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        default:
-            *o++ = 'u';
-            *o++ = '0';
-            *o++ = '0';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
-        }
-    }
-    b->n = o - b->p;
-    return 0;
-}
-
-static int
-buf_qstr(Buf *b, Str s)
-{
-    return BUF_LIT(b, "\"") < 0 || buf_esc(b, s) < 0 ? -1 : BUF_LIT(b, "\"");
-}
-
-/* A value as JSON writes it: a literal (null, true, false), an int, an ASCII str, or a float's
- * repr kept in the chunk's arena (at offset i, n bytes). */
-enum { JV_LIT, JV_INT, JV_STR, JV_FLOAT };
-typedef struct {
-    int tag;
-    Str s;
-    long long i;
-} JVal;
-
-/* One record, flat: everything step 2 reads. */
-typedef struct {
-    int fallback, is_return, is_async, nvals;
-    Str prefix; /* the probe's JSON up to "location": (UTF-8, written as it is) */
-    Str file;   /* the location's file (.s NULL: the location is "?") */
-    long line;
-    long long time_ns, tid, duration;
-    Str tname;
-    Str keys[REC_MAXV]; /* '"name":' (UTF-8, as it is) */
-    JVal vals[REC_MAXV];
-    JVal retval;
-    Str exc;         /* .s NULL: null */
-    Str module, qual; /* the site (module.s NULL: the site is "?") */
-} Flat;
-
-/* `v` flattened: 0, 1 (this fast path does not spell it), -1 error. */
-static int
-flat_value(PyObject *v, JVal *out, Buf *arena)
-{
-    if (v == Py_None || v == Py_True || v == Py_False) {
-        out->tag = JV_LIT;
-        out->s.s = v == Py_None ? "null" : (v == Py_True ? "true" : "false");
-        out->s.n = (Py_ssize_t)strlen(out->s.s);
-        return 0;
-    }
-    if (PyLong_CheckExact(v)) {
-        int overflow;
-        out->tag = JV_INT;
-        out->i = PyLong_AsLongLongAndOverflow(v, &overflow);
-        return overflow ? 1 : 0;
-    }
-    if (PyFloat_CheckExact(v)) {
-        double x = PyFloat_AS_DOUBLE(v);
-        if (!isfinite(x)) {
-            return 1;
-        }
-        char *r = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        if (r == NULL) {
-            return -1;
-        }
-        out->tag = JV_FLOAT;
-        out->i = arena->n;
-        out->s.n = (Py_ssize_t)strlen(r);
-        int rc = buf_put(arena, r, out->s.n);
-        PyMem_Free(r);
-        if (rc < 0) {
-            PyErr_NoMemory();
-        }
-        return rc;
-    }
-    out->tag = JV_STR;
-    return str_ascii(v, &out->s) ? 0 : 1;
-}
-
-/* A str of the probe's statics, as UTF-8 (cached by the str: valid while it lives). */
-static int
-flat_utf8(PyObject *o, Str *out)
-{
-    if (!PyUnicode_Check(o)) {
-        return 1;
-    }
-    out->s = PyUnicode_AsUTF8AndSize(o, &out->n);
-    return out->s == NULL ? -1 : 0;
-}
-
-/* Step 1 for one record. `st` is the probe's (prefix, keys): the JSON text up to "location":
- * and each fetch arg's '"name":'. 0, 1 (the fallback's), -1 error. */
-static int
-rec_flat(Rec *r, PyObject *st, Flat *f, Buf *arena)
-{
-    int rc;
-#define STEP(e)                                                                                 \
-    do {                                                                                        \
-        if ((rc = (e)) != 0) {                                                                  \
-            return rc;                                                                          \
-        }                                                                                       \
-    } while (0)
-    if (st == NULL || !PyTuple_Check(st) || PyTuple_GET_SIZE(st) != 2 ||
-        !PyTuple_Check(PyTuple_GET_ITEM(st, 1))) {
-        return 1;
-    }
-    PyObject *keys = PyTuple_GET_ITEM(st, 1);
-    if (PyTuple_GET_SIZE(keys) != r->nvals) {
-        return 1;
-    }
-    f->is_return = r->is_return;
-    f->is_async = r->is_async;
-    f->nvals = r->nvals;
-    STEP(flat_utf8(PyTuple_GET_ITEM(st, 0), &f->prefix));
-    PyCodeObject *co = (PyCodeObject *)r->code;
-    f->file.s = NULL;
-    if (co != NULL) {
-        STEP(str_ascii(co->co_filename, &f->file) ? 0 : 1);
-        f->line = rec_line(r);
-    }
-    f->time_ns = r->time_ns;
-    f->tid = (long long)r->tid;
-    STEP(str_ascii(r->tname, &f->tname) ? 0 : 1);
-    for (int i = 0; i < r->nvals; i++) {
-        STEP(flat_utf8(PyTuple_GET_ITEM(keys, i), &f->keys[i]));
-        STEP(flat_value(r->vals[i], &f->vals[i], arena));
-    }
-    if (r->is_return) {
-        STEP(flat_value(r->retval, &f->retval, arena));
-        f->exc.s = NULL;
-        if (r->exc != NULL) {
-            STEP(str_ascii(r->exc, &f->exc) ? 0 : 1);
-        }
-        f->duration = r->duration;
-        f->module.s = NULL;
-        if (co != NULL) {
-            if (r->module == NULL) {
-                return 1; /* the reference writes "?:..." */
-            }
-            STEP(str_ascii(r->module, &f->module) && str_ascii(co->co_qualname, &f->qual) ? 0
-                                                                                            : 1);
-        }
-    }
-    return 0;
-#undef STEP
-}
-
-static int
-buf_jval(Buf *b, const JVal *v, const char *arena)
-{
-    switch (v->tag) {
-    case JV_LIT: return buf_put(b, v->s.s, v->s.n);
-    case JV_INT: return buf_int(b, v->i);
-    case JV_FLOAT: return buf_put(b, arena + v->i, v->s.n);
-    default: return buf_qstr(b, v->s);
-    }
-}
-
-/* Step 2 for one record: its line. 0, or -1 (out of memory). No GIL needed. */
-static int
-flat_json(Buf *b, const Flat *f, long long pid, const char *arena)
-{
-#define STEP(e)                                                                                 \
-    do {                                                                                        \
-        if ((e) < 0) {                                                                          \
-            return -1;                                                                          \
-        }                                                                                       \
-    } while (0)
-    STEP(buf_put(b, f->prefix.s, f->prefix.n));
-    if (f->file.s == NULL) {
-        STEP(BUF_LIT(b, "\"?\""));
-    }
-    else {
-        STEP(BUF_LIT(b, "\""));
-        STEP(buf_esc(b, f->file));
-        STEP(BUF_LIT(b, ":"));
-        STEP(buf_int(b, f->line));
-        STEP(BUF_LIT(b, "\""));
-    }
-    STEP(BUF_LIT(b, ",\"time_ns\":"));
-    STEP(buf_int(b, f->time_ns));
-    STEP(BUF_LIT(b, ",\"pid\":"));
-    STEP(buf_int(b, pid));
-    STEP(BUF_LIT(b, ",\"thread_id\":"));
-    STEP(buf_int(b, f->tid));
-    STEP(BUF_LIT(b, ",\"thread_name\":"));
-    STEP(buf_qstr(b, f->tname));
-    STEP(BUF_LIT(b, ",\"args\":{"));
-    for (int i = 0; i < f->nvals; i++) {
-        if (i > 0) {
-            STEP(BUF_LIT(b, ","));
-        }
-        STEP(buf_put(b, f->keys[i].s, f->keys[i].n));
-        STEP(buf_jval(b, &f->vals[i], arena));
-    }
-    STEP(BUF_LIT(b, "}"));
-    if (f->is_return) {
-        STEP(BUF_LIT(b, ",\"retval\":"));
-        STEP(buf_jval(b, &f->retval, arena));
-        STEP(BUF_LIT(b, ",\"exception\":"));
-        STEP(f->exc.s != NULL ? buf_qstr(b, f->exc) : BUF_LIT(b, "null"));
-        STEP(BUF_LIT(b, ",\"duration_ns\":"));
-        STEP(buf_int(b, f->duration));
-        STEP(BUF_LIT(b, ",\"site\":"));
-        if (f->module.s == NULL) {
-            STEP(BUF_LIT(b, "\"?\""));
-        }
-        else {
-            STEP(BUF_LIT(b, "\""));
-            STEP(buf_esc(b, f->module));
-            STEP(BUF_LIT(b, ":"));
-            STEP(buf_esc(b, f->qual));
-            STEP(BUF_LIT(b, ":"));
-            STEP(buf_int(b, f->line));
-            STEP(BUF_LIT(b, "\""));
-        }
-        STEP(f->is_async ? BUF_LIT(b, ",\"is_async\":true") : BUF_LIT(b, ",\"is_async\":false"));
-    }
-    return BUF_LIT(b, "}\n");
-#undef STEP
-}
-
-/* {probe: n} for the probes with n > 0. */
-static PyObject *
-counts_dict(const long long *counts, Py_ssize_t n)
-{
-    PyObject *d = PyDict_New();
-    for (Py_ssize_t i = 0; d != NULL && i < n; i++) {
-        if (counts[i] == 0) {
-            continue;
-        }
-        PyObject *k = PyLong_FromSsize_t(i), *v = PyLong_FromLongLong(counts[i]);
-        if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
-            Py_CLEAR(d);
-        }
-        Py_XDECREF(k);
-        Py_XDECREF(v);
-    }
-    return d;
-}
-
-/* Step 3 for a chunk with records the fallback renders: the chunk's text (from `from` in `b`,
- * record k's line between ends[k-1] and ends[k]) rebuilt with the fallback's lines in place. */
-static int
-chunk_fallbacks(Buf *b, Py_ssize_t from, Rec *recs, Flat *flat, Py_ssize_t *ends, Py_ssize_t n,
-                PyObject *fallback)
-{
-    Buf out = {NULL, 0, 0};
-    Py_ssize_t at = from;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        int rc = 0;
-        if (!flat[k].fallback) {
-            rc = buf_put(&out, b->p + at, ends[k] - at);
-        }
-        else {
-            PyObject *t = rec_tuple(&recs[k]);
-            PyObject *line = t != NULL ? PyObject_CallOneArg(fallback, t) : NULL;
-            Py_XDECREF(t);
-            Py_ssize_t len;
-            const char *u;
-            if (line == NULL || !PyUnicode_Check(line) ||
-                (u = PyUnicode_AsUTF8AndSize(line, &len)) == NULL) {
-                if (line != NULL && !PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_TypeError, "fallback gives a str");
-                }
-                Py_XDECREF(line);
-                PyMem_RawFree(out.p);
-                return -1;
-            }
-            rc = buf_put(&out, u, len);
-            Py_DECREF(line);
-        }
-        if (rc < 0) {
-            PyMem_RawFree(out.p);
-            PyErr_NoMemory();
-            return -1;
-        }
-        at = ends[k];
-    }
-    b->n = from;
-    int rc = buf_put(b, out.p, out.n);
-    PyMem_RawFree(out.p);
-    if (rc < 0) {
-        PyErr_NoMemory();
-    }
-    return rc;
-}
-
-/* take_json(statics, pid, fallback, keep=False) -> (text, counts, lost, records or None) */
-static PyObject *
-ring_take_json(RingObj *ring, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"statics", "pid", "fallback", "keep", NULL};
-    PyObject *statics, *fallback;
-    long long pid;
-    int keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LO|p:take_json", kwlist, &PyTuple_Type,
-                                     &statics, &pid, &fallback, &keep)) {
-        return NULL;
-    }
-    Py_ssize_t n;
-    Rec *full = ring_swap(ring, &n);
-    Buf b = {NULL, 0, 0}, arena = {NULL, 0, 0};
-    PyObject *memo_code = NULL; /* borrowed: a record holds it */
-    long memo_offset = 0, memo_line = 0;
-    Py_ssize_t nprobes = ring->nprobes;
-    long long *counts = PyMem_Calloc(nprobes > 0 ? nprobes : 1, sizeof(long long));
-    Flat *flat = PyMem_RawMalloc(JSON_CHUNK * sizeof(Flat));
-    Py_ssize_t *ends = PyMem_RawMalloc(JSON_CHUNK * sizeof(Py_ssize_t));
-    PyObject *kept = keep ? PyList_New(0) : Py_NewRef(Py_None);
-    PyObject *result = NULL, *text = NULL, *lost = NULL, *cdict = NULL;
-    if (counts == NULL || flat == NULL || ends == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (kept == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t at = 0; at < n; at += JSON_CHUNK) {
-        Py_ssize_t m = n - at < JSON_CHUNK ? n - at : JSON_CHUNK;
-        Rec *recs = full + at;
-        int fallbacks = 0;
-        arena.n = 0;
-        for (Py_ssize_t k = 0; k < m; k++) { /* step 1 */
-            Rec *r = &recs[k];
-            if (r->lineno < 0 && r->code != NULL) { /* a site's line, found once in a row */
-                if (r->code == memo_code && r->offset == memo_offset) {
-                    r->lineno = memo_line;
-                }
-                else {
-                    memo_code = r->code;
-                    memo_offset = r->offset;
-                    memo_line = rec_line(r);
-                }
-            }
-            PyObject *st = r->probe < PyTuple_GET_SIZE(statics) ? PyTuple_GET_ITEM(statics, r->probe)
-                                                                : NULL;
-            int rc = rec_flat(r, st, &flat[k], &arena);
-            if (rc < 0) {
-                goto done;
-            }
-            flat[k].fallback = rc;
-            fallbacks += rc;
-            if (r->probe >= 0 && r->probe < nprobes) {
-                counts[r->probe]++;
-            }
-            if (keep) {
-                PyObject *t = rec_tuple(r);
-                if (t == NULL || PyList_Append(kept, t) < 0) {
-                    Py_XDECREF(t);
-                    goto done;
-                }
-                Py_DECREF(t);
-            }
-        }
-        Py_ssize_t from = b.n;
-        int failed = 0;
-        Py_BEGIN_ALLOW_THREADS /* step 2 */
-        for (Py_ssize_t k = 0; k < m && !failed; k++) {
-            if (!flat[k].fallback) {
-                failed = flat_json(&b, &flat[k], pid, arena.p) < 0;
-            }
-            ends[k] = b.n;
-        }
-        Py_END_ALLOW_THREADS
-        if (failed) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        if (fallbacks && chunk_fallbacks(&b, from, recs, flat, ends, m, fallback) < 0) { /* 3 */
-            goto done;
-        }
-    }
-    text = PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "surrogatepass");
-    cdict = counts_dict(counts, nprobes);
-    lost = ring_take_lost(ring);
-    if (text != NULL && cdict != NULL && lost != NULL) {
-        result = PyTuple_Pack(4, text, cdict, lost, kept);
-    }
-done:
-    if (full != NULL) {
-        ring_give_back(ring, full, n);
-    }
-    PyMem_RawFree(b.p);
-    PyMem_RawFree(arena.p);
-    PyMem_RawFree(flat);
-    PyMem_RawFree(ends);
-    PyMem_Free(counts);
-    Py_XDECREF(text);
-    Py_XDECREF(cdict);
-    Py_XDECREF(lost);
-    Py_XDECREF(kept);
-    return result;
-}
+#include "_render.c"
 
 /* --- the object ---------------------------------------------------------------------------- */
 
@@ -993,8 +515,11 @@ static PyMethodDef ring_methods[] = {
     {"take", (PyCFunction)ring_take, METH_NOARGS,
      "(records, {probe: lost}) since the last take; the ring starts over."},
     {"take_json", (PyCFunction)(void (*)(void))ring_take_json, METH_VARARGS | METH_KEYWORDS,
-     "take_json(statics, pid, fallback, keep=False) -> (text, {probe: n}, {probe: lost}, "
-     "records or None): the records as JSON Lines."},
+     "take_json(statics, pid, fallback, keep=False, utf8=False) -> (text, {probe: n}, "
+     "{probe: lost}, records or None): the records as JSON Lines (UTF-8 bytes with utf8)."},
+    {"take_text", (PyCFunction)(void (*)(void))ring_take_text, METH_VARARGS | METH_KEYWORDS,
+     "take_text(statics, pid, fallback, keep=False, utf8=False): as take_json, as text lines; "
+     "statics per probe: (event, probe, names)."},
     {"clear_after_fork", (PyCFunction)ring_clear_after_fork, METH_NOARGS,
      "Drop the records a forked child inherited."},
     {NULL},

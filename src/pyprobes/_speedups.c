@@ -63,6 +63,55 @@ typedef struct {
 #define CURRENT_TOKEN() ((void *)NULL)
 #endif
 
+/* --- CALLER OF A TOKEN ----------------------------------------------------------------------
+ * An event record of a return names its caller (code, instruction, module), which
+ * PyFrame_GetBack would give at the cost of two frame objects per hit (the probed frame's,
+ * made and freed, and the caller's). The interpreter frames hold it: the token's `previous`,
+ * skipping the frames PyFrame_GetBack skips (owned by the C stack, or on 3.14+ by the
+ * interpreter: the owners from 3 up on 3.12 to 3.15). The layout below is the head of
+ * _PyInterpreterFrame (internal pycore_frame.h on 3.12 and 3.13, pycore_interpframe_structs.h
+ * on 3.14 and 3.15, with the GIL; on 3.14+ the executable is a _PyStackRef whose low two bits
+ * are tags). The instruction comes from the public PyUnstable_InterpreterFrame_GetLasti. Other
+ * versions and builds use the frame objects. */
+#if HAVE_FRAME_TOKEN && !defined(Py_GIL_DISABLED) && !defined(Py_STACKREF_DEBUG)
+#define HAVE_IFRAME 1
+typedef struct IFrame {
+    uintptr_t executable;
+    struct IFrame *previous;
+    uintptr_t funcobj;
+    PyObject *globals; /* borrowed */
+    PyObject *builtins;
+    PyObject *locals;
+    PyFrameObject *frame_obj;
+    void *instr_ptr;
+#if PY_VERSION_HEX >= 0x030E0000
+    void *stackpointer;
+#else
+    int stacktop;
+#endif
+    uint16_t return_offset;
+    char owner;
+} IFrame;
+#if PY_VERSION_HEX >= 0x030E0000
+#define IFRAME_EXECUTABLE(f) ((PyObject *)((f)->executable & ~(uintptr_t)3))
+#else
+#define IFRAME_EXECUTABLE(f) ((PyObject *)(f)->executable)
+#endif
+
+/* The Python frame the interpreter frame `token` returns to, or NULL. */
+static IFrame *
+iframe_caller(void *token)
+{
+    IFrame *f = ((IFrame *)token)->previous;
+    while (f != NULL && (f->owner >= 3 || !PyCode_Check(IFRAME_EXECUTABLE(f)))) {
+        f = f->previous;
+    }
+    return f;
+}
+#else
+#define HAVE_IFRAME 0
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define HOT static inline __attribute__((always_inline))
 #define COLD static __attribute__((noinline, cold))
@@ -2391,7 +2440,7 @@ kprobe_pre(PEnt *e, PyObject *ctx)
     }
     if (Py_IS_TYPE(h, &ProgType)) {
         CtxData *c = CTX(ctx);
-        PEnv env = {ctx, 0, 0, Py_None, Py_None, c->code, c->offset, c->lineno};
+        PEnv env = {ctx, 0, 0, Py_None, Py_None, c->code, c->offset, c->lineno, NULL};
         int rc = prog_run((ProgObj *)h, &env);
         Py_DECREF(h);
         return rc < 0 ? handler_failed(e->probe, ctx) : 0;
@@ -2650,7 +2699,7 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
             }
             else {
                 long long d = (prog->needs & NEED_DURATION) ? ri_duration(RI(ri)) : 0;
-                PEnv env = {ctx, 1, d, retval, exc, code, offset, -1};
+                PEnv env = {ctx, 1, d, retval, exc, code, offset, -1, token};
                 if (prog_run(prog, &env) < 0) {
                     if (ctx == NULL &&
                         (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {
@@ -3318,6 +3367,8 @@ static PyMethodDef module_methods[] = {
      "set_close_emits_nothing(flag): what pyprobes.engine.quirks measured (gh-140373)."},
     {"set_own_threads", set_own_threads, METH_O,
      "set_own_threads(idents): the threads on which no probe fires (pyprobes' own)."},
+    {"text_numbers", text_numbers, METH_O,
+     "text_numbers(ns) -> (duration, seconds): how text lines spell ns (for the tests)."},
     {NULL},
 };
 

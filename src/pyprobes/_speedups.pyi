@@ -1,7 +1,7 @@
 # Type stub of the C core (src/pyprobes/_speedups.c); see pyprobes.engine.ccore.
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Literal, overload
 
 from pyprobes.engine import context
 from pyprobes.engine.probes import Kprobe, Kretprobe, Probe
@@ -63,13 +63,44 @@ class Ring:
     ) -> None: ...
     def add_probe(self) -> int: ...
     def take(self) -> tuple[list[tuple[object, ...]], dict[int, int]]: ...
+    @overload
     def take_json(
         self,
         statics: tuple[tuple[str, tuple[str, ...]], ...],
         pid: int,
         fallback: Callable[[tuple[object, ...]], str],
         keep: bool = False,
+        utf8: Literal[False] = False,
     ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+    @overload
+    def take_json(
+        self,
+        statics: tuple[tuple[str, tuple[str, ...]], ...],
+        pid: int,
+        fallback: Callable[[tuple[object, ...]], str],
+        keep: bool = False,
+        *,
+        utf8: Literal[True],
+    ) -> tuple[bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+    @overload
+    def take_text(
+        self,
+        statics: tuple[tuple[str, str, tuple[str, ...]], ...],
+        pid: int,
+        fallback: Callable[[tuple[object, ...]], str],
+        keep: bool = False,
+        utf8: Literal[False] = False,
+    ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+    @overload
+    def take_text(
+        self,
+        statics: tuple[tuple[str, str, tuple[str, ...]], ...],
+        pid: int,
+        fallback: Callable[[tuple[object, ...]], str],
+        keep: bool = False,
+        *,
+        utf8: Literal[True],
+    ) -> tuple[bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
     def clear_after_fork(self) -> None: ...
 
 def set_entry_clock(name: str) -> str: ...
@@ -102,6 +133,7 @@ def forget(cid: int) -> None: ...
 def clear_sites() -> None: ...
 def nsites() -> int: ...
 def set_own_threads(idents: tuple[int, ...]) -> None: ...
+def text_numbers(ns: int) -> tuple[str, str] | None: ...
 def on_start(code: CodeType, offset: int) -> object: ...
 def on_instruction(code: CodeType, offset: int) -> object: ...
 def on_line(code: CodeType, line: int) -> object: ...

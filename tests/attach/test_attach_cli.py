@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -377,3 +378,58 @@ def test_aggregations_only_are_gathered_in_the_target(cli: Cli, spawn: Spawn) ->
     child.progress_after(0)
     assert child.finish() == 0
     check_progress(child.lines)
+
+
+def _scrape(url: str) -> dict[str, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+        text: str = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = value
+    return out
+
+
+def test_attach_serves_the_aggregates_it_receives_at_metrics(
+    cli: Cli, spawn: Spawn, env: dict[str, str]
+) -> None:
+    """Issue 16: ``attach --metrics-port``: the target's aggregates, labelled with its pid."""
+    child = spawn(LOOP)
+    pid = child.ready()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "pyprobes", "attach", str(pid), "-e", "r:w __main__:work n",
+         "--hist", "--unit", "nsecs", "--metrics-port", "0"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    host = socket.gethostname()
+    count = f'pyprobes_duration_seconds_count{{event="w",hostname="{host}",pid="{pid}"}}'
+    try:
+        assert client.stderr is not None
+        url = None
+        for line in client.stderr:
+            m = re.fullmatch(r"pyprobes: metrics at (http://\S+)\n", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url is not None
+        seen: list[int] = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(set(seen)) < 2 and time.monotonic() < deadline:  # the agent sends 2 a second
+            got = _scrape(url).get(count)
+            if got is not None:
+                seen.append(int(got))
+            time.sleep(0.05)  # the pace of the polling
+        assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # growing, never reset
+        client.send_signal(signal.SIGINT)
+        rest = client.stderr.read()
+        assert client.wait(TIMEOUT) == 0, rest
+    finally:
+        if client.poll() is None:
+            client.kill()
+    final = re.search(r"count = (\d+)$", rest, re.M)
+    assert final is not None and int(final.group(1)) >= seen[-1], rest
+    assert listing(cli, pid)["probes"] == []
+    assert child.finish() == 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import pyprobes
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -216,6 +218,16 @@ def test_check_says_which_path_each_probe_takes_and_why() -> None:
     assert b.endswith(" [python: fetch arg s:len is more than a name]")
     stats = check("r json:loads", "--stats", "$duration")
     assert stats.stdout.rstrip().endswith("[python: --stats is kept by the Python path]")
-    events = check("r json:loads")
-    assert events.stdout.rstrip().endswith("[python: events are written (no --hist, --count,"
-                                           " --by or --stats)]")  # fmt: skip
+    # events: recorded in the core where a program can write them, as run decides
+    events = check("r:a json:loads s", "r:b json:loads s $caller").stdout.splitlines()
+    chrome = check("--format", "chrome", "r json:loads").stdout.rstrip()
+    assert chrome.endswith("[python: chrome events are written by the Python path]")
+    as_json = check("--format", "json", "r:a json:loads s", "r:b json:loads s $caller")
+    j = as_json.stdout.splitlines()
+    assert j[0].endswith("[program, events recorded in the core]")  # either core: JSON
+    assert j[1].endswith("[python: $caller is read by the Python path]")
+    if pyprobes.core_name() == "c":  # (the reference core renders text from events)
+        assert events[0].endswith("[program, events recorded in the core]")
+        assert events[1].endswith("[python: $caller is read by the Python path]")
+    else:
+        assert events[0].endswith("[python: text events are written by the Python path]")

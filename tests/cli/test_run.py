@@ -259,10 +259,11 @@ def test_probe_file_and_summary(tmp_path: Path) -> None:
     specs.write_text("# probes\np:w __main__:work n\n\nr:wr __main__:work\n")
     run = pyprobes("run", "-f", str(specs), "threads_prog.py")
     assert run.returncode == 0, run.stderr
-    summary = run.stderr.splitlines()[-3:]
-    assert summary[0].split() == ["w", "4", "0", "0"]
-    assert summary[1].split() == ["wr", "4", "0", "0"]
-    assert summary[2] == "0 events lost"
+    summary = run.stderr.splitlines()[-4:]
+    assert summary[0].split() == ["EVENT", "HITS", "FILTERED", "EVENTS", "LOST", "MISSES"]
+    assert summary[1].split() == ["w", "4", "0", "4", "0", "0"]
+    assert summary[2].split() == ["wr", "4", "0", "4", "0", "0"]
+    assert summary[3] == "0 events lost"
 
 
 @pytest.mark.parametrize(
@@ -533,8 +534,9 @@ def test_sigterm_and_sighup_print_the_report_and_die_by_the_signal(
     assert proc.returncode == -sig, err
     assert out == ""
     assert "@t: 1\n" in err
-    assert err.splitlines()[-3:] == ["EVENT  HITS  MISSES  LOST", "t         1       0     0",
-                                     "0 events lost"]  # fmt: skip
+    summary = [line.split() for line in err.splitlines()[-3:]]
+    assert summary == [["EVENT", "HITS", "FILTERED", "EVENTS", "LOST", "MISSES"],
+                       ["t", "1", "0", "1", "0", "0"], ["0", "events", "lost"]]  # fmt: skip
     assert "Traceback" not in err
 
 

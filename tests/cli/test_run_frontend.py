@@ -6,20 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from summary_table import hits_misses as summary_rows
+from summary_table import summary_table
 from test_run import pyprobes
-
-
-def summary_rows(stderr: str) -> dict[str, tuple[int, int]]:
-    """EVENT -> (HITS, MISSES) from the exit summary."""
-    lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("EVENT "))
-    rows: dict[str, tuple[int, int]] = {}
-    for line in lines[start + 1 :]:
-        cells = line.split()
-        if len(cells) != 4 or not cells[1].isdigit():
-            break
-        rows[cells[0]] = (int(cells[1]), int(cells[2]))
-    return rows
 
 
 def test_r_without_n_is_not_exhausted_by_tasks_or_recursion() -> None:
@@ -221,3 +210,30 @@ def test_hits_on_pyprobes_own_threads_are_not_counted(tmp_path: Path) -> None:
     assert summary_rows(run.stderr)["e"] == (400, 0)  # encode and iterencode, 200 calls each
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(events) == 400 and {e["thread_name"] for e in events} == {"MainThread"}
+
+
+def test_the_summary_accounts_for_every_hit_on_both_paths() -> None:
+    """Issue 13.6: per probe, HITS = FILTERED + EVENTS + LOST, counted where they happen: in
+    the core (programs writing records) and on the Python path (a $caller fetch)."""
+    run = pyprobes(
+        "run",
+        "-e", "p:a __main__:work i if i >= 60",  # a program, its records in the ring
+        "-e", "p:b __main__:work i $caller if i < 10",  # $caller: the Python path
+        "-e", "r:c __main__:work $retval if $retval > 150",
+        "-o", "/dev/null",
+        "accounting_prog.py",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "done\n"
+    table = summary_table(run.stderr)
+    assert table == {
+        "a": {"HITS": 100, "FILTERED": 60, "EVENTS": 40, "LOST": 0, "MISSES": 0},
+        "b": {"HITS": 100, "FILTERED": 90, "EVENTS": 10, "LOST": 0, "MISSES": 0},
+        "c": {"HITS": 100, "FILTERED": 76, "EVENTS": 24, "LOST": 0, "MISSES": 0},
+    }
+    assert "made no event" not in run.stderr
+    # aggregations only: no EVENTS column, the filtered still counted
+    agg = pyprobes("run", "-e", "p:k __main__:work i if i < 25", "--count", "accounting_prog.py")
+    assert agg.returncode == 0, agg.stderr
+    assert "@k: 25" in agg.stderr
+    assert summary_table(agg.stderr) == {"k": {"HITS": 100, "FILTERED": 75, "LOST": 0, "MISSES": 0}}

@@ -6,6 +6,7 @@ the end runs one workload under both cores in subprocesses and compares the resu
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import json
 import math
@@ -256,6 +257,40 @@ def test_thread_names_as_keys() -> None:
         work(2)
     counts = {k: s.count for k, s in take(h).slots.items()}
     assert counts == {"w0": 5, "w1": 5, "w2": 5, threading.current_thread().name: 1}
+
+
+def test_thread_names_follow_renames_and_threads_threading_does_not_know() -> None:
+    """A rename shows at the next hit; a thread started by _thread is Dummy-<native id> and no
+    _DummyThread is made for it, until the program itself asks threading for it."""
+    done = threading.Event()
+    seen: list[int] = []
+
+    def raw() -> None:
+        try:
+            seen.append(threading.get_native_id())
+            work(3)
+            assert threading.get_ident() not in threading._active  # we created nothing
+            threading.current_thread()  # the program makes its _DummyThread
+            work(4)
+        finally:
+            done.set()
+
+    with on_return(work, Program(key=Var("thread"))) as h:
+        work(1)
+        me = threading.current_thread()
+        old = me.name
+        try:
+            me.name = "renamed"
+            work(2)
+        finally:
+            me.name = old
+        _thread.start_new_thread(raw, ())
+        done.wait()
+    counts = {k: s.count for k, s in take(h).slots.items()}
+    dummy = [k for k in counts if isinstance(k, str) and k.startswith("Dummy-")]
+    assert counts.pop(old) == 1 and counts.pop("renamed") == 1
+    assert counts.pop(f"Dummy-{seen[0]}") == 1
+    assert len(dummy) == 2 and list(counts.values()) == [1]  # the _DummyThread's own name
 
 
 def test_an_entry_program_counts_and_reads_arguments() -> None:

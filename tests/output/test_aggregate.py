@@ -332,6 +332,50 @@ def test_snapshot_and_reset() -> None:
     assert snap.config == agg.config
 
 
+def test_snapshot_reads_without_resetting() -> None:
+    """--metrics-port reads cumulative values: the aggregator keeps counting after a read."""
+    agg = Aggregator(count=True, by_field="k", hist_field="$duration", stats_field="$duration")
+    agg.add(_ev(args={"k": "a"}, duration_ns=1_000))
+    agg.add(_ev(args={"k": "b"}, duration_ns=5_000))
+    before = agg.render()
+    snap = agg.snapshot()
+    assert agg.render() == before == snap.render()
+    assert snap.config == agg.config
+    agg.add(_ev(args={"k": "a"}, duration_ns=9_000))
+    live, old = agg.get("r_f"), snap.get("r_f")
+    assert live is not None and old is not None
+    assert (live.hits, old.hits) == (3, 2)  # the snapshot is independent of later adds
+    assert old.hist_by["a"].count == 1 and live.hist_by["a"].count == 2
+    assert old.stats is not None and old.stats.count == 2
+
+
+def test_concurrent_adds_and_snapshots_are_whole_and_growing() -> None:
+    agg = Aggregator(count=True, by_field="k")
+    per_thread, n_threads = 2_000, 3
+    start = threading.Barrier(n_threads + 1)
+
+    def feed(i: int) -> None:
+        start.wait()
+        for _ in range(per_thread):
+            agg.add(_ev(args={"k": i}))
+
+    threads = [threading.Thread(target=feed, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    start.wait()
+    seen = 0
+    while any(t.is_alive() for t in threads):
+        got = agg.snapshot().get("r_f")
+        if got is not None:
+            assert got.by is not None and got.by.total == got.hits  # each event read whole
+            assert got.hits >= seen
+            seen = got.hits
+    for t in threads:
+        t.join()
+    got = agg.snapshot().get("r_f")
+    assert got is not None and got.hits == per_thread * n_threads
+
+
 def test_aggregator_merge_equals_feeding_one() -> None:
     a = Aggregator(count=True, by_field="k", hist_field="$duration", stats_field="$duration")
     b = Aggregator.from_config(a.config)

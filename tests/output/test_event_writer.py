@@ -277,3 +277,36 @@ def test_emit_survives_garbage() -> None:
     writer.close()
     writer.emit(None)  # type: ignore[arg-type]
     assert writer.lost == 1
+
+
+class BytesSource:
+    """A record source whose text comes as UTF-8 bytes, as the C core's JSON does."""
+
+    def __init__(self, data: bytes, n: int) -> None:
+        self.pending = [(data, {"caf\u00e9": n})]
+
+    def drain(self, renderer: object) -> tuple[bytes, dict[str, int]]:
+        return self.pending.pop() if self.pending else (b"", {})
+
+    def lost_by_event(self) -> dict[str, int]:
+        return {}
+
+
+def test_utf8_bytes_from_a_source_land_after_the_text_before_them(tmp_path: Path) -> None:
+    """Into a file as they are, after the events written as text; into a stream decoded."""
+    line = '{"event":"caf\u00e9"}\n'
+    path = tmp_path / "out.json"
+    w = EventWriter(JsonRenderer(), FileSink(path))
+    w.emit(_event(0))
+    w.close(timeout=WAIT)  # the event is written first
+    w = EventWriter(JsonRenderer(), FileSink(path, append=True))
+    w.add_source(BytesSource(line.encode(), 1))
+    w.close(timeout=WAIT)
+    assert w.written_by_event() == {"caf\u00e9": 1}
+    first, second = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(first)["args"] == {"i": 0} and second + "\n" == line
+    stream = io.StringIO()
+    w = EventWriter(JsonRenderer(), StreamSink(stream))
+    w.add_source(BytesSource(line.encode(), 1))
+    w.close(timeout=WAIT)
+    assert stream.getvalue() == line

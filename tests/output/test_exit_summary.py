@@ -10,9 +10,9 @@ def test_table_is_aligned_and_ends_with_lost_total() -> None:
         [SummaryRow("slow_loads", 12, 0, 0), SummaryRow("r_loads_0", 1234, 1, 3)], 3
     )
     assert text == (
-        "EVENT       HITS  MISSES  LOST\n"
-        "slow_loads    12       0     0\n"
-        "r_loads_0   1234       1     3\n"
+        "EVENT       HITS  LOST  MISSES\n"
+        "slow_loads    12     0       0\n"
+        "r_loads_0   1234     3       1\n"
         "pyprobes: warning: misses on r_loads_0: more calls were in flight at once than the"
         " return probe's instances (maxactive), and the calls missed are in no event or"
         " aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'\n"
@@ -50,3 +50,32 @@ def test_event_names_are_escaped_for_the_terminal() -> None:
     assert text.replace("\n", "").isprintable()
     assert text.splitlines()[1].startswith("e\\x1b[2J\\x9b\\u202e  ")
     assert "misses on e\\x1b[2J\\x9b\\u202e:" in text
+
+
+def test_filtered_and_events_where_known_and_hits_that_made_no_event_are_said() -> None:
+    """Issue 13.6: hits are the filtered, the events and the lost; what is left is named."""
+    text = format_summary(
+        [
+            SummaryRow("e", 10, 0, 1, filtered=3, events=6),
+            SummaryRow("r", 5, 2, 0, filtered=0, events=4),  # one call still running
+            SummaryRow("agg", 7, 0, 0, filtered=2),  # no events written: "-"
+        ],
+        1,
+    )
+    lines = text.splitlines()
+    assert [line.split() for line in lines[:4]] == [
+        ["EVENT", "HITS", "FILTERED", "EVENTS", "LOST", "MISSES"],
+        ["e", "10", "3", "6", "1", "0"],
+        ["r", "5", "0", "4", "0", "2"],
+        ["agg", "7", "2", "-", "0", "0"],
+    ]
+    assert lines[4].startswith("pyprobes: warning: misses on r:")
+    assert lines[5] == (
+        "pyprobes: hits that made no event: r (1): calls still running at the end (a return"
+        " probe's event is made when the call returns), or a handler that failed"
+    )
+
+
+def test_hits_that_add_up_get_no_note() -> None:
+    text = format_summary([SummaryRow("e", 10, 0, 1, filtered=3, events=6)], 1)
+    assert "made no event" not in text

@@ -38,9 +38,22 @@ VALUES: list[object] = [
     [1, "two", None],
     {"k": [1.5]},
     (1, 2),
+    {"a": {"b": [True, False, None, -3, 2.5e-7, 1e300]}, 'q"\n\\': "x\ty\x7f"},
+    [[], {}, ()],
+    {1: "an int key", None: 2},
+    ["caf\u00e9"],  # non-ASCII inside: the fallback's
+    [float("nan")],
+    [[[[[[[[[[1]]]]]]]]]],
+    list(range(40)),
+    [2**70],
     b"bytes",
     OPAQUE,
 ]
+
+
+#: calls of show in run(), and the hits of the tests' four probes
+SHOWS = len(VALUES) + 5
+HITS = 2 * SHOWS + (len(VALUES) - 21) + 1  # (the f probe: n > 20)
 
 
 def show(value: object, n: int) -> object:
@@ -56,6 +69,8 @@ def gen(n: int) -> Iterator[int]:
 def run() -> None:
     for i, v in enumerate(VALUES):
         show(v, i)
+    list(map(show, ["via C"], [5]))  # a caller behind a C function's frame
+    sorted([2, 1], key=lambda v: show(v, 6))
     try:
         show("boom", -1)
     except ValueError:

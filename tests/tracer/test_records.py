@@ -9,10 +9,16 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import pyprobes
-from pyprobes.output import Event, JsonRenderer
+from pyprobes.output import Event, JsonRenderer, TextRenderer
+from pyprobes.output.units import format_duration
 from pyprobes.spec import exception_text, parse_spec, render
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.records import RingSource
@@ -61,7 +67,7 @@ def test_recorded_events_are_the_python_paths() -> None:
     records, lost = source.ring.take()
     assert lost == {}
     recorded = [source.event_of(r) for r in records]
-    assert len(recorded) == len(by_python) == 2 * (len(targets.VALUES) + 2) + 6 + 1
+    assert len(recorded) == len(by_python) == targets.HITS
     # The same events in the same order (the lines a user reads), timings aside.
     assert [as_json(untimed(e)) for e in recorded] == [as_json(untimed(e)) for e in by_python]
 
@@ -71,8 +77,11 @@ def test_the_c_cores_json_is_the_renderers_byte_for_byte() -> None:
     if pyprobes.core_name() != "c":  # the reference renders records with the renderers
         assert not hasattr(source.ring, "take_json")
         trace(source)
-        text, n = source.drain(JsonRenderer())
-        assert n == len(text.splitlines()) == 2 * (len(targets.VALUES) + 2) + 6 + 1
+        text, counts = source.drain(JsonRenderer())
+        assert isinstance(text, str)
+        assert sum(counts.values()) == len(text.splitlines()) == targets.HITS
+        f_hits = len(targets.VALUES) - 21
+        assert counts == {"s": targets.SHOWS, "e": targets.SHOWS, "f": f_hits, "g": 1}
         return
     trace(source)
     take_json = source.ring.take_json
@@ -93,13 +102,13 @@ def test_a_full_ring_counts_each_lost_record_for_its_probe() -> None:
     trace(source)
     records, lost = ring.take()
     assert len(records) == 5
-    hits = 2 * (len(targets.VALUES) + 2) + 6 + 1
+    hits = targets.HITS
     assert len(records) + sum(lost.values()) == hits
     by_probe: dict[int, int] = {}
     for r in records:
         by_probe[r[0]] = by_probe.get(r[0], 0) + 1
     # what each probe lost and kept adds up to its own hits
-    assert by_probe.get(0, 0) + lost.get(0, 0) == len(targets.VALUES) + 2
+    assert by_probe.get(0, 0) + lost.get(0, 0) == targets.SHOWS
 
 
 def test_pyprobes_run_writes_json_events_from_the_ring(tmp_path: Path) -> None:
@@ -119,4 +128,182 @@ def test_pyprobes_run_writes_json_events_from_the_ring(tmp_path: Path) -> None:
     first, last = json.loads(lines[0]), json.loads(lines[-1])
     assert first["args"] == {"a": 0, "b": 2, "$retval": 2} and first["retval"] == 2
     assert last["args"]["a"] == 49999 and last["site"] == "__main__:<module>:5"
+    assert "0 events lost" in proc.stderr
+
+
+def test_records_past_a_chunk_keep_their_order_and_fallbacks_in_place() -> None:
+    """Thousands of records (several of take_json's chunks), a fallback in every one."""
+    source = RingSource()
+    session = TraceSession([parse_spec(s) for s in SPECS], lambda e: None, records=source)
+    session.arm()
+    try:
+        for _ in range(100):
+            targets.run()
+    finally:
+        session.stop()
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    data, _, lost, kept = source.ring.take_json(
+        source._statics_of(source._probes), os.getpid(), source._fallback, keep=True, utf8=True
+    )
+    assert len(kept) == 100 * targets.HITS > 3 * 2048
+    # (as UTF-8 bytes, for a file opened as UTF-8)
+    assert data == "".join(JsonRenderer().render(source.event_of(r)) for r in kept).encode()
+    assert lost == {}
+
+
+def _fill(source: RingSource, calls: int) -> None:
+    session = TraceSession(
+        [parse_spec(f"r:s {T}:show value n $retval")], lambda e: None, records=source
+    )
+    session.arm()
+    try:
+        for i in range(calls):
+            targets.show(i, i)
+    finally:
+        session.stop()
+
+
+def test_the_c_core_renders_json_with_the_gil_released() -> None:
+    """Another thread runs while take_json writes; with a switch interval this long, only a
+    release of the GIL lets it (it gives the GIL back at each sleep(0))."""
+    source = RingSource()
+    _fill(source, 30_000)
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    ticks = [0]
+    stop = threading.Event()
+    started = threading.Event()
+
+    def tick() -> None:
+        started.set()
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0)
+
+    statics = source._statics_of(source._probes)
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=tick)
+    t.start()
+    started.wait()
+    sys.setswitchinterval(1000.0)
+    try:
+        before = ticks[0]
+        text, counts, _, _ = source.ring.take_json(statics, os.getpid(), source._fallback)
+        during = ticks[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        t.join()
+    assert sum(counts.values()) == len(text.splitlines()) == 30_000
+    assert during > 0
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_while_the_records_are_being_rendered_leaves_the_child_a_working_ring() -> None:
+    """The child of a fork made while a reader holds a buffer (here: from the fallback, in the
+    middle of take_json) records and reads again after clear_after_fork."""
+    source = RingSource()
+    _fill(source, 10)
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_json")
+        return
+    ring = source.ring
+    statics = source._statics_of(source._probes)
+    children: list[int] = []
+
+    def fork_once(rec: tuple[object, ...]) -> str:
+        if not children:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ring.clear_after_fork()
+                    _fill(source, 3)
+                    records, _ = ring.take()
+                    # the child's own thread id (a thread state's, set again after the fork)
+                    tids = {r[3] for r in records}
+                    code = 0 if len(records) == 3 and tids == {threading.get_native_id()} else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        return source._fallback(rec)
+
+    # a value the fast path cannot spell: its record goes to the fallback
+    session = TraceSession(
+        [parse_spec(f"r:s {T}:show value n $retval")], lambda e: None, records=source
+    )
+    session.arm()
+    try:
+        targets.show("café", 1)
+    finally:
+        session.stop()
+    _, counts, _, _ = ring.take_json(statics, os.getpid(), fork_once)
+    assert sum(counts.values()) == 11
+    _, status = os.waitpid(children[0], 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_c_cores_text_is_the_renderers_byte_for_byte() -> None:
+    """Every kind of value, exceptions, $duration, odd thread names: the Python text lines."""
+    specs = [*SPECS, f"r:x {T}:show n $duration", f"r:t {T}:show $retval n"]
+    source = RingSource()
+    session = TraceSession([parse_spec(s) for s in specs], lambda e: None, records=source)
+    session.arm()
+    try:
+        targets.run()
+    finally:
+        session.stop()
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_text")
+        return
+    statics = source._text_statics_of(source._probes)
+    fell: list[object] = []
+
+    def fallback(rec: tuple[object, ...]) -> str:
+        fell.append(rec)
+        return source._text_fallback(rec)
+
+    text, counts, _, kept = source.ring.take_text(statics, os.getpid(), fallback, keep=True)
+    # only what the fast path cannot spell (non-ASCII text, containers, objects...) fell back
+    assert 0 < len(fell) < len(kept) // 2
+    assert len(kept) == sum(counts.values()) == targets.HITS + 2 * targets.SHOWS
+    expected = [TextRenderer().render(source.event_of(r)) for r in kept]
+    assert text.splitlines(keepends=True) == expected
+    # the cases are there: a return that raised, durations
+    assert sum(" raised=ValueError" in line and "$retval" not in line for line in expected) == 3
+    assert sum("$duration=" in line for line in expected) == 2 * targets.SHOWS
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(10**12), 10**12)))
+def test_the_c_cores_numbers_in_text_are_format_durations_and_seconds(ns: int) -> None:
+    """(A pure function of the C module, whichever core runs.)"""
+    from pyprobes import _speedups
+
+    assert _speedups.text_numbers(ns) == (format_duration(ns), f"{ns / 1e9:.6f}")
+
+
+def test_pyprobes_run_writes_text_events_from_the_ring(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import threading\n"
+        "def work(a, b):\n    return b * a\n\n"
+        "threading.current_thread().name = 'main\\tthread'\n"
+        "for i in range(30000):\n    work(i, 'x')\nprint('done')\n"
+    )
+    out = tmp_path / "events.txt"
+    cmd = [sys.executable, "-m", "pyprobes", "run", "-e", "r:w __main__:work a b $duration"]
+    cmd += ["-o", str(out), str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"
+    lines = out.read_text().splitlines()
+    assert len(lines) == 30000
+    first = lines[0]
+    assert first.startswith("main\\tthread-")  # a tab in a name is escaped
+    assert ": w: (__main__:<module>:7 <- __main__:work) a=0 b='x' $duration=" in first
+    assert lines[-1].split(") ", 1)[1].startswith("a=29999 b='x' $duration=")
     assert "0 events lost" in proc.stderr

@@ -16,6 +16,7 @@ import time
 
 from pyprobes.attach.client import AgentConnection, Message, event_from_json
 from pyprobes.attach.errors import AgentGoneError
+from pyprobes.cli.metrics import add_metrics_options, check_metrics_options, start_metrics
 from pyprobes.cli.options import (
     UsageError,
     add_tracing_options,
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("pid", type=int, nargs="?", metavar="PID", help="the process to attach to")
     add_tracing_options(p)
+    add_metrics_options(p)
     p.set_defaults(func=attach)
 
 
@@ -169,7 +171,8 @@ class _Stream:
             rows = self.summary
         else:  # the process went away: what arrived is all we know
             rows = [
-                SummaryRow(e, n, 0, self.remote_lost.get(e, 0)) for e, n in self.received.items()
+                SummaryRow(e, n, 0, self.remote_lost.get(e, 0))
+                for e, n in list(self.received.items())  # (a copy: /metrics reads it too)
             ]
         out = []
         seen: set[str] = set()
@@ -178,6 +181,11 @@ class _Stream:
             seen.add(r.event)
             out.append(SummaryRow(r.event, r.hits, r.misses, r.lost + extra))
         return out
+
+    def metrics(self) -> tuple[Aggregator | None, list[SummaryRow]]:
+        """What /metrics shows (on the server's thread): the aggregations received so far,
+        and the counts of the events received (the agent's own counters come at detach)."""
+        return (self.agg.snapshot() if self.agg is not None else None), self.rows()
 
     def lost_total(self) -> int:
         return sum(self.remote_lost.values()) + sum(self.writer.lost_by_event().values()) + self.bad
@@ -190,6 +198,7 @@ def attach(args: argparse.Namespace) -> int:
             raise UsageError("give the PID of the process to attach to")
         args.pid, args.hist = int(args.hist), "$duration"
     specs = check_fields(args, load_specs(args))
+    check_metrics_options(args)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends it as Ctrl-C does
     try:
         return _attach(args, specs)
@@ -238,12 +247,16 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
         with open_output(args) as writer:
             stream = _Stream(conn, writer, aggregator, wants_events(args))
             until = time.monotonic() + args.duration if args.duration else None
+            metrics = start_metrics(args, stream.metrics, args.pid)
             try:
                 stream.pump(until, args.interval)
             except KeyboardInterrupt:
                 pass
             except AgentGoneError as exc:
                 stream.gone = stream.gone or str(exc)
+            finally:
+                if metrics is not None:
+                    metrics.stop()
             if stream.gone is None:
                 try:
                     stream.detach()

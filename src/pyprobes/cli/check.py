@@ -10,9 +10,10 @@ from types import CodeType
 from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
 from pyprobes.engine import module_exists
-from pyprobes.output import Aggregator
+from pyprobes.output import RENDERERS, Aggregator
 from pyprobes.spec import ProbeSpec, parse_spec
 from pyprobes.tracer import programs
+from pyprobes.tracer.records import RingSource
 from pyprobes.tracer.targets import MAIN, Resolved, def_line, module_matches, resolve_spec
 
 
@@ -36,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
     add_aggregation_options(p)
+    p.add_argument(
+        "--format",
+        choices=sorted(RENDERERS),
+        help="the events' format under 'pyprobes run' (default text): which probes record"
+        " their events in the core depends on it",
+    )
     p.set_defaults(func=check)
 
 
@@ -147,14 +154,20 @@ def check(args: argparse.Namespace) -> int:
     specs = check_fields(args, [parse_spec(text) for text in args.specs])
     aggregator = make_aggregator(args)
     for spec in specs:
-        print(f"{describe(spec, main)} [{hit_path(spec, aggregator)}]")
+        print(f"{describe(spec, main)} [{hit_path(spec, aggregator, args.format or 'text')}]")
     return 0
 
 
-def hit_path(spec: ProbeSpec, aggregator: Aggregator | None) -> str:
-    """``program`` when run's hits of ``spec`` run as a probe program in the core (only
-    aggregations asked for), else ``python: why``."""
-    if aggregator is None:
-        return "python: events are written (no --hist, --count, --by or --stats)"
-    plan = programs.plan(spec, aggregator.config)
-    return "program" if plan.program is not None else f"python: {plan.reason}"
+def hit_path(spec: ProbeSpec, aggregator: Aggregator | None, output_format: str = "text") -> str:
+    """How run's hits of ``spec`` would run: ``program`` (a probe program in the core: only
+    aggregations asked for), ``program, events recorded in the core`` (events written from
+    the core's ring of records), else ``python: why``. As run decides it."""
+    if aggregator is not None:
+        plan = programs.plan(spec, aggregator.config)
+        return "program" if plan.program is not None else f"python: {plan.reason}"
+    if not RingSource.takes(output_format):
+        return f"python: {output_format} events are written by the Python path"
+    plan = programs.plan(spec, None, events=True)
+    if plan.program is None:
+        return f"python: {plan.reason}"
+    return "program, events recorded in the core"

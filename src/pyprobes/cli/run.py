@@ -13,6 +13,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from pyprobes.cli import program
+from pyprobes.cli.metrics import (
+    add_metrics_options,
+    check_metrics_options,
+    session_reader,
+    start_metrics,
+)
 from pyprobes.cli.options import (
     add_tracing_options,
     load_specs,
@@ -37,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " summary to stderr at the end.",
     )
     add_tracing_options(p)
+    add_metrics_options(p)
     p.add_argument(
         "--listen",
         action="store_true",
@@ -120,11 +127,13 @@ class _Reporter:
         writer: EventWriter,
         aggregator: Aggregator | None,
         args: argparse.Namespace,
+        events: bool,
     ) -> None:
         self.session = session
         self.writer = writer
         self.aggregator = aggregator
         self.args = args
+        self.events = events  # events are written: the summary says how many
         self._done = threading.Event()
         # The final report runs once, from main, the timer or a signal, and whoever comes
         # second waits for it to be written: the process must not exit (or die) mid-report.
@@ -163,7 +172,9 @@ class _Reporter:
             if failure is not None:
                 _err(failure)
             lost = self.writer.lost_by_event()
-            _err(format_summary(self.session.summary_rows(lost), sum(lost.values())))
+            written = self.writer.written_by_event() if self.events else None
+            rows = self.session.summary_rows(lost, written)
+            _err(format_summary(rows, sum(lost.values())))
             for after in self.after:
                 after()
 
@@ -220,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [] if _listen_only(args) else load_specs(args)
     fix_optional_field(args, specs)
     specs = check_fields(args, specs)
+    check_metrics_options(args)
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
@@ -235,11 +247,10 @@ def run(args: argparse.Namespace) -> int:
         events = wants_events(args)
         # Aggregations alone: the probes that can run as programs in the core do (no Python
         # call per hit); collect() folds their results in before each print.
-        # JSON events: the probes whose records a program can write do, into the core's
-        # ring, rendered on the writer's thread (in C by the C core); the others keep the
-        # Python path. Text and Chrome stay on the Python path for now: rendered in Python,
-        # the ring's records come faster than the writer renders them, and would be lost.
-        records = RingSource() if events and args.format == "json" else None
+        # Events: the probes whose records a program can write do, into the core's ring,
+        # rendered on the writer's thread (JSON and text in C by the C core); the others keep
+        # the Python path, and so does Chrome output (RingSource.takes says which).
+        records = RingSource() if events and RingSource.takes(args.format or "text") else None
         if records is not None:
             records.wake_writer = writer.wake
             writer.add_source(records)
@@ -252,12 +263,15 @@ def run(args: argparse.Namespace) -> int:
             # The program's own names are resolved on its compiled code before it runs: a
             # typo fails here, with "did you mean", not after the whole program ran.
             session.arm_main(prog.code, prog.names)
+            metrics = start_metrics(args, session_reader(session, aggregator, writer))
         except BaseException:
             session.stop()
             raise
-        reporter = _Reporter(session, writer, aggregator, args)
+        reporter = _Reporter(session, writer, aggregator, args, events)
         if args.listen:
             reporter.after.append(_stop_agent)
+        if metrics is not None:
+            reporter.after.append(metrics.stop)
         _end_on_signals(reporter.final)
         if args.interval:
             threading.Thread(

@@ -13,6 +13,8 @@ from pyprobes.output.sanitize import READABLE, dumps, int_text, safe_repr, termi
 from pyprobes.output.units import TIME_UNITS, format_duration
 
 DURATION_FIELD = "$duration"
+#: Per-key histograms copied per hold of the lock by Aggregator.snapshot().
+SNAPSHOT_CHUNK = 256
 BAR_WIDTH = 40
 
 
@@ -760,6 +762,41 @@ class Aggregator:
             taken, self._per_event = self._per_event, {}
         snapshot = Aggregator.from_config(self.config)
         snapshot._per_event = taken
+        return snapshot
+
+    def snapshot(self) -> Aggregator:
+        """What was aggregated so far, as a new independent Aggregator; this one is unchanged
+        and keeps counting (cumulative readers such as ``/metrics``).
+
+        The lock is held for short pieces of the copy, so an add() on a probed thread never
+        waits for a whole large aggregation: per event, its hits, counts by key, histogram
+        and stats at once (they agree), then its per-key histograms SNAPSHOT_CHUNK at a time
+        (each whole; keys first seen meanwhile are in the next snapshot).
+        """
+        snapshot = Aggregator.from_config(self.config)
+        with self._lock:
+            names = list(self._per_event)
+        for name in names:
+            with self._lock:
+                agg = self._per_event.get(name)
+                if agg is None:
+                    continue
+                copy = EventAggregates(
+                    agg.event,
+                    agg.hits,
+                    by=None if agg.by is None else agg.by.copy(),
+                    hist=None if agg.hist is None else agg.hist.copy(),
+                    stats=None if agg.stats is None else agg.stats.copy(),
+                    skipped=dict(agg.skipped),
+                )
+                keys = list(agg.hist_by)
+            for i in range(0, len(keys), SNAPSHOT_CHUNK):
+                with self._lock:
+                    for k in keys[i : i + SNAPSHOT_CHUNK]:
+                        hist = agg.hist_by.get(k)
+                        if hist is not None:
+                            copy.hist_by[k] = hist.copy()
+            snapshot._per_event[name] = copy
         return snapshot
 
     @property

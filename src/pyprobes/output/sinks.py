@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Literal, Protocol, TextIO
 
 
 class TextStream(Protocol):
@@ -25,6 +25,9 @@ class SinkHandle(Protocol):
     def write(self, text: str) -> None:
         """Write text; may raise OSError/ValueError, which the writer records."""
         ...
+
+    # A handle may also have ``write_utf8(data: bytes)``: text already encoded as UTF-8,
+    # written as it is (the writer decodes it for a handle without one).
 
     def flush(self) -> None:
         """Push buffered text out."""
@@ -67,11 +70,16 @@ class _StreamHandle:
 class _FileHandle:
     """Writes to a file it opened itself, and closes it."""
 
-    def __init__(self, file: IO[str]) -> None:
+    def __init__(self, file: TextIO) -> None:
         self._file = file
 
     def write(self, text: str) -> None:
         self._file.write(text)
+
+    def write_utf8(self, data: bytes) -> None:
+        """UTF-8 bytes straight to the file's buffer, after the text written before them."""
+        self._file.flush()
+        self._file.buffer.write(data)
 
     def flush(self) -> None:
         self._file.flush()
@@ -100,7 +108,7 @@ class FileSink:
 
     def open(self) -> SinkHandle:
         """Open the file now, so a bad path fails at setup with the OS's own message."""
-        mode = "a" if self.append else "w"
+        mode: Literal["a", "w"] = "a" if self.append else "w"
         return _FileHandle(
             open(self.path, mode, encoding="utf-8", errors="backslashreplace", newline="\n")
         )

@@ -1,4 +1,5 @@
-"""The exit summary: per probe event hits, misses and lost events, as kprobe_profile shows them."""
+"""The exit summary: per probe event hits, filtered, events, lost and misses, as kprobe_profile
+shows hits and misses."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from pyprobes.output.sanitize import terminal_safe
 
 
 class SummaryRow(NamedTuple):
-    """One probe event's counters at exit."""
+    """One probe event's counters at exit.
+
+    ``filtered`` (hits the filter turned away) and ``events`` (events written) are None
+    where they are not known (an attached process's rows); when both are known, the hits
+    of a probe are its filtered, its events and its lost, and what is left is said.
+    """
 
     event: str
     hits: int
     misses: int
     lost: int = 0
+    filtered: int | None = None
+    events: int | None = None
 
-
-_HEADERS = ("EVENT", "HITS", "MISSES", "LOST")
 
 #: What LOST means, said when it is not zero (MISSES have their own warning line).
 LOST_LEGEND = (
@@ -26,28 +32,55 @@ LOST_LEGEND = (
 )
 
 
+def _row(r: SummaryRow | tuple[str, int, int, int]) -> SummaryRow:
+    return r if isinstance(r, SummaryRow) else SummaryRow(*r)
+
+
 def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_total: int) -> str:
-    """An aligned table of ``rows``, a hint if return probes missed calls, then ``N events
-    lost``; newline-terminated."""
-    rows_list = list(rows)
+    """An aligned table of ``rows`` (HITS, then FILTERED and EVENTS where known, LOST and
+    MISSES), a hint if return probes missed calls, a note on hits that made no event, then
+    ``N events lost``; newline-terminated."""
+    rows_list = [_row(r) for r in rows]
+    with_filtered = any(r.filtered is not None for r in rows_list)
+    with_events = any(r.events is not None for r in rows_list)
+    headers = ["EVENT", "HITS"]
+    headers += ["FILTERED"] * with_filtered + ["EVENTS"] * with_events + ["LOST", "MISSES"]
     # Event names reach us from an attached process too: escape them for the terminal.
-    table = [_HEADERS] + [
-        (terminal_safe(str(r[0]), 256), str(r[1]), str(r[2]), str(r[3])) for r in rows_list
-    ]
+    table = [headers]
+    for r in rows_list:
+        cells = [terminal_safe(str(r.event), 256), str(r.hits)]
+        if with_filtered:
+            cells.append("-" if r.filtered is None else str(r.filtered))
+        if with_events:
+            cells.append("-" if r.events is None else str(r.events))
+        table.append([*cells, str(r.lost), str(r.misses)])
     lines: list[str] = []
-    if len(table) > 1:
-        widths = [max(len(row[i]) for row in table) for i in range(len(_HEADERS))]
+    if rows_list:
+        widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
         for row in table:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
-    missed = [row[0] for row, r in zip(table[1:], rows_list, strict=True) if int(r[2]) > 0]
+    missed = [row[0] for row, r in zip(table[1:], rows_list, strict=True) if r.misses > 0]
     if missed:
         # MISSES are return-probe calls not traced: every instance of the pool was in use
         lines.append(
             f"pyprobes: warning: misses on {', '.join(missed)}: more calls were in flight at"
             " once than the return probe's instances (maxactive), and the calls missed are in"
             " no event or aggregation; give it more with rN, e.g. 'r1000000:EVENT TARGET'"
+        )
+    open_ = [
+        f"{row[0]} ({r.hits - r.filtered - r.events - r.lost})"
+        for row, r in zip(table[1:], rows_list, strict=True)
+        if r.filtered is not None
+        and r.events is not None
+        and r.hits != r.filtered + r.events + r.lost
+    ]
+    if open_:
+        lines.append(
+            f"pyprobes: hits that made no event: {', '.join(open_)}: calls still running at the"
+            " end (a return probe's event is made when the call returns), or a handler that"
+            " failed"
         )
     lost_line = f"{lost_total} event{'' if lost_total == 1 else 's'} lost"
     if lost_total:

@@ -25,8 +25,9 @@ SOURCE_POLL = 0.02
 class RecordSource(Protocol):
     """Events kept elsewhere (a core's ring of records) that the writer renders and writes."""
 
-    def drain(self, renderer: Renderer) -> tuple[str, int]:
-        """The text of what is held now, and how many events it has (writer thread)."""
+    def drain(self, renderer: Renderer) -> tuple[str | bytes, dict[str, int]]:
+        """The text of what is held now (str, or UTF-8 bytes), and how many events it has per
+        event name (writer thread)."""
         ...
 
     def lost_by_event(self) -> dict[str, int]:
@@ -83,6 +84,8 @@ class EventWriter:
         # event name -> events lost on the writer thread; only that thread updates it.
         self._writer_lost: dict[str, int] = {}
         self._written = 0
+        # event name -> events written; only the writer thread updates it.
+        self._written_by: dict[str, int] = {}
         self._sources: list[RecordSource] = []
         self.render_errors = 0
         self.error: BaseException | None = None
@@ -135,6 +138,10 @@ class EventWriter:
         """Events rendered and written to the sink."""
         return self._written
 
+    def written_by_event(self) -> dict[str, int]:
+        """Events written per event name, for the exit summary."""
+        return self._written_by.copy()
+
     @property
     def pending(self) -> int:
         """Events queued and not yet written (0 once the writer has stopped)."""
@@ -182,10 +189,18 @@ class EventWriter:
     def _lose(self, name: str, n: int = 1) -> None:
         self._writer_lost[name] = self._writer_lost.get(name, 0) + n
 
-    def _write(self, text: str) -> bool:
+    def _write(self, text: str | bytes) -> bool:
         if self.error is not None:
             return False
         try:
+            if isinstance(text, bytes):
+                write_utf8 = getattr(self._handle, "write_utf8", None)
+                if write_utf8 is None:
+                    text = text.decode("utf-8", "surrogatepass")
+                elif text:
+                    write_utf8(text)
+                    self._handle.flush()
+                    return True
             if text:
                 self._handle.write(text)
                 self._handle.flush()
@@ -216,6 +231,9 @@ class EventWriter:
                 names.append(getattr(event, "event", "?"))
         if self._write("".join(parts)):
             self._written += len(names)
+            written = self._written_by
+            for name in names:
+                written[name] = written.get(name, 0) + 1
         else:
             for name in names:
                 self._lose(name)
@@ -225,14 +243,17 @@ class EventWriter:
             if self.error is not None:
                 return
             try:
-                text, n = source.drain(self._renderer)
+                text, counts = source.drain(self._renderer)
             except Exception:
                 self.render_errors += 1
                 continue
-            if self._write(text):
-                self._written += n
-            else:
-                self._lose("?", n)
+            ok = self._write(text)
+            for name, n in counts.items():
+                if ok:
+                    self._written += n
+                    self._written_by[name] = self._written_by.get(name, 0) + n
+                else:
+                    self._lose(name, n)
 
     def _run(self) -> None:
         # The writer's own calls (json, str methods) are not the program's hits: whoever made
@@ -314,6 +335,7 @@ class EventWriter:
         self._drops = {}
         self._writer_lost = {}
         self._written = 0
+        self._written_by = {}
         self.error = RuntimeError("after fork the child writes no events; the parent does")
         for source in self._sources:
             after = getattr(source, "after_fork_in_child", None)

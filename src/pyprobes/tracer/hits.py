@@ -86,6 +86,9 @@ class HitRecorder:
         self._is_async = code is not None and is_suspending(code)
         self.fetchargs = spec.fetchargs
         self.filter = spec.filter
+        # Hits the filter turned away. (`+= 1` on it makes no call and no backward jump: under
+        # the GIL no other thread runs between its read and its write, as engine counters.)
+        self.filtered = 0
         self._filter_specials = (
             sorted(n for n in spec.filter.names if n.startswith("$"))
             if spec.filter is not None
@@ -144,6 +147,7 @@ class HitRecorder:
                     continue
                 env[name] = filter_value(raw, render(raw))
         if not f(env):
+            self.filtered += 1
             return None
         return args
 

@@ -2,9 +2,10 @@
 
 A spec whose events a program can record (``programs.plan`` with ``events=True``) writes fixed
 records into the engine's ring at each hit; ``RingSource.drain`` runs on the event writer's
-thread and renders what the ring holds: JSON Lines in C when the core has it (``take_json``,
-whose fallback for a record it cannot spell is this module's own rendering), any other format
-through the output renderers from ``Event`` records. Either way the text is the Python path's.
+thread and renders what the ring holds: JSON Lines and text in C when the core has them
+(``take_json``, ``take_text``, whose fallback for a record they cannot spell is this module's
+own rendering), any other format through the output renderers from ``Event`` records. Either
+way the text is the Python path's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyprobes
 from pyprobes.output import Event
 from pyprobes.output.render import Renderer
 from pyprobes.output.render_json import JsonRenderer
+from pyprobes.output.render_text import TextRenderer
 from pyprobes.output.sanitize import dumps
 from pyprobes.spec import ProbeSpec, exception_text, render
 
@@ -43,7 +45,17 @@ class RingSource:
         self._lock = threading.Lock()  # new_probe (import listener, arm) against drain
         self._lost: dict[str, int] = {}
         self._json = JsonRenderer()
+        self._text = TextRenderer()
         self.wake_writer: object = None  # the writer's wake-up, set by the writer
+
+    @staticmethod
+    def takes(output_format: str) -> bool:
+        """Whether events in this format are best written from the ring: JSON always (the
+        reference core renders it from records as fast as from events), text when the core
+        writes it itself (in Python, records come faster than text is rendered from them)."""
+        if output_format == "json":
+            return True
+        return output_format == "text" and pyprobes.core_name() == "c"
 
     def _wake(self) -> None:
         wake = self.wake_writer
@@ -101,26 +113,56 @@ class RingSource:
     def _fallback(self, rec: tuple[object, ...]) -> str:
         return self._json.render(self.event_of(rec))
 
-    def drain(self, renderer: Renderer) -> tuple[str, int]:
-        """Render what the ring holds (writer thread): the text and how many events it has."""
+    def _text_fallback(self, rec: tuple[object, ...]) -> str:
+        return self._text.render(self.event_of(rec))
+
+    @staticmethod
+    def _text_statics_of(probes: list[_Probe]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """Per probe, what take_text writes of it: its event, its probe and its names."""
+        return tuple((p.event, p.probe, p.names) for p in probes)
+
+    def drain(self, renderer: Renderer) -> tuple[str | bytes, dict[str, int]]:
+        """Render what the ring holds (writer thread): the text (UTF-8 bytes from the C core)
+        and how many events it has per event name."""
         with self._lock:
             probes = list(self._probes)
+        # The C core writes JSON and text itself (byte for byte the renderers' lines); a
+        # renderer of another type, even a subclass, renders Events.
         take_json = getattr(self.ring, "take_json", None)
-        if isinstance(renderer, JsonRenderer) and take_json is not None:
+        if type(renderer) is JsonRenderer and take_json is not None:
             statics = self._statics_of(probes)
-            text, counts, lost, _ = take_json(statics, os.getpid(), self._fallback)
+            data, counts, lost, _ = take_json(statics, os.getpid(), self._fallback, utf8=True)
             self._count_lost(lost, probes)
-            return text, sum(counts.values())
+            return data, self._by_event(counts, probes)
+        take_text = getattr(self.ring, "take_text", None)
+        if type(renderer) is TextRenderer and take_text is not None:
+            statics_t = self._text_statics_of(probes)
+            data, counts, lost, _ = take_text(
+                statics_t, os.getpid(), self._text_fallback, utf8=True
+            )
+            self._count_lost(lost, probes)
+            return data, self._by_event(counts, probes)
         records, lost = self.ring.take()
         self._count_lost(lost, probes)
         parts = []
+        by_event: dict[str, int] = {}
         for rec in records:
+            name = probes[rec[0]].event
             try:
                 parts.append(renderer.render(self.event_of(rec)))
             except Exception:
-                name = probes[rec[0]].event
                 self._lost[name] = self._lost.get(name, 0) + 1
-        return "".join(parts), len(parts)
+            else:
+                by_event[name] = by_event.get(name, 0) + 1
+        return "".join(parts), by_event
+
+    @staticmethod
+    def _by_event(counts: dict[int, int], probes: list[_Probe]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, n in counts.items():
+            name = probes[i].event
+            out[name] = out.get(name, 0) + n
+        return out
 
     def _count_lost(self, lost: dict[int, int], probes: list[_Probe]) -> None:
         for i, n in lost.items():

@@ -43,6 +43,8 @@ class _Compiled:
     wants_imports: bool = False
     plan: programs.Plan | None = None  # run as a program in the core (when it has one)
     handlers: list[tuple[Any, str]] = field(default_factory=list)  # (program, probe text)
+    recorders: list[HitRecorder] = field(default_factory=list)  # the Python path's
+    filtered: int = 0  # hits its programs' filters turned away, as of the last collect
 
 
 class TraceSession:
@@ -76,6 +78,7 @@ class TraceSession:
                 c.plan = p if p.program is not None else None
         self._writer_emit = emit
         self._lock = threading.Lock()
+        self._collect_lock = threading.Lock()
         self._armed = False
         self._stopped = False
         self._main_names: set[str] = set()
@@ -90,15 +93,23 @@ class TraceSession:
             agg.add(event)
 
     def collect(self) -> None:
-        """Fold what the programs gathered since the last call into the aggregator."""
-        agg = self._aggregator
-        if agg is None:
-            return
+        """Fold what the programs gathered since the last call into the aggregator.
+
+        Callers on several threads (``--interval``, ``/metrics``, the final report) are taken
+        one at a time, so once a collect() returns, everything taken before it is folded in.
+        """
+        with self._collect_lock:
+            self._collect_into(self._aggregator)
+
+    def _collect_into(self, agg: Aggregator | None) -> None:
         for c in self._compiled:
-            if c.plan is None or c.plan.program is None or not c.plan.aggregates:
+            if c.plan is None or c.plan.program is None:
                 continue
             for h, probe_text in list(c.handlers):
-                programs.add_results(agg, c.spec.event, c.plan, h.take(), probe_text)
+                results = h.take()
+                c.filtered += results.filtered
+                if agg is not None and c.plan.aggregates:
+                    programs.add_results(agg, c.spec.event, c.plan, results, probe_text)
 
     # --- placing probes -------------------------------------------------------------------
 
@@ -119,6 +130,7 @@ class TraceSession:
             on_entry = on_return = handler
         else:
             rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
+            c.recorders.append(rec)
             handler, on_entry, on_return = None, rec.on_entry, rec.on_return
         probe = probe_for(c.spec, pl, on_entry, on_return)
         if isinstance(probe, Kretprobe):
@@ -221,14 +233,24 @@ class TraceSession:
         """Every engine probe the session registered."""
         return [p for c in self._compiled for p in c.probes]
 
-    def summary_rows(self, lost_by_event: dict[str, int] | None = None) -> list[SummaryRow]:
-        """Per spec: hits, misses and events lost."""
+    def summary_rows(
+        self,
+        lost_by_event: dict[str, int] | None = None,
+        written_by_event: dict[str, int] | None = None,
+    ) -> list[SummaryRow]:
+        """Per spec: hits, misses, events lost, hits its filter turned away (its programs'
+        as of the last ``collect()``), and, given ``written_by_event`` (a run that writes
+        events), events written."""
         lost = lost_by_event or {}
         rows = []
         for c in self._compiled:
             hits = sum(p.nhit for p in c.probes)
             misses = sum(p.nmissed for p in c.probes)
-            rows.append(SummaryRow(c.spec.event, hits, misses, lost.get(c.spec.event, 0)))
+            filtered = c.filtered + sum(r.filtered for r in c.recorders)
+            written = None if written_by_event is None else written_by_event.get(c.spec.event, 0)
+            rows.append(
+                SummaryRow(c.spec.event, hits, misses, lost.get(c.spec.event, 0), filtered, written)
+            )
         return rows
 
     def paths(self) -> list[tuple[str, str]]:
