@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyprobes.attach import procs
+from pyprobes.attach import gdbinject, procs
 from pyprobes.cli import ps
 from pyprobes.output.sanitize import terminal_safe
 
@@ -66,14 +66,23 @@ def test_argv_is_bounded(tmp_path: Path) -> None:
     assert len(p.argv) == procs.MAX_ARGV and all(len(a) == procs.MAX_ARG_CHARS for a in p.argv)
 
 
-def test_the_note_says_which_python_attach_needs() -> None:
+def test_the_note_says_which_python_attach_needs(tmp_path: Path) -> None:
     mine = (sys.version_info[0], sys.version_info[1])
-    can = hasattr(sys, "remote_exec")
-    assert ps.no_agent_note(7, mine, mine) == (
-        (True, "no agent yet: 'pyprobes attach 7' starts one")
-        if can
-        else (False, f"no agent; attach needs pyprobes on {mine[0]}.{mine[1]}")
-    )
+    here = f"{mine[0]}.{mine[1]}"
+    root = tmp_path / "proc"
+    add_process(root, 7, f"/usr/bin/python{here}", [b"python", b"app.py"])
+    (root / "7" / "status").write_text("Name:\tpython\nTracerPid:\t0\n")
+    (root / "7" / "stat").write_text("7 (python) S 1 " + " ".join(["0"] * 40) + "\n")
+    note = ps.no_agent_note(7, mine, mine, str(root))
+    if hasattr(sys, "remote_exec"):
+        assert note == (True, "no agent yet: 'pyprobes attach 7' starts one")
+    elif gdbinject.GDB_SINCE <= mine < gdbinject.GDB_UNTIL:
+        if gdbinject.find_gdb() is not None:
+            assert note == (True, "no agent yet: 'pyprobes attach 7' starts one (through gdb)")
+        else:
+            assert note[0] is False and note[1].endswith(gdbinject.INSTALL_HINT)
+    else:
+        assert note == (False, f"no agent; attach needs pyprobes on {here}")
     assert ps.no_agent_note(7, (3, 99), mine) == (False, "no agent; attach needs pyprobes on 3.99")
 
 

@@ -11,6 +11,7 @@ only (the engine and tracer know nothing of them):
   its own bounded event stream, removed when it disconnects);
 - ``client``: connect, handshake, requests and the event stream, for the CLI;
 - ``bootstrap``: starting an agent with ``sys.remote_exec`` on CPython 3.14+;
+- ``gdbinject``: starting one on CPython 3.12/3.13, a pending call queued through gdb;
 - ``autostart``: the ``PYPROBES_AGENT=1`` start-up hook behind ``pyprobes_agent.pth``.
 
 The command line: ``pyprobes attach PID -e SPEC ...`` (same output and aggregation options

@@ -198,6 +198,12 @@ def remote_exec_problem(
             f" {version_text(mine)}: sys.remote_exec needs the same version; run"
             f" 'python{version_text(theirs)} -m pyprobes attach {pid}'"
         )
+    return ptrace_problem(pid, proc=proc, euid=euid)
+
+
+def ptrace_problem(pid: int, *, proc: str = "/proc", euid: int | None = None) -> str | None:
+    """Why this process may not ptrace ``pid`` (one line), or None when it may as far as
+    the uids and Yama's ``kernel.yama.ptrace_scope`` tell."""
     me = os.geteuid() if euid is None else euid
     owner = process_uid(pid, proc)
     if owner is not None and me not in (owner, 0):
@@ -226,7 +232,10 @@ def how_to_start_agent(pid: int, *, remote: bool = True) -> str:
         " 'pyprobes run --listen', or call pyprobes.agent.start() in it"
     )
     if remote:
-        text += f"; on CPython 3.14+ 'pyprobes attach {pid}' starts one itself"
+        text += (
+            f"; 'pyprobes attach {pid}' starts one itself (through gdb on CPython 3.12 and"
+            " 3.13, through sys.remote_exec on 3.14+)"
+        )
     return text
 
 
@@ -450,6 +459,7 @@ __all__ = [
     "inject",
     "main_thread_state",
     "not_cpython",
+    "ptrace_problem",
     "ptrace_scope",
     "remote_exec_problem",
     "target_python_version",

@@ -1,9 +1,10 @@
 """The client side of the attach protocol: find the agent, connect, handshake, talk.
 
-``AgentConnection.open(pid)`` finds the agent's socket (or, on CPython 3.14+, starts an
-agent with ``sys.remote_exec``), connects and says hello; every failure is an AttachError
-whose message says what to do. ``request()`` sends one request and returns its reply,
-keeping the events and notices that arrive meanwhile for ``receive()``. Single-threaded.
+``AgentConnection.open(pid)`` finds the agent's socket (or starts an agent: through gdb on
+CPython 3.12/3.13, with ``sys.remote_exec`` on 3.14+), connects and says hello; every failure
+is an AttachError whose message says what to do. ``request()`` sends one request and returns
+its reply, keeping the events and notices that arrive meanwhile for ``receive()``.
+Single-threaded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyprobes
-from pyprobes.attach import bootstrap, paths
+from pyprobes.attach import bootstrap, gdbinject, paths
 from pyprobes.attach.errors import (
     AgentGoneError,
     AttachError,
@@ -117,7 +118,7 @@ def _check_reachable(pid: int) -> None:
 
 
 def locate(pid: int, *, start_agent: bool = True) -> Path:
-    """The socket of the agent of ``pid``; on 3.14+ start one if there is none."""
+    """The socket of the agent of ``pid``; start one if there is none (``start_agent``)."""
     if pid <= 0:
         raise NoSuchProcessError(f"{pid} is not a process id")
     path = paths.find_socket(pid)
@@ -128,6 +129,8 @@ def locate(pid: int, *, start_agent: bool = True) -> Path:
         raise _no_agent(pid)
     if start_agent and hasattr(sys, "remote_exec"):
         return bootstrap.inject(pid)
+    if start_agent and gdbinject.GDB_SINCE <= sys.version_info[:2] < gdbinject.GDB_UNTIL:
+        return gdbinject.inject(pid)
     raise _no_agent(pid)
 
 

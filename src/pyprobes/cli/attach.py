@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " their events until Ctrl-C or --duration, then the aggregations and a summary; the"
         " probes are removed when this command ends, however it ends. The process needs an"
         " agent: PYPROBES_AGENT=1 in its environment, 'pyprobes run --listen', or"
-        " pyprobes.agent.start(); on CPython 3.14+ attach starts one through sys.remote_exec.",
+        " pyprobes.agent.start(); when it has none, attach starts one (through gdb on CPython"
+        " 3.12/3.13, which must be installed; through sys.remote_exec on 3.14+).",
     )
     p.add_argument("pid", type=int, nargs="?", metavar="PID", help="the process to attach to")
     add_tracing_options(p)

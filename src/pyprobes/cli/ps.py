@@ -5,10 +5,11 @@ version, clients, probes and command line (sockets of processes that are gone ar
 the way). Sockets count only in checked directories (private, of the uid they are for, not
 symlinks) and only when served by the process they are named for, as their directory's
 owner (SO_PEERCRED); all agents are asked at once, within ``PS_TIMEOUT`` seconds in all, and
-one that does not answer is listed as such. Each other CPython 3.14+ process (found in
-/proc) is listed too, as having no agent yet: ``pyprobes attach`` starts one there through
-``sys.remote_exec`` when this pyprobes runs on the same major.minor, and the row says which
-Python to run it with otherwise. Root sees every user's processes. What a process tells
+one that does not answer is listed as such. Each other CPython 3.12+ process (found in
+/proc) is listed too, as having no agent yet, with whether ``pyprobes attach`` can start one
+there (through gdb on 3.12/3.13, ``sys.remote_exec`` on 3.14+; the same major.minor as this
+pyprobes, gdb installed, ptrace allowed) and, when it cannot, why: the row says which Python
+to run it with, or what is missing. Root sees every user's processes. What a process tells
 about itself (argv, version) is untrusted: it is escaped before it reaches the terminal.
 """
 
@@ -22,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from pyprobes.attach import paths, procs
+from pyprobes.attach import gdbinject, paths, procs
 from pyprobes.attach.bootstrap import version_text
 from pyprobes.attach.client import AgentConnection, connect_socket
 from pyprobes.attach.errors import AttachError, ImpostorError
@@ -41,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="list the processes a pyprobes client can attach to",
         description="List this user's processes (every user's, for root) that run a pyprobes"
         " agent (pid, Python version, attached clients, probes and command line), and the"
-        " CPython 3.14+ processes that have none yet, which 'pyprobes attach' can start one in.",
+        " CPython 3.12+ processes that have none yet, saying whether 'pyprobes attach' can"
+        " start one in them (through gdb on 3.12/3.13, sys.remote_exec on 3.14+) or why not.",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per process")
     p.set_defaults(func=ps)
@@ -135,10 +137,21 @@ def query_agents(
     return out
 
 
-def no_agent_note(pid: int, version: tuple[int, int], mine: tuple[int, int]) -> tuple[bool, str]:
+def no_agent_note(
+    pid: int, version: tuple[int, int], mine: tuple[int, int], proc: str = "/proc"
+) -> tuple[bool, str]:
     """Whether this pyprobes can start an agent in a CPython ``version`` process, and why."""
-    if version == mine and hasattr(sys, "remote_exec"):
+    if version != mine:
+        return False, f"no agent; attach needs pyprobes on {version_text(version)}"
+    if hasattr(sys, "remote_exec"):
         return True, f"no agent yet: 'pyprobes attach {pid}' starts one"
+    if gdbinject.GDB_SINCE <= mine < gdbinject.GDB_UNTIL:
+        if gdbinject.queued_bootstrap(pid, proc) is not None:
+            return True, "no agent yet: its start is queued, for when a thread runs Python code"
+        problem = gdbinject.gdb_problem(pid, proc=proc, mine=mine)
+        if problem is None:
+            return True, f"no agent yet: 'pyprobes attach {pid}' starts one (through gdb)"
+        return False, f"no agent, and attach cannot start one: {problem}"
     return False, f"no agent; attach needs pyprobes on {version_text(version)}"
 
 
@@ -162,7 +175,7 @@ def collect(
         for sock in paths.list_sockets(directory.path, directory.uid):
             if sock.pid != me and sock.pid not in sockets:
                 sockets[sock.pid] = sock.path
-    found = procs.python_processes(proc)
+    found = procs.python_processes(proc, since=gdbinject.GDB_SINCE)
     for p in found:
         if p.pid != me and p.pid not in sockets:
             path = paths.find_socket(p.pid, proc)  # an agent in a directory of its own
@@ -181,7 +194,7 @@ def collect(
         if p.pid in seen:
             continue
         seen.add(p.pid)
-        attachable, note = no_agent_note(p.pid, p.version, mine)
+        attachable, note = no_agent_note(p.pid, p.version, mine, proc)
         rows.append(
             {
                 "pid": p.pid,
