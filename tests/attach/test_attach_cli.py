@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from attach_helpers import LOOP, TIMEOUT, Child
 
+from summary_table import summary_table
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 Spawn = Callable[..., Child]
 
@@ -79,12 +81,10 @@ def test_attach_streams_aggregates_and_leaves_nothing(
     assert (
         "EVENT" in r.stderr and "HITS" in r.stderr and re.search(r"\b\d+ events? lost\b", r.stderr)
     )
-    summary = {
-        line.split()[0]: line.split()[1:]
-        for line in r.stderr.splitlines()
-        if line.split() and line.split()[0] in ("w", "wr") and len(line.split()) == 4
-    }
-    assert int(summary["w"][0]) >= len(entries) > 0
+    summary = summary_table(r.stderr)
+    # the agent's hits and filtered; the events this client wrote (every line of the file)
+    assert summary["w"]["EVENTS"] == len(entries) > 0 and summary["w"]["FILTERED"] == 0
+    assert summary["w"]["HITS"] >= summary["w"]["EVENTS"] + summary["w"]["LOST"]
     # nothing left in the target: no probe, tool id free
     after = listing(cli, pid)
     assert after["probes"] == [] and after["tool_id"] is None
@@ -372,7 +372,9 @@ def test_aggregations_only_are_gathered_in_the_target(cli: Cli, spawn: Spawn) ->
     counted = re.search(r"^@w\['__main__:work'\]: (\d+)$", r.stderr, re.M)
     assert counted is not None, r.stderr
     assert "w['__main__:work'] $duration:" in r.stderr and "distribution" in r.stderr
-    hits = int(re.search(r"^w\s+(\d+)\s+0\s+0$", r.stderr, re.M).group(1))  # type: ignore[union-attr]
+    row = summary_table(r.stderr)["w"]  # aggregations only: no EVENTS column
+    assert (row["FILTERED"], row["LOST"], row["MISSES"]) == (0, 0, 0) and "EVENTS" not in row
+    hits = row["HITS"]
     assert hits > 0 and 0 <= hits - int(counted.group(1)) <= 1  # one call may be in flight
     assert wait_no_probes(cli, pid)["probes"] == []
     child.progress_after(0)

@@ -810,6 +810,7 @@ class _Client:
                             "hits": row.hits,
                             "misses": row.misses,
                             "lost": row.lost,
+                            "filtered": row.filtered or 0,
                         }
                     )
             message = {**message, "summary": rows, "lost": self._lost_message()}

@@ -113,7 +113,13 @@ class _Stream:
             if kind == "detached":
                 rows = msg.get("summary")
                 self.summary = [
-                    SummaryRow(str(r["event"]), int(r["hits"]), int(r["misses"]), int(r["lost"]))
+                    SummaryRow(
+                        str(r["event"]),
+                        int(r["hits"]),
+                        int(r["misses"]),
+                        int(r["lost"]),
+                        int(r["filtered"]) if "filtered" in r else None,  # (an older agent)
+                    )
                     for r in (rows if isinstance(rows, list) else ())
                     if isinstance(r, dict)
                 ]
@@ -174,12 +180,16 @@ class _Stream:
                 SummaryRow(e, n, 0, self.remote_lost.get(e, 0))
                 for e, n in list(self.received.items())  # (a copy: /metrics reads it too)
             ]
+        # EVENTS: what this client wrote (the agent's events reach the output here)
+        written = self.writer.written_by_event() if self.events else None
         out = []
         seen: set[str] = set()
         for r in rows:
-            extra = local.get(r.event, 0) if r.event not in seen else 0
+            first = r.event not in seen
+            extra = local.get(r.event, 0) if first else 0
             seen.add(r.event)
-            out.append(SummaryRow(r.event, r.hits, r.misses, r.lost + extra))
+            events = None if written is None else (written.get(r.event, 0) if first else 0)
+            out.append(SummaryRow(r.event, r.hits, r.misses, r.lost + extra, r.filtered, events))
         return out
 
     def metrics(self) -> tuple[Aggregator | None, list[SummaryRow]]:
