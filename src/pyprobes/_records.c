@@ -337,24 +337,32 @@ ring_give_back(RingObj *ring, Rec *full, Py_ssize_t n)
     }
 }
 
-/* {probe: lost} since the last read, and the counters start over. */
+/* {probe: n} for the probes with n > 0. */
 static PyObject *
-ring_take_lost(RingObj *ring)
+counts_dict(const long long *counts, Py_ssize_t n)
 {
     PyObject *d = PyDict_New();
-    for (Py_ssize_t i = 0; d != NULL && i < ring->nprobes; i++) {
-        if (ring->lost[i] == 0) {
+    for (Py_ssize_t i = 0; d != NULL && i < n; i++) {
+        if (counts[i] == 0) {
             continue;
         }
-        PyObject *k = PyLong_FromSsize_t(i), *v = PyLong_FromLongLong(ring->lost[i]);
+        PyObject *k = PyLong_FromSsize_t(i), *v = PyLong_FromLongLong(counts[i]);
         if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
             Py_CLEAR(d);
         }
         Py_XDECREF(k);
         Py_XDECREF(v);
-        if (d != NULL) {
-            ring->lost[i] = 0;
-        }
+    }
+    return d;
+}
+
+/* {probe: lost} since the last read, and the counters start over. */
+static PyObject *
+ring_take_lost(RingObj *ring)
+{
+    PyObject *d = counts_dict(ring->lost, ring->nprobes);
+    if (d != NULL && ring->nprobes > 0) {
+        memset(ring->lost, 0, ring->nprobes * sizeof(long long));
     }
     return d;
 }

@@ -789,25 +789,6 @@ flat_text(Buf *b, const Flat *f, Memo *memo, const char *arena)
 #endif
 #undef STEP
 
-/* {probe: n} for the probes with n > 0. */
-static PyObject *
-counts_dict(const long long *counts, Py_ssize_t n)
-{
-    PyObject *d = PyDict_New();
-    for (Py_ssize_t i = 0; d != NULL && i < n; i++) {
-        if (counts[i] == 0) {
-            continue;
-        }
-        PyObject *k = PyLong_FromSsize_t(i), *v = PyLong_FromLongLong(counts[i]);
-        if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
-            Py_CLEAR(d);
-        }
-        Py_XDECREF(k);
-        Py_XDECREF(v);
-    }
-    return d;
-}
-
 /* Step 3 for a chunk with records the fallback renders: the chunk's text (from `from` in `b`,
  * record k's line between ends[k-1] and ends[k]) rebuilt with the fallback's lines in place. */
 static int
