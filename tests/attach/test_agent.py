@@ -193,7 +193,9 @@ def test_all_or_none_and_events_only_to_their_owner(agent: Agent) -> None:
         b.send({"type": "detach", "id": 5})
         done = b.until("detached")
         assert done["re"] == 5
-        assert done["summary"] == [{"event": "two", "hits": 6, "misses": 0, "lost": 0}]
+        assert done["summary"] == [
+            {"event": "two", "hits": 6, "misses": 0, "lost": 0, "filtered": 0}
+        ]
         assert done["lost"] == {"total": 0, "by_event": {}}
         assert b.message() is None
         assert pyprobes.registered_probes() == []
@@ -538,6 +540,8 @@ def test_an_add_with_aggregate_sends_aggregates_and_no_events(agent: Agent) -> N
         assert sorted(t.hist_by) == list(range(5)) and t.hist_by[0].count == 10
         c.send({"type": "detach", "id": 3})
         done = c.until("detached")
-        assert done["summary"] == [{"event": "t", "hits": 50, "misses": 0, "lost": 0}]
+        assert done["summary"] == [
+            {"event": "t", "hits": 50, "misses": 0, "lost": 0, "filtered": 0}
+        ]
     finally:
         c.close()
