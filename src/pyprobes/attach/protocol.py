@@ -34,6 +34,8 @@ process). Each ``add`` entry has ``handle``, ``spec`` (canonical text), ``event`
 engine's listing records (``address``, ``kind``, ``symbol``, ``offset``, ``line``,
 ``module``, ``flags``, ``hits``, ``misses``, ``faults``, ``where``) with ``owner``
 (``client``, ``handle``, ``event``) or null for probes the program registered itself.
+``detached``'s ``summary`` rows have ``event``, ``hits``, ``misses``, ``lost`` and
+``filtered`` (hits the spec's filter turned away; absent from an older agent).
 
 The agent also sends, unasked: ``events`` (``events``: a list of event records, as the JSON
 Lines output shows them), ``lost`` (``total`` and ``by_event``: events dropped for this
