@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_run import pyprobes
+
 from summary_table import hits_misses as summary_rows
 from summary_table import summary_table
-from test_run import pyprobes
 
 
 def test_r_without_n_is_not_exhausted_by_tasks_or_recursion() -> None:
@@ -237,3 +238,17 @@ def test_the_summary_accounts_for_every_hit_on_both_paths() -> None:
     assert agg.returncode == 0, agg.stderr
     assert "@k: 25" in agg.stderr
     assert summary_table(agg.stderr) == {"k": {"HITS": 100, "FILTERED": 75, "LOST": 0, "MISSES": 0}}
+
+
+def test_hits_past_the_keys_a_program_keeps_are_said(tmp_path: Path) -> None:
+    """A --by key table is bounded (programs.MAX_KEYS per probe): the hits of the keys past
+    it are in no key's count, and the report says how many."""
+    script = tmp_path / "keys.py"
+    script.write_text("def work(i):\n    return i\n\nfor i in range(10_050):\n    work(i)\n")
+    run = pyprobes("run", "-e", "p:k __main__:work i", "--by", "i", str(script))
+    assert run.returncode == 0, run.stderr
+    assert (
+        "pyprobes: warning: k: 50 hits of keys past the 10,000 kept per probe are in no key's"
+        " count" in run.stderr
+    )
+    assert summary_table(run.stderr)["k"]["HITS"] == 10_050

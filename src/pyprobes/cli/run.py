@@ -29,7 +29,7 @@ from pyprobes.cli.options import (
 )
 from pyprobes.engine import own_thread
 from pyprobes.output import Aggregator, EventWriter, format_summary, interval_stamp
-from pyprobes.tracer import TraceSession
+from pyprobes.tracer import TraceSession, programs
 from pyprobes.tracer.records import RingSource
 
 
@@ -168,6 +168,11 @@ class _Reporter:
             self.writer.close()
             if self.aggregator is not None:
                 _err(self.aggregator.render())
+            for event, n in self.session.key_overflow().items():
+                _err(
+                    f"pyprobes: warning: {event}: {n:,} hit{'' if n == 1 else 's'} of keys past"
+                    f" the {programs.MAX_KEYS:,} kept per probe are in no key's count"
+                )
             failure = output_failure(self.args, self.writer)
             if failure is not None:
                 _err(failure)

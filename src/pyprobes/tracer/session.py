@@ -45,6 +45,7 @@ class _Compiled:
     handlers: list[tuple[Any, str]] = field(default_factory=list)  # (program, probe text)
     recorders: list[HitRecorder] = field(default_factory=list)  # the Python path's
     filtered: int = 0  # hits its programs' filters turned away, as of the last collect
+    key_overflow: int = 0  # hits of a new key its programs' full key tables turned away
 
 
 class TraceSession:
@@ -108,6 +109,7 @@ class TraceSession:
             for h, probe_text in list(c.handlers):
                 results = h.take()
                 c.filtered += results.filtered
+                c.key_overflow += results.overflow
                 if agg is not None and c.plan.aggregates:
                     programs.add_results(agg, c.spec.event, c.plan, results, probe_text)
 
@@ -232,6 +234,15 @@ class TraceSession:
     def probes(self) -> list[Probe]:
         """Every engine probe the session registered."""
         return [p for c in self._compiled for p in c.probes]
+
+    def key_overflow(self) -> dict[str, int]:
+        """Per event: hits whose key a program could not keep (its table of --by keys was full:
+        ``programs.MAX_KEYS``), as of the last ``collect()``; they are in no key's count."""
+        out: dict[str, int] = {}
+        for c in self._compiled:
+            if c.key_overflow:
+                out[c.spec.event] = out.get(c.spec.event, 0) + c.key_overflow
+        return out
 
     def summary_rows(
         self,
