@@ -31,10 +31,19 @@ from attach_helpers import PROGRAMS, SRC, TIMEOUT, Child, base_env
 from pyprobes.attach import bootstrap, gdbinject
 from pyprobes.attach.errors import AttachPermissionError, NoAgentError, NoSuchProcessError
 
-pytestmark = pytest.mark.skipif(
-    not gdbinject.GDB_SINCE <= sys.version_info[:2] < gdbinject.GDB_UNTIL,
-    reason="the gdb bootstrap is for CPython 3.12 and 3.13 (3.14+ use sys.remote_exec)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not gdbinject.GDB_SINCE <= sys.version_info[:2] < gdbinject.GDB_UNTIL,
+        reason="the gdb bootstrap is for CPython 3.12 and 3.13 (3.14+ use sys.remote_exec)",
+    ),
+    # The bootstrap is the same whichever core the agent then runs: these tests (the longest
+    # of the suite) run once per CPython, with the C core; test_attach_process and
+    # test_agent attach to agents of both cores.
+    pytest.mark.skipif(
+        os.environ.get("PYPROBES_CORE") == "python",
+        reason="the gdb bootstrap does not depend on the core: run once, with the C core",
+    ),
+]
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 Spawn = Callable[..., Child]
