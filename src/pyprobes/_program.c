@@ -12,13 +12,22 @@
 
 enum { V_DURATION, V_RETVAL, V_EXCEPTION, V_THREAD, V_LOCAL };
 enum { C_CMP, C_TRUTH, C_ALL, C_ANY, C_NOT };
-enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOTIN };
+enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOTIN, OP_IS, OP_ISNOT };
+enum { S_ATTR, S_ITEM };
 #define NBUCKETS 65
 #define NEED_FRAME 1    /* a local is read */
 #define NEED_DURATION 2 /* $duration is read */
 
 typedef struct {
+    int kind;       /* S_ATTR or S_ITEM */
+    int dunder;     /* an attribute named __x__: refused (engine.reads.is_dunder) */
+    PyObject *arg;  /* strong: the attribute's name (interned) or the literal key */
+} PStep;
+
+typedef struct {
     int kind;
+    Py_ssize_t npath;
+    PStep *path;    /* the steps after the root value, or NULL */
     PyObject *name; /* strong, interned: a local's name; else NULL */
     /* a local's slot in the frames of `code` (strong), found at the first hit in it: >= 0, or
      * -1 when it is read through the frame object (a cell, a free variable...), -2 when the
@@ -65,18 +74,96 @@ typedef struct {
     PVar fields[8]; /* the values a record holds (REC_MAXV) */
 } ProgObj;
 
+static inline int
+is_scalar(PyObject *v)
+{
+    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v) ||
+           PyFloat_CheckExact(v) || v == Py_None;
+}
+
+/* What spec.filter compares by its rendering: equal to no scalar constant, and no order. */
+static inline int
+is_plain(PyObject *v)
+{
+    return PyBytes_CheckExact(v) || PyTuple_CheckExact(v) || PyList_CheckExact(v) ||
+           PyDict_CheckExact(v) || PyAnySet_CheckExact(v);
+}
+
 static PyTypeObject ProgType;
 static PyObject *g_threading;   /* the threading module (strong) */
 static PyObject *s_active, *s_name_attr, *s_thread_key;
 static PyObject *g_fault_key;   /* "(fault)" */
 static PyObject *g_nan;         /* one float NaN: every NaN key is this one */
 static PyObject *s_dunder_name; /* "__name__" */
+static PyObject *s_dunder_dict; /* "__dict__" */
+static PyObject *g_get_attr;    /* engine.reads.get_attr (strong), imported by the first
+                                 * program with an attribute step */
 
 static void
 pvar_clear(PVar *v)
 {
     Py_CLEAR(v->name);
     Py_CLEAR(v->code);
+    for (Py_ssize_t i = 0; i < v->npath; i++) {
+        Py_CLEAR(v->path[i].arg);
+    }
+    PyMem_Free(v->path);
+    v->path = NULL;
+    v->npath = 0;
+}
+
+/* The steps of a lowered Var: ((0, name) | (1, key), ...). 0 or -1. */
+static int
+pvar_path_from(PyObject *path, PVar *out)
+{
+    if (!PyTuple_Check(path)) {
+        PyErr_SetString(PyExc_TypeError, "a lowered Var's path is a tuple");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(path);
+    if (n == 0) {
+        return 0;
+    }
+    out->path = PyMem_Calloc((size_t)n, sizeof(PStep));
+    if (out->path == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long kind;
+        PyObject *arg;
+        PyObject *step = PyTuple_GET_ITEM(path, i);
+        if (!PyTuple_Check(step) || !PyArg_ParseTuple(step, "lO", &kind, &arg) ||
+            (kind != S_ATTR && kind != S_ITEM) || (kind == S_ATTR && !PyUnicode_CheckExact(arg)) ||
+            (kind == S_ITEM && !is_scalar(arg))) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "a step is (0, attribute) or (1, scalar key)");
+            }
+            return -1;
+        }
+        out->npath = i + 1;
+        out->path[i].kind = (int)kind;
+        Py_INCREF(arg);
+        if (kind == S_ATTR) {
+            PyUnicode_InternInPlace(&arg);
+            Py_ssize_t len = PyUnicode_GET_LENGTH(arg);
+            out->path[i].dunder = len > 4 && PyUnicode_READ_CHAR(arg, 0) == '_' &&
+                                  PyUnicode_READ_CHAR(arg, 1) == '_' &&
+                                  PyUnicode_READ_CHAR(arg, len - 1) == '_' &&
+                                  PyUnicode_READ_CHAR(arg, len - 2) == '_';
+            if (g_get_attr == NULL) {
+                PyObject *reads = PyImport_ImportModule("pyprobes.engine.reads");
+                g_get_attr = reads != NULL ? PyObject_GetAttrString(reads, "get_attr") : NULL;
+                Py_XDECREF(reads);
+                if (g_get_attr == NULL) {
+                    Py_DECREF(arg);
+                    return -1;
+                }
+            }
+        }
+        out->path[i].arg = arg;
+    }
+    return 0;
 }
 
 static void
@@ -96,10 +183,11 @@ static int
 pvar_from(PyObject *t, PVar *out, int *needs)
 {
     long kind;
-    PyObject *name;
-    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "lO", &kind, &name)) {
+    PyObject *name, *path;
+    memset(out, 0, sizeof(*out));
+    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "lOO", &kind, &name, &path)) {
         if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "a lowered Var is (kind, name)");
+            PyErr_SetString(PyExc_TypeError, "a lowered Var is (kind, name, path)");
         }
         return -1;
     }
@@ -108,9 +196,9 @@ pvar_from(PyObject *t, PVar *out, int *needs)
         return -1;
     }
     out->kind = (int)kind;
-    out->name = NULL;
-    out->code = NULL;
-    out->slot = 0;
+    if (pvar_path_from(path, out) < 0) {
+        return -1;
+    }
     if (kind == V_DURATION) {
         *needs |= NEED_DURATION;
     }
@@ -151,7 +239,7 @@ pcond_from(PyObject *t, PCond *out, int *needs, int depth)
             return -1;
         }
         long op = PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
-        if (op < OP_EQ || op > OP_NOTIN) {
+        if (op < OP_EQ || op > OP_ISNOT) {
             if (!PyErr_Occurred()) {
                 PyErr_Format(PyExc_ValueError, "no comparison %ld", op);
             }
@@ -364,13 +452,6 @@ typedef struct {
     void *token;         /* a return's: the probed interpreter frame (HAVE_IFRAME), or NULL */
 } PEnv;
 
-static inline int
-is_scalar(PyObject *v)
-{
-    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v) ||
-           PyFloat_CheckExact(v) || v == Py_None;
-}
-
 /* The thread ident's int, as threading._active's keys are (borrowed): made once per thread and
  * kept in a small table (GIL-protected, a slot replaced on collision), not at every hit. */
 #define IDENT_SLOTS 64
@@ -496,10 +577,71 @@ iframe_local(PVar *v, void *token, PyObject **value)
 }
 #endif
 
+/* Clear an exception a step raised (the value cannot be read: NULL, no error), unless it is
+ * not an Exception (KeyboardInterrupt...), which stays set (NULL with an error). */
+static PyObject *
+step_fault(void)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+    }
+    return NULL;
+}
+
+/* obj.name as engine.reads.get_attr reads it (new reference; NULL: cannot be read). The
+ * common case is read here: an object of a type with object's own attribute lookup, whose
+ * class attribute of that name is absent or a plain value (the instance dict's entry, else
+ * the class's value: what get_attr reads, and what PyObject_GenericGetAttr does then), or a
+ * __slots__ member. Anything else (a property, a method, a builtin type's getset, a class
+ * object...) is get_attr's to read or refuse. */
+static PyObject *
+step_attr(PStep *st, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (!st->dunder && tp->tp_getattro == PyObject_GenericGetAttr) {
+        PyObject *raw = _PyType_Lookup(tp, st->arg); /* borrowed */
+        PyObject *r = NULL;
+        if (raw == NULL ||
+            (Py_TYPE(raw)->tp_descr_get == NULL && Py_TYPE(raw)->tp_descr_set == NULL)) {
+            int has_dict = tp->tp_dictoffset != 0 || (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT);
+            PyObject *d = has_dict ? _PyType_Lookup(tp, s_dunder_dict) : NULL;
+            if (!has_dict || (d != NULL && (Py_IS_TYPE(d, &PyGetSetDescr_Type) ||
+                                            Py_IS_TYPE(d, &PyMemberDescr_Type)))) {
+                r = PyObject_GenericGetAttr(obj, st->arg);
+                return r != NULL ? r : step_fault();
+            }
+        }
+        else if (Py_IS_TYPE(raw, &PyMemberDescr_Type)) {
+            r = Py_TYPE(raw)->tp_descr_get(raw, obj, (PyObject *)tp);
+            return r != NULL ? r : step_fault();
+        }
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(g_get_attr, obj, st->arg, NULL); /* ours */
+    return r != NULL ? r : step_fault();
+}
+
+/* obj[key] as engine.reads.get_item reads it: exact dict, list, tuple, str and bytes only. */
+static PyObject *
+step_item(PStep *st, PyObject *obj)
+{
+    PyObject *r = NULL;
+    if (PyDict_CheckExact(obj)) {
+        r = PyDict_GetItemWithError(obj, st->arg); /* a scalar key: its hash runs no code */
+        return r != NULL ? Py_NewRef(r) : (PyErr_Occurred() ? step_fault() : NULL);
+    }
+    if ((PyList_CheckExact(obj) || PyTuple_CheckExact(obj) || PyUnicode_CheckExact(obj) ||
+         PyBytes_CheckExact(obj)) &&
+        (PyLong_CheckExact(st->arg) || PyBool_Check(st->arg))) {
+        r = PyObject_GetItem(obj, st->arg);
+        return r != NULL ? r : step_fault();
+    }
+    return NULL; /* get_item refuses it */
+}
+
 /* A Var's value (new reference), or NULL with no error set when it cannot be read (the
  * reference's UNREAD); NULL with an error only for an internal failure. */
 static PyObject *
-prog_read(PVar *v, PEnv *env)
+prog_read_root(PVar *v, PEnv *env)
 {
     switch (v->kind) {
     case V_DURATION:
@@ -510,10 +652,7 @@ prog_read(PVar *v, PEnv *env)
         }
         return Py_NewRef(env->exc != Py_None ? Py_None : env->retval);
     case V_EXCEPTION:
-        if (env->exc == Py_None) {
-            return Py_NewRef(Py_None);
-        }
-        return PyType_GetName(Py_TYPE(env->exc));
+        return Py_NewRef(env->exc);
     case V_THREAD:
         return prog_thread_name();
     default: {
@@ -542,6 +681,19 @@ prog_read(PVar *v, PEnv *env)
     }
 }
 
+static PyObject *
+prog_read(PVar *v, PEnv *env)
+{
+    PyObject *value = prog_read_root(v, env);
+    for (Py_ssize_t i = 0; value != NULL && i < v->npath; i++) {
+        PStep *st = &v->path[i];
+        PyObject *next = st->kind == S_ATTR ? step_attr(st, value) : step_item(st, value);
+        Py_DECREF(value);
+        value = next;
+    }
+    return value;
+}
+
 static const int rich_ops[6] = {Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE};
 #define P_FAULT 2 /* a comparison that cannot be made: the whole filter is false */
 
@@ -549,10 +701,21 @@ static const int rich_ops[6] = {Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE};
 static int
 prog_compare(int op, PyObject *value, PyObject *konst)
 {
-    int scalar = is_scalar(value);
+    if (op == OP_IS || op == OP_ISNOT) {
+        return (value == Py_None) == (op == OP_IS);
+    }
+    if (!is_scalar(value)) {
+        if (!is_plain(value)) {
+            return P_FAULT; /* spec.filter compares only builtin values */
+        }
+        if (op == OP_EQ || op == OP_IN) {
+            return 0;
+        }
+        return op == OP_NE || op == OP_NOTIN ? 1 : P_FAULT; /* equal to no constant, no order */
+    }
     if (op == OP_IN || op == OP_NOTIN) {
         int found = 0;
-        for (Py_ssize_t i = 0; scalar && i < PyTuple_GET_SIZE(konst) && !found; i++) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(konst) && !found; i++) {
             PyObject *r = PyObject_RichCompare(value, PyTuple_GET_ITEM(konst, i), Py_EQ);
             if (r == NULL) {
                 return -1; /* (scalars compare for equality without raising) */
@@ -561,9 +724,6 @@ prog_compare(int op, PyObject *value, PyObject *konst)
             Py_DECREF(r);
         }
         return op == OP_IN ? found : !found;
-    }
-    if (!scalar) {
-        return op == OP_NE ? 1 : (op == OP_EQ ? 0 : P_FAULT);
     }
     PyObject *r = PyObject_RichCompare(value, konst, rich_ops[op]);
     if (r == NULL) {
@@ -709,7 +869,8 @@ bit_length(unsigned long long v)
 static int
 prog_hist_value(ProgObj *p, PEnv *env, unsigned long long *out)
 {
-    if (p->hist.kind == V_DURATION && env->has_duration && env->duration >= 0) {
+    if (p->hist.kind == V_DURATION && !p->hist.npath && env->has_duration &&
+        env->duration >= 0) {
         *out = (unsigned long long)env->duration; /* no int object for the usual case */
         return 1;
     }
@@ -941,8 +1102,9 @@ prog_module_init(PyObject *m)
     g_fault_key = PyUnicode_InternFromString("(fault)");
     g_nan = PyFloat_FromDouble(Py_NAN);
     s_dunder_name = PyUnicode_InternFromString("__name__");
+    s_dunder_dict = PyUnicode_InternFromString("__dict__");
     if (g_threading == NULL || s_active == NULL || s_name_attr == NULL || s_thread_key == NULL ||
-        g_fault_key == NULL || g_nan == NULL || s_dunder_name == NULL ||
+        g_fault_key == NULL || g_nan == NULL || s_dunder_name == NULL || s_dunder_dict == NULL ||
         PyType_Ready(&ProgType) < 0 || PyType_Ready(&RingType) < 0) {
         return -1;
     }

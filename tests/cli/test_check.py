@@ -215,7 +215,9 @@ def test_check_says_which_path_each_probe_takes_and_why() -> None:
     assert run.returncode == 0, run.stderr
     a, b = run.stdout.splitlines()
     assert a.endswith(" [program]")
-    assert b.endswith(" [python: fetch arg s:len is more than a name]")
+    assert b.endswith(" [python: fetch arg s is converted (:len)]")
+    paths = check("r:c json:loads c=s[0] $exception if $exception is None", "--by", "c")
+    assert paths.stdout.rstrip().endswith(" [program]")  # fetch paths and $exception: 13.1
     stats = check("r json:loads", "--stats", "$duration")
     assert stats.stdout.rstrip().endswith("[python: --stats is kept by the Python path]")
     # events: recorded in the core where a program can write them, as run decides

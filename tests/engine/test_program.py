@@ -235,8 +235,9 @@ def test_retval_and_exception_at_a_return() -> None:
             except ValueError:
                 pass
     slots = take(h).slots
-    assert slots["ValueError"].count == 3
-    assert slots["ValueError"].skipped == 3  # no return value when it raised
+    # the exception itself: not a scalar, so its key is (type name, key_of(exception))
+    assert slots[("ValueError", "")].count == 3
+    assert slots[("ValueError", "")].skipped == 3  # no return value when it raised
     assert slots[None].count == 3 and slots[None].buckets == ({1: 1, 2: 1, 3: 1},)
 
 
@@ -335,6 +336,109 @@ def test_locals_of_every_kind_read_as_the_frame_has_them() -> None:
     assert _keys_of(_two_steps, "y", two) == {6: 1} and _keys_of(_two_steps, "z", two) == {7: 1}
 
 
+_RAN: list[str] = []  # the program's code that a read ran: stays empty
+
+
+class _Plain:
+    kind = "class"
+
+    def __init__(self) -> None:
+        self.qty = 3
+
+
+class _Slots:
+    __slots__ = ("qty", "unset")
+
+    def __init__(self) -> None:
+        self.qty = 4
+
+
+class _Prop:
+    @property
+    def qty(self) -> int:
+        _RAN.append("a property")
+        return 0
+
+
+class _Hook:
+    def __getattr__(self, name: str) -> object:
+        _RAN.append("__getattr__")
+        return 0
+
+
+class _Intercept:
+    qty = 1
+
+    def __getattribute__(self, name: str) -> object:
+        _RAN.append("__getattribute__")
+        return 0
+
+
+class _OwnDict(dict):  # type: ignore[type-arg]
+    def __getitem__(self, key: object) -> object:
+        _RAN.append("__getitem__")
+        return 0
+
+    get = __getitem__
+
+
+class _Items(list):  # type: ignore[type-arg]
+    pass
+
+
+def _path_values() -> list[object]:
+    shadow = _Plain()
+    shadow.kind = "own"  # type: ignore[misc]
+    odd = _Plain()
+    odd.__dict__ = _OwnDict(qty=8)
+    return [
+        _Plain(), shadow, odd, _Slots(), _Prop(), _Hook(), _Intercept(), _Plain, 2 + 5j,
+        ValueError("bad", 2), {"qty": 5, 0: "zero"}, [10, 20, 30], (1,), "text", b"by",
+        _Items([1]), _OwnDict(qty=1), None, 7,
+    ]  # fmt: skip
+
+
+PATHS: list[tuple[tuple[str, object], ...]] = [
+    (("attr", "qty"),),
+    (("attr", "kind"),),
+    (("attr", "unset"),),
+    (("attr", "imag"),),
+    (("attr", "args"), ("item", 0)),
+    (("attr", "__class__"),),  # a dunder: refused
+    (("attr", "mro"),),  # a method of a class
+    (("item", "qty"),),
+    (("item", 0),),
+    (("item", -1),),
+    (("item", 5),),
+    (("item", True),),
+    (("item", "x"),),
+]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=str)
+def test_paths_read_as_engine_reads_does(path: tuple[tuple[str, object], ...]) -> None:
+    """A Var's path reads what engine.reads reads, and faults where it refuses or fails: the
+    C core's own reads (plain attributes, slots, subscripts) and the rest alike."""
+    from pyprobes.engine.reads import get_attr, get_item
+
+    values = _path_values()
+    expected: dict[object, int] = {}
+    for v in values:
+        try:
+            for step, arg in path:
+                v = get_attr(v, arg) if step == "attr" else get_item(v, arg)  # type: ignore[arg-type]
+        except Exception:
+            v = FAULT_KEY
+        key = v if type(v) in (str, int, bool, float, type(None)) else (type(v).__name__, "")
+        expected[key] = expected.get(key, 0) + 1
+    prog = Program(key=Var("local", "n", path))
+    with on_entry(work, prog) as h:
+        for v in values:
+            work(v)
+    assert {k: s.count for k, s in take(h).slots.items()} == expected
+    assert _RAN == []
+
+
 def test_an_entry_program_counts_and_reads_arguments() -> None:
     with on_entry(work, Program(filter=Cmp("==", n_local(), "hit"), key=n_local())) as h:
         for v in ("hit", "miss", "hit"):
@@ -385,6 +489,12 @@ def test_bad_programs_are_refused_when_made() -> None:
         Cmp("==", n_local(), [1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="comparison is one of"):
         Cmp("=~", n_local(), 1)
+    with pytest.raises(ValueError, match="None only"):
+        Cmp("is", n_local(), 1)
+    with pytest.raises(ValueError, match="a step is"):
+        Var("local", "n", (("attr", 1),))
+    with pytest.raises(ValueError, match="a step is"):
+        Var("local", "n", (("item", [1]),))
     with pytest.raises(ValueError, match="max_keys"):
         Program(max_keys=0)
     with pytest.raises(ValueError, match="hist_scales"):

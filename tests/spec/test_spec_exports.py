@@ -25,9 +25,10 @@ def test_exports_are_the_implementations() -> None:
     assert pyprobes.spec.TYPES == vocab.TYPES == ("repr", "str", "int", "float", "len", "type")
 
 
-def test_spec_imports_nothing_of_the_engine_but_errors_and_programs() -> None:
-    """The language compiles into the engine's program data (engine.program): that and the
-    errors are all it takes from below."""
+def test_spec_imports_nothing_of_the_engine_but_errors_programs_and_reads() -> None:
+    """The language compiles into the engine's program data (engine.program), and its fetch
+    paths read as programs read (engine.reads): those and the errors are all it takes from
+    below."""
     import ast
     import pathlib
 
@@ -35,7 +36,11 @@ def test_spec_imports_nothing_of_the_engine_but_errors_and_programs() -> None:
     for source in package.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                allowed = ("pyprobes.engine.errors", "pyprobes.engine.program")
+                allowed = (
+                    "pyprobes.engine.errors",
+                    "pyprobes.engine.program",
+                    "pyprobes.engine.reads",
+                )
                 assert node.module in allowed or not node.module.startswith(
                     ("pyprobes.engine", "pyprobes.output", "pyprobes.cli")
                 ), source.name

@@ -8,6 +8,69 @@ class Item:
 
 
 ITEM = Item()  # one object: its rendering (type and id) is the same in every run
+RAN: list[str] = []  # code of the program that a fetch path ran: must stay empty
+
+
+class Order:
+    """Attributes of every kind a fetch path meets: instance, class, slot-less, a property, a
+    method, a dict and a list."""
+
+    kind = "order"  # a plain class attribute
+
+    def __init__(self, qty: int, meta: dict[str, object], tags: list[object]) -> None:
+        self.qty = qty
+        self.meta = meta
+        self.tags = tags
+
+    @property
+    def total(self) -> int:  # a property: never run by a fetch path
+        RAN.append("property")
+        return 0
+
+    def method(self) -> None:  # a method: refused
+        RAN.append("method")
+
+
+class Rush(Order):
+    """A subclass whose instances may shadow the class attribute."""
+
+    kind = "rush"
+
+
+class Slotted:
+    """Values in __slots__, one of them never set."""
+
+    __slots__ = ("qty", "unset")
+
+    def __init__(self, qty: int) -> None:
+        self.qty = qty
+
+
+class Lazy:
+    """A __getattr__ (never run: its attributes are a fault)."""
+
+    def __getattr__(self, name: str) -> object:
+        RAN.append("__getattr__")
+        return 0
+
+
+def orders() -> list[object]:
+    shadowed = Rush(5, {"k": "v"}, [])
+    shadowed.kind = "own"  # the instance's own wins over the class's
+    return [
+        Order(1, {"k": "a", "n": 1}, ["x", 2]),
+        Order(3, {"k": None}, []),
+        Rush(4, {}, [7]),
+        shadowed,
+        Slotted(2),
+        Lazy(),
+        {"qty": 9},
+        None,
+    ]
+
+
+def ship(order: object, n: int) -> object:
+    return order
 
 
 def price(item: object, qty: int) -> int:
@@ -24,3 +87,6 @@ def run(n: int) -> None:
             price(items[i % len(items)], i % 7 - 1)
         except ValueError:
             pass
+    shipped = orders()
+    for i in range(n // 4):
+        ship(shipped[i % len(shipped)], i)

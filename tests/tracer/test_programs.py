@@ -30,6 +30,7 @@ def aggregate(specs: list[str], events: bool, **config: object) -> tuple[str, li
     session.collect()
     if not events:
         assert seen == []  # nothing is written
+    assert targets.RAN == []  # no fetch path ran the program's code
     return agg.render(), [path for _, path in session.paths()]
 
 
@@ -48,6 +49,28 @@ CASES = [
     # a wildcard broken down by function: the key is the placement's, no per-hit work
     ([f"r:p {T}:*"], {"hist_field": "$duration", "by_field": "$function"}),
     ([f"p:e {T}:* qty if qty > 3"], {"count": True, "by_field": "$probe"}),
+    # a filter over an object it cannot compare: only `is None` holds, any other is a fault
+    ([f"p:e {T}:price item if item != 5"], {"count": True, "by_field": "item"}),
+    ([f"p:e {T}:price item if item not in ('fig', 7)"], {"count": True, "by_field": "item"}),
+    ([f"p:e {T}:price item if item is not None"], {"count": True, "by_field": "item"}),
+    ([f"p:e {T}:price item if item != None"], {"count": True, "by_field": "item"}),
+    # $exception: as the event's field, as a fetch arg, in a filter, and through a path
+    ([f"r:p {T}:price"], {"count": True, "by_field": "$exception"}),
+    ([f"r:p {T}:price $exception"], {"count": True, "by_field": "$exception"}),
+    ([f"r:p {T}:price if $exception is not None"], {"hist_field": "$duration"}),
+    ([f"r:p {T}:price a=$exception.args[0]"], {"hist_field": "a", "by_field": "a"}),
+    # fetch paths: attributes of every kind, subscripts, and what they refuse
+    ([f"p:s {T}:ship k=order.kind"], {"count": True, "by_field": "k"}),
+    ([f"p:s {T}:ship q=order.qty"], {"hist_field": "q", "by_field": "q"}),
+    ([f"p:s {T}:ship m=order.meta['k']"], {"count": True, "by_field": "m"}),
+    ([f"p:s {T}:ship t=order.tags[0] q=order.qty if t == 'x' or q > 3"], {"by_field": "q"}),
+    ([f"p:s {T}:ship t=order.tags[-1]"], {"count": True, "by_field": "t"}),
+    ([f"p:s {T}:ship q=order['qty']"], {"count": True, "by_field": "q"}),
+    ([f"p:s {T}:ship m=order.meta"], {"count": True, "by_field": "m"}),
+    ([f"p:s {T}:ship u=order.unset"], {"count": True, "by_field": "u"}),
+    ([f"p:s {T}:ship t=order.total"], {"count": True, "by_field": "t"}),
+    ([f"p:s {T}:ship t=order.method"], {"count": True, "by_field": "t"}),
+    ([f"r:s {T}:ship r=$retval.qty if r is not None and r >= 2"], {"hist_field": "r"}),
 ]
 
 
@@ -72,7 +95,8 @@ def test_what_takes_the_python_path_says_why() -> None:
         return plan(parse_spec(spec), AggregatorConfig(**config)).reason  # type: ignore[arg-type]
 
     assert "stats" in why(f"r {T}:price", stats_field="$duration")
-    assert "more than a name" in why(f"r {T}:price q=qty:int", by_field="q")
-    assert "Python path" in why(f"r {T}:price", by_field="$exception")
+    assert "converted (:int)" in why(f"r {T}:price q=qty:int", by_field="q")
+    assert "Python path" in why(f"r {T}:price", by_field="$caller")
+    assert why(f"r {T}:price e=$exception.args[0]", by_field="e") == ""
     assert "form" in why(f"p {T}:price item qty if item == qty", count=True)
     assert why(f"r {T}:price", hist_field="$duration") == ""

@@ -33,11 +33,15 @@ SPECS = [
     f"p:f {T}:show n if n > 20",
     f"r:g {T}:gen n",
 ]
+#: Fetch paths and $exception, recorded as the Python path captures them.
+PATH_SPECS = [f"r:x {T}:show first=value[0] k=value['k'] imag=value.imag $exception"]
 
 
-def trace(records: RingSource | None) -> tuple[list[Event], TraceSession]:
+def trace(
+    records: RingSource | None, specs: list[str] = SPECS
+) -> tuple[list[Event], TraceSession]:
     seen: list[Event] = []
-    session = TraceSession([parse_spec(s) for s in SPECS], seen.append, records=records)
+    session = TraceSession([parse_spec(s) for s in specs], seen.append, records=records)
     session.arm()
     try:
         targets.run()
@@ -69,6 +73,19 @@ def test_recorded_events_are_the_python_paths() -> None:
     recorded = [source.event_of(r) for r in records]
     assert len(recorded) == len(by_python) == targets.HITS
     # The same events in the same order (the lines a user reads), timings aside.
+    assert [as_json(untimed(e)) for e in recorded] == [as_json(untimed(e)) for e in by_python]
+
+
+def test_recorded_paths_and_exceptions_are_the_python_paths() -> None:
+    by_python, _ = trace(None, PATH_SPECS)
+    source = RingSource()
+    direct, session = trace(source, PATH_SPECS)
+    assert direct == []
+    assert [p for _, p in session.paths()] == ["program"] * len(PATH_SPECS)
+    records, lost = source.ring.take()
+    recorded = [source.event_of(r) for r in records]
+    assert len(recorded) == len(by_python) == targets.SHOWS
+    assert any(e.args["first"] not in ("(fault)", None) for e in recorded)  # some were read
     assert [as_json(untimed(e)) for e in recorded] == [as_json(untimed(e)) for e in by_python]
 
 

@@ -20,12 +20,16 @@ Per hit, in this order:
    a hist value that does not count is counted in ``skipped``.
 
 Values (``Var``) are read without running the program's code: ``$duration`` (ns, return
-probes), ``$retval``, ``$exception`` (its type's name), ``$thread`` (the thread's name, as
-``threads.thread_name``) and locals by name. Filters (``Cmp``, ``AllOf``, ``AnyOf``, ``Not``,
+probes), ``$retval``, ``$exception`` (the exception, None if it returned), ``$thread`` (the
+thread's name, as ``threads.thread_name``) and locals by name, each followed by a path of
+attribute and literal subscript steps read as ``engine.reads`` reads them (a step it refuses
+or that fails: the value cannot be read). Filters (``Cmp``, ``AllOf``, ``AnyOf``, ``Not``,
 ``Truth``) behave as ``spec.filter`` over captured values: a value that cannot be read is the
-string ``(fault)``; a non-scalar value (never touched) equals no constant; an order that
-cannot be made (``None < 1``, a non-scalar) or the truth of a non-scalar is a fault, and a
-fault makes the whole filter false (parts are taken in order, ``and``/``or`` stop early).
+string ``(fault)``; a builtin container or bytes equals no constant and has no order; any
+other object (never touched) is only ``is``/``is not`` None, every other comparison with it
+is a fault; an order that cannot be made (``None < 1``) or the truth of a non-scalar is a
+fault, and a fault makes the whole filter false (parts are taken in order, ``and``/``or``
+stop early).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from types import FrameType
 from typing import Final, Protocol, Union
 
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.reads import get_attr, get_item
 from pyprobes.engine.ring import (
     GEN_FLAGS,
     RecordRing,
@@ -54,22 +59,37 @@ HIST_LIMIT: Final = 1 << 63
 NBUCKETS: Final = 65
 #: The kinds of ``Var``.
 VAR_KINDS: Final = ("duration", "retval", "exception", "thread", "local")
-CMP_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
+CMP_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is", "is not")
 SCALARS: Final = (str, int, bool, float, type(None))
+#: Values a filter compares by their rendering (spec.filter): equal to no scalar constant.
+PLAIN: Final = (bytes, tuple, list, dict, set, frozenset)
+#: Steps of a Var's path: ("attr", name) or ("item", literal key).
+STEP_KINDS: Final = ("attr", "item")
+Step = tuple[str, object]
 
 
 @dataclass(frozen=True, slots=True)
 class Var:
-    """A value read at the hit: ``kind`` is one of VAR_KINDS, ``name`` the local's name."""
+    """A value read at the hit: ``kind`` is one of VAR_KINDS, ``name`` the local's name,
+    then ``path``: ``("attr", name)`` and ``("item", key)`` steps (``x.a[0]``)."""
 
     kind: str
     name: str = ""
+    path: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in VAR_KINDS:
             raise ValueError(f"a program reads {', '.join(VAR_KINDS)}, not {self.kind!r}")
         if (self.kind == "local") != bool(self.name):
             raise ValueError("a local Var needs a name, and only a local one")
+        for step in self.path:
+            ok = type(step) is tuple and len(step) == 2 and step[0] in STEP_KINDS
+            if ok and step[0] == "attr":
+                ok = type(step[1]) is str
+            elif ok:
+                ok = type(step[1]) in SCALARS
+            if not ok:
+                raise ValueError(f"a step is ('attr', name) or ('item', scalar), not {step!r}")
 
 
 Const = Union[str, int, bool, float, None]  # noqa: UP007 (a runtime alias)
@@ -91,6 +111,8 @@ class Cmp:
             type(c) in SCALARS for c in consts
         ):  # exact types: a subclass could run code in __eq__
             raise ValueError(f"{self.op} compares with scalar constants, not {self.const!r}")
+        if self.op in ("is", "is not") and self.const is not None:
+            raise ValueError(f"{self.op} compares with None only, not {self.const!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,13 +244,19 @@ FAULT: Final = None
 
 
 def _compare(op: str, value: object, const: object) -> bool | None:
-    """True, False, or FAULT (an order between values that have none, or a non-scalar)."""
+    """True, False, or FAULT (an order between values that have none, or another object)."""
+    if op in {"is", "is not"}:
+        return (value is None) == (op == "is")
+    if type(value) not in SCALARS:
+        if type(value) not in PLAIN:
+            return FAULT  # spec.filter compares only builtin values
+        if op in {"==", "!=", "in", "not in"}:
+            return op in {"!=", "not in"}  # never equal to a scalar constant
+        return FAULT  # and no order with one
     if op in {"in", "not in"}:
         assert isinstance(const, tuple)
-        found = type(value) in SCALARS and any(value == c for c in const)
+        found = any(value == c for c in const)
         return found if op == "in" else not found
-    if type(value) not in SCALARS:
-        return op == "!="  # never equal to a scalar constant; and no order
     if op in {"==", "!="}:
         return bool(_ORDER[op](value, const))
     try:
@@ -272,24 +300,31 @@ class ProgramHandler:
 
     def _read(self, var: Var, ctx: ProbeContext, duration: int | None) -> object:
         kind = var.kind
+        value: object
         if kind == "duration":
             return UNREAD if duration is None else duration
         if kind == "retval":  # None when it raised, as in a return event
             if duration is None:
                 return UNREAD
-            return None if ctx.exception is not None else ctx.retval
-        if kind == "exception":
-            exc = ctx.exception
-            return None if exc is None else type(exc).__name__
-        if kind == "thread":
-            return thread_name()
-        frame: FrameType | None = ctx.frame
-        if frame is None:
-            return UNREAD
-        try:
-            return read_local(frame, var.name)
-        except KeyError:
-            return UNREAD
+            value = None if ctx.exception is not None else ctx.retval
+        elif kind == "exception":
+            value = ctx.exception
+        elif kind == "thread":
+            value = thread_name()
+        else:
+            frame: FrameType | None = ctx.frame
+            if frame is None:
+                return UNREAD
+            try:
+                value = read_local(frame, var.name)
+            except KeyError:
+                return UNREAD
+        for step, arg in var.path:
+            try:
+                value = get_attr(value, arg) if step == "attr" else get_item(value, arg)  # type: ignore[arg-type]
+            except Exception:  # refused, or failed: as spec.capture.fetch, a fault
+                return UNREAD
+        return value
 
     def _holds(self, c: Cond, ctx: ProbeContext, duration: int | None) -> bool | None:
         """True, False or FAULT; parts in order, stopping at the first that decides."""
@@ -415,8 +450,12 @@ _OP_INDEX: Final = {op: i for i, op in enumerate(CMP_OPS)}
 Lowered = tuple[object, ...]
 
 
-def _lower_var(v: Var) -> tuple[int, str | None]:
-    return (_VAR_INDEX[v.kind], v.name or None)
+def _lower_var(v: Var) -> tuple[int, str | None, tuple[tuple[int, object], ...]]:
+    return (
+        _VAR_INDEX[v.kind],
+        v.name or None,
+        tuple((STEP_KINDS.index(step), arg) for step, arg in v.path),
+    )
 
 
 def _lower_cond(c: Cond) -> Lowered:

@@ -21,13 +21,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
-from pyprobes.engine.errors import ProbeError
-from pyprobes.spec.fetcharg import is_dunder
-from pyprobes.spec.model import Attr, FetchArg, Index, IndexKey, Root
+from pyprobes.engine.reads import CaptureFault, class_mro, get_attr, get_item, type_name
+from pyprobes.spec.model import Attr, FetchArg, Index, Root
 
 type JSON = bool | int | float | str | list[JSON] | dict[str, JSON] | None
 
@@ -40,155 +38,9 @@ DEFAULT_MAX_NODES: Final = 512
 
 # str(int) refuses more than 4300 digits; stay well below, and render larger as hex.
 _MAX_INT_DIGITS: Final = 4000
-_MISSING: Final = object()
-_SUBSCRIPTABLE: Final = (list, tuple, str, bytes)
 _CONTAINERS: Final = (list, tuple, set, frozenset, dict)
 _SIZED: Final = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
 _EXC_ARGS: Final = BaseException.__dict__["args"]  # the C getset: reads the slot, runs nothing
-
-
-class CaptureFault(ProbeError, LookupError):
-    """A fetch path step was refused or failed: the fetch arg renders as ``(fault)``."""
-
-    slug = "capture-fault"
-
-
-def _mro(cls: type) -> tuple[type, ...]:
-    """``cls.__mro__`` read through ``type``'s own slot, so no metaclass code runs."""
-    mro: tuple[type, ...] = type.__dict__["__mro__"].__get__(cls, type)
-    return mro
-
-
-def _class_dict(cls: type) -> Mapping[str, object]:
-    """``cls.__dict__`` read through ``type``'s own slot."""
-    namespace: Mapping[str, object] = type.__dict__["__dict__"].__get__(cls, type)
-    return namespace
-
-
-def _lookup(mro: tuple[type, ...], name: str) -> object:
-    """The raw class attribute ``name`` along ``mro``, or ``_MISSING``; never calls ``__get__``."""
-    for cls in mro:
-        namespace = _class_dict(cls)
-        if name in namespace:
-            return namespace[name]
-    return _MISSING
-
-
-def _type_has(cls: type, name: str) -> bool:
-    return _lookup(_mro(cls), name) is not _MISSING
-
-
-def type_name(cls: type) -> str:
-    """``module.QualName`` of a type (builtins unprefixed), read without running its code."""
-    module = type.__dict__["__module__"].__get__(cls, type)
-    qualname = type.__dict__["__qualname__"].__get__(cls, type)
-    qualname = qualname if type(qualname) is str else "?"
-    if type(module) is not str or module == "builtins":
-        return qualname
-    return f"{module}.{qualname}"
-
-
-def _refuse(obj: object, name: str, raw: object) -> CaptureFault:
-    kind = type(raw)
-    if issubclass(kind, property):
-        what = "a property"
-    elif kind is types.FunctionType or kind is types.BuiltinFunctionType:
-        what = "a method"
-    else:
-        what = f"a descriptor ({type_name(kind)})"
-    return CaptureFault(
-        f"attribute '{name}' of {type_name(type(obj))} is {what}; refused (reading it may run code)"
-    )
-
-
-def _read_data_descriptor(obj: object, name: str, raw: object) -> object:
-    """Read a ``__slots__`` member or a getset of a builtin type; refuse any other descriptor."""
-    kind = type(raw)
-    if kind is types.MemberDescriptorType:
-        assert isinstance(raw, types.MemberDescriptorType)
-        return raw.__get__(obj, type(obj))
-    if kind is types.GetSetDescriptorType:
-        assert isinstance(raw, types.GetSetDescriptorType)
-        # Only builtin types' getsets are known to be plain reads; an extension
-        # module's (Cython properties, say) can run arbitrary code.
-        if type.__dict__["__module__"].__get__(raw.__objclass__, type) == "builtins":
-            return raw.__get__(obj, type(obj))
-    raise _refuse(obj, name, raw)
-
-
-def _instance_dict(obj: object, mro: tuple[type, ...]) -> dict[str, object] | None:
-    """The instance ``__dict__`` if the type has the ordinary C-level one, else None."""
-    raw = _lookup(mro, "__dict__")
-    if type(raw) is types.GetSetDescriptorType or type(raw) is types.MemberDescriptorType:
-        namespace = raw.__get__(obj, type(obj))
-        if type(namespace) is dict:
-            return namespace
-    return None
-
-
-def _is_descriptor(raw: object) -> bool:
-    return _type_has(type(raw), "__get__")
-
-
-def _is_data_descriptor(raw: object) -> bool:
-    return _type_has(type(raw), "__set__") or _type_has(type(raw), "__delete__")
-
-
-def get_attr(obj: object, name: str) -> object:
-    """``obj.name`` without running any code of the object's type; CaptureFault if refused."""
-    if is_dunder(name):
-        raise CaptureFault(f"dunder attribute '{name}' is refused")
-    cls = type(obj)
-    mro = _mro(cls)
-    # A __getattribute__ written in Python means what the program sees is not what
-    # is stored (lazy proxies): the static view would mislead, so refuse.
-    if type(_lookup(mro, "__getattribute__")) is not types.WrapperDescriptorType:
-        raise CaptureFault(f"{type_name(cls)} customizes __getattribute__; refused")
-    raw = _lookup(mro, name)
-    if type in mro:
-        assert isinstance(obj, type)
-        if raw is not _MISSING and _is_data_descriptor(raw):
-            raise _refuse(obj, name, raw)
-        own = _lookup(_mro(obj), name)
-        if own is not _MISSING:
-            if _is_descriptor(own):
-                raise _refuse(obj, name, own)
-            return own
-    else:
-        if raw is not _MISSING and _is_data_descriptor(raw):
-            return _read_data_descriptor(obj, name, raw)
-        namespace = _instance_dict(obj, mro)
-        if namespace is not None:
-            found = namespace.get(name, _MISSING)
-            if found is not _MISSING:
-                return found
-    if raw is _MISSING:
-        note = (
-            " (its __getattr__ is not run)" if _lookup(mro, "__getattr__") is not _MISSING else ""
-        )
-        raise CaptureFault(f"{type_name(cls)} object has no attribute '{name}'{note}")
-    if _is_descriptor(raw):
-        raise _refuse(obj, name, raw)
-    return raw
-
-
-def get_item(obj: object, key: IndexKey) -> object:
-    """``obj[key]`` on exact builtin dict, list, tuple, str and bytes only."""
-    cls = type(obj)
-    if cls is dict:
-        assert isinstance(obj, dict)
-        # The literal key hashes in C; only a stored user-object key with the very
-        # same hash could have its __eq__ run, an accepted residual risk.
-        return obj[key]
-    if cls in _SUBSCRIPTABLE:
-        assert isinstance(obj, list | tuple | str | bytes)
-        if type(key) is not int and type(key) is not bool:
-            raise CaptureFault(f"{type_name(cls)} indices must be integers, not {key!r}")
-        assert isinstance(key, int)
-        return obj[key]
-    raise CaptureFault(
-        f"subscript of {type_name(cls)} refused (only exact dict, list, tuple, str and bytes)"
-    )
 
 
 def fetch(arg: FetchArg, resolve_root: Callable[[str], object]) -> object:
@@ -256,7 +108,7 @@ class _Renderer:
             return repr(data) + marker
         if cls in _CONTAINERS:
             return self.container(value, depth)
-        if BaseException in _mro(cls):
+        if BaseException in class_mro(cls):
             return self.exception(value, depth)  # type: ignore[arg-type]
         return opaque(value)
 

@@ -7,18 +7,14 @@ import keyword
 import re
 
 from pyprobes.engine.errors import SpecError
+from pyprobes.engine.reads import IndexKey, is_dunder
 from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
 from pyprobes.spec.lexer import QUOTES, Word, scan_string
-from pyprobes.spec.model import Attr, FetchArg, Index, IndexKey, Root, Step
+from pyprobes.spec.model import Attr, FetchArg, Index, Root, Step
 from pyprobes.spec.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, TYPES, Kind, return_only_message
 
 _IDENT = re.compile(r"[^\W\d]\w*")
 _FILTER_HINT = " (a filter goes after the keyword 'if', separated by spaces)"
-
-
-def is_dunder(name: str) -> bool:
-    """Whether ``name`` is a ``__special__`` name, which fetch paths refuse."""
-    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 class _FetchArgParser:

@@ -481,6 +481,7 @@ _PLAN_VARS: Final = {
     "$duration": prog.Var("duration"),
     "$retval": prog.Var("retval"),
     "$thread": prog.Var("thread"),
+    "$exception": prog.Var("exception"),
 }
 _PLAN_OPS: Final[dict[type[ast.cmpop], str]] = {
     ast.Eq: "==",
@@ -521,7 +522,7 @@ def _plan_const(node: ast.expr) -> object:
 def _plan(node: ast.expr, names: Mapping[str, str], depth: int = 0) -> prog.Cond | None:
     """``node`` as a program condition, or None when some part has no such form (a chained
     comparison, two names compared, ``is`` other than ``is None``, a bare name, bytes,
-    $exception/$args/...)."""
+    $args/$caller/$stack)."""
     if depth > MAX_DEPTH:
         return None
     match node:
@@ -537,13 +538,11 @@ def _plan(node: ast.expr, names: Mapping[str, str], depth: int = 0) -> prog.Cond
         case ast.Compare(
             left=left, ops=[ast.Is() | ast.IsNot() as op], comparators=[ast.Constant(value=None)]
         ):
-            # Only None is None: a scalar equals None only when it is None, and a non-scalar
-            # equals no constant in a program, so ``is None`` is ``== None`` there.
             var = _plan_var(left, names)
             return (
                 None
                 if var is None
-                else prog.Cmp("==" if isinstance(op, ast.Is) else "!=", var, None)
+                else prog.Cmp("is" if isinstance(op, ast.Is) else "is not", var, None)
             )
         case ast.Compare(left=left, ops=[op], comparators=[right]) if type(op) in _PLAN_OPS:
             name = _PLAN_OPS[type(op)]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+from pyprobes.engine.reads import IndexKey
 from pyprobes.spec.filter import Filter
 from pyprobes.spec.vocab import DEFAULT_MAXACTIVE, Kind
-
-IndexKey = str | int | float | bool | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
 """Which probes run as programs in the core, and how their results join the aggregations.
 
-A probe whose hits only feed aggregations (no events are written) and whose filter, ``--by``
-key and ``--hist`` field are each a plain argument or local, ``$duration``, ``$retval`` or
-``$thread`` becomes an ``engine.program.Program``: the core runs it per hit with no Python
-call. Anything else (``--stats``, a fetch path or ``:TYPE``, ``$exception``, a filter that
-compares two names, events to write) takes the Python path, per probe; ``plan`` says why.
+A probe whose filter, ``--by`` key, ``--hist`` field and (when it writes events) fetch args
+each read an argument or local, ``$duration``, ``$retval``, ``$exception`` or ``$thread``,
+with attribute and literal subscript steps after it (``req.headers['host']``), becomes an
+``engine.program.Program``: the core runs it per hit with no Python call. Anything else
+(``--stats``, a ``:TYPE``, ``$args``, ``$caller``, ``$stack``, a filter that compares two
+names) takes the Python path, per probe; ``plan`` says why.
 
 The results are folded into the ``Aggregator`` as the Python path's events would have been:
 keys and values are rendered by the capture rules (``spec.render``) when read, not per hit.
@@ -13,14 +14,15 @@ keys and values are rendered by the capture rules (``spec.render``) when read, n
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyprobes.engine import program as prog
 from pyprobes.output import Aggregator, AggregatorConfig
 from pyprobes.output.aggregate import DURATION_FIELD
 from pyprobes.output.records import function_of
-from pyprobes.spec import ProbeSpec, render
-from pyprobes.spec.model import Root
+from pyprobes.spec import ProbeSpec, exception_text, render
+from pyprobes.spec.model import Attr, FetchArg, Index, Root
 
 #: Durations are bucketed in ns, us and ms, as Log2Histogram shows them.
 DURATION_SCALES = (1, 1_000, 1_000_000)
@@ -30,8 +32,9 @@ _SPECIAL = {
     "$duration": prog.Var("duration"),
     "$retval": prog.Var("retval"),
     "$thread": prog.Var("thread"),
+    "$exception": prog.Var("exception"),
 }
-_RETURN_ONLY = frozenset({"$duration", "$retval"})
+_RETURN_ONLY = frozenset({"$duration", "$retval", "$exception"})
 PLACEMENT_KEYS = frozenset({"$function", "$probe"})
 
 
@@ -48,23 +51,42 @@ class Plan:
     placement_key: str | None = None
     #: Its results feed aggregations (collect() folds them); False: it only records events.
     aggregates: bool = True
+    #: The key is ``$exception`` as an event's own field (exception_text), not a fetch arg's.
+    exception_key: bool = False
 
 
 class _NoProgram(Exception):
     """Why a spec cannot be a program."""
 
 
+def _var_of(spec: ProbeSpec, fa: FetchArg) -> prog.Var | None:
+    """What a fetch arg reads, as a Var (None: a return-only value at an entry)."""
+    if fa.type is not None:
+        raise _NoProgram(f"fetch arg {fa.name} is converted (:{fa.type})")
+    root, *steps = fa.path
+    if not isinstance(root, Root):
+        raise _NoProgram(f"fetch arg {fa.name} does not start with a name")
+    path: list[prog.Step] = []
+    for step in steps:
+        if isinstance(step, Attr):
+            path.append(("attr", step.name))
+        elif isinstance(step, Index):
+            path.append(("item", step.key))
+        else:
+            raise _NoProgram(f"fetch arg {fa.name} has a step programs do not read")
+    if root.name.startswith("$"):
+        var = _special(spec, root.name)
+        if var is None:
+            return None
+        return prog.Var(var.kind, var.name, tuple(path))
+    return prog.Var("local", root.name, tuple(path))
+
+
 def _field(spec: ProbeSpec, name: str) -> prog.Var | None:
     """The Var of an aggregation field, None if the spec's events have no such field."""
     for fa in spec.fetchargs:
-        if fa.name != name:
-            continue
-        if fa.type is not None or len(fa.path) != 1 or not isinstance(fa.path[0], Root):
-            raise _NoProgram(f"fetch arg {fa} is more than a name")
-        root = fa.root
-        if root.startswith("$"):
-            return _special(spec, root)
-        return prog.Var("local", root)
+        if fa.name == name:
+            return _var_of(spec, fa)
     if name.startswith("$"):
         return _special(spec, name)
     return None  # no event has it: the Python path ignores it too
@@ -100,20 +122,14 @@ def _map_cond(spec: ProbeSpec, c: prog.Cond) -> prog.Cond:
 
 
 def _fields(spec: ProbeSpec) -> tuple[prog.Var, ...]:
-    """The Vars an event record of ``spec`` holds: its fetch args, each a plain name."""
+    """The Vars an event record of ``spec`` holds: its fetch args, in order."""
     if len(spec.fetchargs) > MAX_FIELDS:
         raise _NoProgram(f"a record holds at most {MAX_FIELDS} fetch args")
     out = []
     for fa in spec.fetchargs:
-        if fa.type is not None or len(fa.path) != 1 or not isinstance(fa.path[0], Root):
-            raise _NoProgram(f"fetch arg {fa} is more than a name")
-        root = fa.root
-        if root.startswith("$"):
-            var = _special(spec, root)
-            if var is None:
-                raise _NoProgram(f"{root} at an entry is read by the Python path")
-        else:
-            var = prog.Var("local", root)
+        var = _var_of(spec, fa)
+        if var is None:
+            raise _NoProgram(f"{fa.root} at an entry is read by the Python path")
         out.append(var)
     return tuple(out)
 
@@ -137,6 +153,7 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
             key, placement_key = None, config.by_field
         else:
             key = _field(spec, config.by_field) if config.by_field is not None else None
+        exception_key = config.by_field == "$exception" and not _fetches(spec, "$exception")
         hist = _field(spec, config.hist_field) if config.hist_field is not None else None
     except _NoProgram as why:
         return Plan(None, str(why))
@@ -154,6 +171,7 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
         hist_unit=unit,
         placement_key=placement_key,
         aggregates=aggregates,
+        exception_key=exception_key,
     )
 
 
@@ -173,6 +191,16 @@ def placement_key_of(p: Plan, probe_text: str) -> str | None:
 def key_text(value: object) -> str:
     """A key that is not a scalar, as the text fold_key reads back (run in the core's store)."""
     return json.dumps(render(value), sort_keys=True)
+
+
+def exception_key_text(value: object) -> str:
+    """An exception key as an event's ``$exception`` field holds it (``exception_text``)."""
+    return json.dumps(exception_text(value) if isinstance(value, BaseException) else None)
+
+
+def key_of(p: Plan) -> Callable[[object], str]:
+    """The function that makes a text of the keys of ``p``'s program that are not scalars."""
+    return exception_key_text if p.exception_key else key_text
 
 
 def fold_key(key: object, var: prog.Var | None) -> object:

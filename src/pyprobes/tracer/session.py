@@ -123,12 +123,12 @@ class TraceSession:
             if source is not None:
                 handler = pyprobes.program_handler(
                     c.plan.program,
-                    key_of=programs.key_text,
+                    key_of=programs.key_of(c.plan),
                     ring=source.ring,
                     probe=source.new_probe(c.spec, pl.probe_text),
                 )
             else:
-                handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_text)
+                handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_of(c.plan))
             on_entry = on_return = handler
         else:
             rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
