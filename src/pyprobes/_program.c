@@ -50,6 +50,27 @@ typedef struct {
     long long *buckets; /* nscales * NBUCKETS, or NULL without a histogram */
 } PSlot;
 
+/* The DDSketch buckets of one sign: an open-addressing map index -> count (linear probing,
+ * at most half full). */
+#define SB_EMPTY LLONG_MIN
+typedef struct {
+    long long *keys, *counts;
+    Py_ssize_t n, cap;
+} SBuckets;
+
+/* What --stats gathered (engine.program.StatsParts). While every value is an int of 64 bits
+ * the sum, min and max are C integers; the first other number (a float, a wider int) turns
+ * them into Python numbers, updated from then on with the very operations output.Stats
+ * runs (so a float sum rounds as it does, in the order of the hits). */
+typedef struct {
+    long long count, zeros, skipped;
+    int generic;
+    __int128 isum;
+    long long imin, imax;
+    PyObject *osum, *omin, *omax; /* strong, when generic */
+    SBuckets pos, neg;
+} PStats;
+
 typedef struct {
     PyObject_HEAD
     PyObject *program;      /* strong: the Program it was made from */
@@ -72,6 +93,10 @@ typedef struct {
     int probe;      /* the ring's id of this program's probe */
     Py_ssize_t nfields;
     PVar fields[8]; /* the values a record holds (REC_MAXV) */
+    int has_stats;
+    PVar stats;
+    double log_gamma; /* log((1 + a) / (1 - a)), as output.Stats computes it */
+    PStats st;
 } ProgObj;
 
 static inline int
@@ -290,6 +315,19 @@ pcond_from(PyObject *t, PCond *out, int *needs, int depth)
 }
 
 static void
+pstats_clear(PStats *st)
+{
+    Py_CLEAR(st->osum);
+    Py_CLEAR(st->omin);
+    Py_CLEAR(st->omax);
+    PyMem_Free(st->pos.keys);
+    PyMem_Free(st->pos.counts);
+    PyMem_Free(st->neg.keys);
+    PyMem_Free(st->neg.counts);
+    memset(st, 0, sizeof(*st));
+}
+
+static void
 prog_reset_store(ProgObj *p)
 {
     for (Py_ssize_t i = 0; i < p->nslots; i++) {
@@ -315,6 +353,8 @@ prog_dealloc(ProgObj *p)
     }
     pvar_clear(&p->key);
     pvar_clear(&p->hist);
+    pvar_clear(&p->stats);
+    pstats_clear(&p->st);
     for (Py_ssize_t i = 0; i < p->nfields; i++) {
         pvar_clear(&p->fields[i]);
     }
@@ -358,10 +398,15 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &lowered, &program, &key_of, &make_results, &ring, &probe)) {
         return NULL;
     }
-    PyObject *filter, *key, *hist, *scales, *fields;
+    PyObject *filter, *key, *hist, *scales, *fields, *stats;
     Py_ssize_t max_keys;
-    if (!PyArg_ParseTuple(lowered, "OOOO!nO!", &filter, &key, &hist, &PyTuple_Type, &scales,
-                          &max_keys, &PyTuple_Type, &fields)) {
+    double accuracy;
+    if (!PyArg_ParseTuple(lowered, "OOOO!nO!Od", &filter, &key, &hist, &PyTuple_Type, &scales,
+                          &max_keys, &PyTuple_Type, &fields, &stats, &accuracy)) {
+        return NULL;
+    }
+    if (!(accuracy > 0 && accuracy < 1)) {
+        PyErr_SetString(PyExc_ValueError, "a program's stats accuracy is in (0, 1)");
         return NULL;
     }
     if (ring != Py_None && !Py_IS_TYPE(ring, &RingType)) {
@@ -422,6 +467,13 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto fail;
         }
         p->nfields = i + 1;
+    }
+    p->log_gamma = log((1 + accuracy) / (1 - accuracy));
+    if (stats != Py_None) {
+        p->has_stats = 1;
+        if (pvar_from(stats, &p->stats, &p->needs) < 0) {
+            goto fail;
+        }
     }
     if (ring != Py_None) {
         p->ring = Py_NewRef(ring);
@@ -894,6 +946,197 @@ prog_hist_value(ProgObj *p, PEnv *env, unsigned long long *out)
     return ok;
 }
 
+/* One more value of bucket index k in b: 0, or -1 (no memory). */
+static int
+sb_add(SBuckets *b, long long k)
+{
+    if (2 * (b->n + 1) > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 16;
+        long long *keys = PyMem_Malloc((size_t)cap * sizeof(long long));
+        long long *counts = PyMem_Calloc((size_t)cap, sizeof(long long));
+        if (keys == NULL || counts == NULL) {
+            PyMem_Free(keys);
+            PyMem_Free(counts);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < cap; i++) {
+            keys[i] = SB_EMPTY;
+        }
+        for (Py_ssize_t i = 0; i < b->cap; i++) {
+            if (b->keys[i] != SB_EMPTY) {
+                size_t j = (size_t)((unsigned long long)b->keys[i] * 0x9E3779B97F4A7C15ull >> 20);
+                while (keys[j & (size_t)(cap - 1)] != SB_EMPTY) {
+                    j++;
+                }
+                keys[j & (size_t)(cap - 1)] = b->keys[i];
+                counts[j & (size_t)(cap - 1)] = b->counts[i];
+            }
+        }
+        PyMem_Free(b->keys);
+        PyMem_Free(b->counts);
+        b->keys = keys;
+        b->counts = counts;
+        b->cap = cap;
+    }
+    size_t mask = (size_t)(b->cap - 1);
+    size_t j = (size_t)((unsigned long long)k * 0x9E3779B97F4A7C15ull >> 20) & mask;
+    while (b->keys[j] != SB_EMPTY && b->keys[j] != k) {
+        j = (j + 1) & mask;
+    }
+    if (b->keys[j] == SB_EMPTY) {
+        b->keys[j] = k;
+        b->n++;
+    }
+    b->counts[j]++;
+    return 0;
+}
+
+/* The sketch's bucket of a value that is the double d, as output.Stats._index. */
+static int
+stats_bucket(ProgObj *p, double d)
+{
+    if (d > 0) {
+        return sb_add(&p->st.pos, (long long)ceil(log(d) / p->log_gamma));
+    }
+    if (d < 0) {
+        return sb_add(&p->st.neg, (long long)ceil(log(-d) / p->log_gamma));
+    }
+    p->st.zeros++;
+    return 0;
+}
+
+/* A C __int128 as a Python int (new reference). */
+static PyObject *
+int128_long(__int128 v)
+{
+    PyObject *hi = PyLong_FromLongLong((long long)(v >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong((unsigned long long)v);
+    PyObject *sh = PyLong_FromLong(64);
+    PyObject *t = NULL, *r = NULL;
+    if (hi && lo && sh && (t = PyNumber_Lshift(hi, sh)) != NULL) {
+        r = PyNumber_Add(t, lo);
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(sh);
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    return r;
+}
+
+/* From now on sum, min and max are Python numbers (the first value that is not a 64-bit
+ * int): 0, or -1. */
+static int
+stats_go_generic(PStats *st)
+{
+    st->osum = st->count ? int128_long(st->isum) : PyLong_FromLong(0);
+    if (st->count) {
+        st->omin = PyLong_FromLongLong(st->imin);
+        st->omax = PyLong_FromLongLong(st->imax);
+    }
+    if (st->osum == NULL || (st->count && (st->omin == NULL || st->omax == NULL))) {
+        return -1;
+    }
+    st->generic = 1;
+    return 0;
+}
+
+/* This hit's --stats value, as output.Stats.add adds it (the reference: ProgramHandler's
+ * _add_stats): 0, or -1 on a failure. */
+static int
+prog_stats_add(ProgObj *p, PEnv *env)
+{
+    PStats *st = &p->st;
+    long long iv = 0;
+    int int64 = 0;
+    PyObject *raw = NULL;
+    if (p->stats.kind == V_DURATION && !p->stats.npath && env->has_duration) {
+        iv = env->duration; /* no int object for the usual case */
+        int64 = 1;
+    }
+    else {
+        raw = prog_read(&p->stats, env);
+        if (raw == NULL) {
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            st->skipped++;
+            return 0;
+        }
+        int ok = 0;
+        if (PyLong_CheckExact(raw)) {
+            int overflow;
+            iv = PyLong_AsLongLongAndOverflow(raw, &overflow);
+            int64 = ok = !overflow;
+            if (overflow) { /* as wide as the capture rules render as an int */
+                PyObject *bits = PyObject_CallMethod(raw, "bit_length", NULL);
+                ok = bits != NULL && PyLong_AsLong(bits) <= 768;
+                Py_XDECREF(bits);
+                if (PyErr_Occurred()) {
+                    Py_DECREF(raw);
+                    return -1;
+                }
+            }
+        }
+        else if (PyFloat_CheckExact(raw)) {
+            ok = isfinite(PyFloat_AS_DOUBLE(raw));
+        }
+        if (!ok) {
+            Py_DECREF(raw);
+            st->skipped++;
+            return 0;
+        }
+    }
+    if (int64 && !st->generic) {
+        if (stats_bucket(p, (double)iv) < 0) {
+            Py_XDECREF(raw);
+            return -1;
+        }
+        if (st->count == 0 || iv < st->imin) {
+            st->imin = iv;
+        }
+        if (st->count == 0 || iv > st->imax) {
+            st->imax = iv;
+        }
+        st->count++;
+        st->isum += iv;
+        Py_XDECREF(raw);
+        return 0;
+    }
+    if (raw == NULL && (raw = PyLong_FromLongLong(iv)) == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    if (!st->generic && stats_go_generic(st) < 0) {
+        goto done;
+    }
+    double d = PyFloat_CheckExact(raw) ? PyFloat_AS_DOUBLE(raw) : PyLong_AsDouble(raw);
+    if ((d == -1.0 && PyErr_Occurred()) || stats_bucket(p, d) < 0) {
+        goto done;
+    }
+    st->count++;
+    PyObject *sum = PyNumber_Add(st->osum, raw);
+    if (sum == NULL) {
+        goto done;
+    }
+    Py_SETREF(st->osum, sum);
+    int lt = st->omin == NULL ? 1 : PyObject_RichCompareBool(raw, st->omin, Py_LT);
+    int gt = st->omax == NULL ? 1 : PyObject_RichCompareBool(raw, st->omax, Py_GT);
+    if (lt < 0 || gt < 0) {
+        goto done;
+    }
+    if (lt) {
+        Py_XSETREF(st->omin, Py_NewRef(raw));
+    }
+    if (gt) {
+        Py_XSETREF(st->omax, Py_NewRef(raw));
+    }
+    rc = 0;
+done:
+    Py_DECREF(raw);
+    return rc;
+}
+
 #include "_records.c"
 
 /* Run the program for one hit: 0, or -1 with an exception (to the fault path). Every value
@@ -919,6 +1162,10 @@ prog_run(ProgObj *p, PEnv *env)
     unsigned long long value = 0;
     int counted = 0;
     if (p->has_hist && (counted = prog_hist_value(p, env, &value)) < 0) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    if (p->has_stats && prog_stats_add(p, env) < 0) {
         Py_XDECREF(key);
         return -1;
     }
@@ -972,7 +1219,53 @@ slot_total(PSlot *s)
     return r;
 }
 
-/* take() -> make_results(slots, filtered, overflow), slots a list of
+/* The buckets of one sign as a dict {index: count} (new reference). */
+static PyObject *
+sb_dict(SBuckets *b)
+{
+    PyObject *d = PyDict_New();
+    for (Py_ssize_t i = 0; d != NULL && i < b->cap; i++) {
+        if (b->keys[i] != SB_EMPTY) {
+            PyObject *k = PyLong_FromLongLong(b->keys[i]), *n = PyLong_FromLongLong(b->counts[i]);
+            int rc = (k && n) ? PyDict_SetItem(d, k, n) : -1;
+            Py_XDECREF(k);
+            Py_XDECREF(n);
+            if (rc < 0) {
+                Py_CLEAR(d);
+            }
+        }
+    }
+    return d;
+}
+
+/* (count, sum, min, max, zeros, pos, neg, skipped): program.RawStats (new reference). */
+static PyObject *
+pstats_tuple(PStats *st)
+{
+    PyObject *sum, *lo, *hi;
+    if (st->generic) {
+        sum = Py_NewRef(st->osum);
+        lo = Py_NewRef(st->omin != NULL ? st->omin : Py_None);
+        hi = Py_NewRef(st->omax != NULL ? st->omax : Py_None);
+    }
+    else {
+        sum = int128_long(st->isum);
+        lo = st->count ? PyLong_FromLongLong(st->imin) : Py_NewRef(Py_None);
+        hi = st->count ? PyLong_FromLongLong(st->imax) : Py_NewRef(Py_None);
+    }
+    PyObject *pos = sb_dict(&st->pos), *neg = sb_dict(&st->neg);
+    if (sum == NULL || lo == NULL || hi == NULL || pos == NULL || neg == NULL) {
+        Py_XDECREF(sum);
+        Py_XDECREF(lo);
+        Py_XDECREF(hi);
+        Py_XDECREF(pos);
+        Py_XDECREF(neg);
+        return NULL;
+    }
+    return Py_BuildValue("(LNNNLNNL)", st->count, sum, lo, hi, st->zeros, pos, neg, st->skipped);
+}
+
+/* take() -> make_results(slots, filtered, overflow, stats), slots a list of
  * (key, count, buckets: tuple of {index: n} per scale, total, max, skipped). */
 static PyObject *
 prog_take(ProgObj *p, PyObject *unused)
@@ -991,8 +1284,10 @@ prog_take(ProgObj *p, PyObject *unused)
     p->slots = NULL;
     p->nslots = p->cap = 0;
     p->filtered = p->overflow = 0;
+    PStats st = p->st;
+    memset(&p->st, 0, sizeof(p->st));
 
-    PyObject *result = NULL;
+    PyObject *result = NULL, *stats = NULL;
     PyObject *list = PyList_New(n);
     PyObject **by_index = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
     if (list == NULL || by_index == NULL) {
@@ -1045,8 +1340,16 @@ prog_take(ProgObj *p, PyObject *unused)
         }
         PyList_SET_ITEM(list, i, row);
     }
-    result = PyObject_CallFunction(p->make_results, "OLL", list, filtered, overflow);
+    if (!p->has_stats) {
+        stats = Py_NewRef(Py_None);
+    }
+    else if ((stats = pstats_tuple(&st)) == NULL) {
+        goto done;
+    }
+    result = PyObject_CallFunction(p->make_results, "OLLO", list, filtered, overflow, stats);
 done:
+    Py_XDECREF(stats);
+    pstats_clear(&st);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyMem_Free(slots[i].buckets);
     }

@@ -219,7 +219,7 @@ def test_check_says_which_path_each_probe_takes_and_why() -> None:
     paths = check("r:c json:loads c=s[0] $exception if $exception is None", "--by", "c")
     assert paths.stdout.rstrip().endswith(" [program]")  # fetch paths and $exception: 13.1
     stats = check("r json:loads", "--stats", "$duration")
-    assert stats.stdout.rstrip().endswith("[python: --stats is kept by the Python path]")
+    assert stats.stdout.rstrip().endswith(" [program]")  # 13.2: --stats in the core
     # events: recorded in the core where a program can write them, as run decides
     events = check("r:a json:loads s", "r:b json:loads s $caller").stdout.splitlines()
     chrome = check("--format", "chrome", "r json:loads").stdout.rstrip()

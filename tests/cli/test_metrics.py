@@ -56,8 +56,8 @@ def test_counts_by_key_and_the_server_thread_is_not_probed() -> None:
     assert status == 0, err
 
 
-def test_by_key_labels_and_the_python_path() -> None:
-    # --stats takes the Python path (events aggregated on the probed thread)
+def test_by_key_labels_and_stats() -> None:
+    # a program in the core keeps --by and --stats: a scrape folds them in first
     run = Run("--metrics-port", "0", "-e", "r:w __main__:work i", "--by", "i", "--stats", "i")
     try:
         run.work(5)

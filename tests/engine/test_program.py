@@ -439,6 +439,45 @@ def test_paths_read_as_engine_reads_does(path: tuple[tuple[str, object], ...]) -
     assert _RAN == []
 
 
+STATS_VALUES: list[object] = [
+    5, 0, -3, 2**62, -(2**63), 7, True, "9", None, [1],  # 64-bit ints, and what is skipped
+    2**100, -(2**200), 2**768 - 1, 2**768,  # wider ints: the sum becomes a Python int
+    0.5, -0.0, 1e-300, 1e308, float("nan"), float("inf"),  # floats: the sum a float
+    3, 1.25,
+]  # fmt: skip
+
+
+def test_stats_keep_what_output_stats_keeps() -> None:
+    """count, sum (exact for ints, then float arithmetic in the order of the hits), min, max
+    and the sketch's buckets, as output.Stats.add keeps them; the rest is skipped."""
+    from pyprobes.output import Stats
+
+    want = Stats()
+    skipped = 0
+    for v in STATS_VALUES:
+        if (type(v) is int and v.bit_length() <= 768) or (type(v) is float and math.isfinite(v)):
+            want.add(v)  # type: ignore[arg-type]
+        else:
+            skipped += 1
+    prog = Program(stats=n_local(), key=Var("local", "n", (("attr", "real"),)))
+    with on_entry(work, prog) as h:
+        for v in STATS_VALUES:
+            work(v)
+    got = take(h).stats
+    assert got is not None and got.skipped == skipped
+    kept = Stats.from_parts(
+        count=got.count, sum=got.sum, min=got.min, max=got.max, zeros=got.zeros,
+        pos=got.pos, neg=got.neg,
+    )  # fmt: skip
+    assert kept == want and type(kept.sum) is type(want.sum) is float
+    assert take(h).stats == type(got)()  # take() reset them
+    with on_entry(work, Program(stats=n_local())) as h:
+        for v in (1, 2**63 - 1, 2**63 - 1):
+            work(v)
+    got = take(h).stats
+    assert got is not None and got.sum == 1 + 2 * (2**63 - 1) and got.min == 1  # no overflow
+
+
 def test_an_entry_program_counts_and_reads_arguments() -> None:
     with on_entry(work, Program(filter=Cmp("==", n_local(), "hit"), key=n_local())) as h:
         for v in ("hit", "miss", "hit"):
@@ -515,6 +554,7 @@ progs = [
     Program(hist=n, key=tag, hist_scales=(1, 10)),
     Program(filter=AllOf((Cmp(">", n, 10), Not(Cmp("in", tag, ("b",))))), key=Var("retval")),
     Program(key=tag, max_keys=2, hist=Var("retval")),
+    Program(stats=n, filter=Cmp("is not", tag, None)),
 ]
 handlers = [pyprobes.program_handler(p, key_of=repr) for p in progs]
 probes = [Kretprobe(addr=work, handler=h) for h in handlers]
@@ -530,7 +570,9 @@ for h in handlers:
     r = h.take()
     slots = sorted((repr(k), s.count, [sorted(b.items()) for b in s.buckets], s.total, s.max,
                     s.skipped) for k, s in r.slots.items())
-    out.append([slots, r.filtered, r.overflow])
+    st = r.stats and [r.stats.count, r.stats.sum, r.stats.min, r.stats.max, r.stats.zeros,
+                      sorted(r.stats.pos.items()), sorted(r.stats.neg.items()), r.stats.skipped]
+    out.append([slots, r.filtered, r.overflow, st])
 print(json.dumps(out))
 """
 

@@ -58,9 +58,12 @@ def orders() -> list[object]:
     shadowed = Rush(5, {"k": "v"}, [])
     shadowed.kind = "own"  # the instance's own wins over the class's
     return [
-        Order(1, {"k": "a", "n": 1}, ["x", 2]),
-        Order(3, {"k": None}, []),
-        Rush(4, {}, [7]),
+        Order(1, {"k": "a", "n": 1, "w": 0.1}, ["x", 2]),
+        Order(3, {"k": None, "w": -2.5e-3}, []),
+        Rush(4, {"w": 2**100}, [7]),
+        Order(0, {"w": 1e300}, []),
+        Order(0, {"w": 0.0, "k": 2**800}, []),
+        Order(0, {"w": 7}, []),
         shadowed,
         Slotted(2),
         Lazy(),

@@ -18,6 +18,12 @@ Per hit, in this order:
    dropped): its count goes up, and the hist value is counted in log2 buckets after
    integer division by each of ``hist_scales`` (bucket ``(v // d).bit_length() or 1``);
    a hist value that does not count is counted in ``skipped``.
+5. ``stats`` (if any) read: an int (not a bool) of at most ``STATS_INT_BITS`` bits or a
+   finite float goes into the program's one ``StatsParts`` (of every key, as
+   ``output.Stats`` keeps one per event): count, sum (exact for ints, float arithmetic in
+   the order of the hits otherwise), min, max, and the DDSketch bucket ``ceil(log(|v|) /
+   log(g))`` of its sign (zeros apart), g = (1 + a) / (1 - a) for ``stats_accuracy`` a.
+   Anything else is counted in its ``skipped``.
 
 Values (``Var``) are read without running the program's code: ``$duration`` (ns, return
 probes), ``$retval``, ``$exception`` (the exception, None if it returned), ``$thread`` (the
@@ -56,6 +62,8 @@ from pyprobes.engine.threads import thread_name
 #: What a key that cannot be read (an unbound local, a probe with no return value) becomes.
 FAULT_KEY: Final = "(fault)"
 HIST_LIMIT: Final = 1 << 63
+#: The widest int stats take: what the capture rules render as an int (wider: hex text).
+STATS_INT_BITS: Final = 768
 NBUCKETS: Final = 65
 #: The kinds of ``Var``.
 VAR_KINDS: Final = ("duration", "retval", "exception", "thread", "local")
@@ -158,6 +166,9 @@ class Program:
     #: What an event record of a hit holds (the fetch args, in order), when the handler is
     #: given a ring (``engine.ring``): each hit that passes the filter writes one record.
     fields: tuple[Var, ...] = ()
+    #: The value whose count, sum, min, max and quantile sketch are kept (``--stats``).
+    stats: Var | None = None
+    stats_accuracy: float = 0.01
 
     def __post_init__(self) -> None:
         if len(self.fields) > 8:
@@ -166,10 +177,12 @@ class Program:
             raise ValueError(f"hist_scales are positive ints, not {self.hist_scales!r}")
         if type(self.max_keys) is not int or self.max_keys < 1:
             raise ValueError(f"max_keys is a positive int, not {self.max_keys!r}")
+        if type(self.stats_accuracy) is not float or not 0 < self.stats_accuracy < 1:
+            raise ValueError(f"stats_accuracy is a float in (0, 1), not {self.stats_accuracy!r}")
 
     def vars(self) -> set[Var]:
         """Every value the program reads."""
-        out: set[Var] = {v for v in (self.key, self.hist) if v is not None}
+        out: set[Var] = {v for v in (self.key, self.hist, self.stats) if v is not None}
         out.update(self.fields)
         todo: list[Cond] = [self.filter] if self.filter is not None else []
         while todo:
@@ -195,12 +208,27 @@ class Slot:
 
 
 @dataclass(slots=True)
+class StatsParts:
+    """What ``stats`` gathered: ``output.Stats``'s own fields (its sketch's buckets by index)."""
+
+    count: int = 0
+    sum: int | float = 0
+    min: int | float | None = None
+    max: int | float | None = None
+    zeros: int = 0
+    pos: dict[int, int] = field(default_factory=dict)
+    neg: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0  # hits whose value was not a number stats take
+
+
+@dataclass(slots=True)
 class Results:
     """What a program gathered since the last take(): slots by key, and what it dropped."""
 
     slots: dict[object, Slot] = field(default_factory=dict)
     filtered: int = 0
     overflow: int = 0
+    stats: StatsParts | None = None  # None: the program keeps no stats
 
 
 KeyOf = Callable[[object], str]
@@ -284,11 +312,15 @@ class ProgramHandler:
         self.key_of = key_of or default_key_of
         self.ring = ring
         self.probe = probe
-        self._results = Results()
+        self._log_gamma = math.log((1 + program.stats_accuracy) / (1 - program.stats_accuracy))
+        self._results = self._fresh()
+
+    def _fresh(self) -> Results:
+        return Results(stats=StatsParts() if self.program.stats is not None else None)
 
     def take(self) -> Results:
         """What was gathered so far; the store starts over (``--interval``)."""
-        taken, self._results = self._results, Results()
+        taken, self._results = self._results, self._fresh()
         return taken
 
     def __call__(self, first: object, ctx: ProbeContext) -> None:
@@ -369,6 +401,34 @@ class ProgramHandler:
             return int(raw)
         return None
 
+    def _add_stats(self, stats: StatsParts, ctx: ProbeContext, duration: int | None) -> None:
+        """One value into the stats, as ``output.Stats.add`` adds it."""
+        assert self.program.stats is not None
+        v = self._read(self.program.stats, ctx, duration)
+        if type(v) is int:
+            ok = v.bit_length() <= STATS_INT_BITS
+        else:
+            ok = type(v) is float and math.isfinite(v)
+        if not ok:
+            stats.skipped += 1
+            return
+        assert isinstance(v, int | float)
+        as_float = float(v)
+        if as_float > 0:
+            k = math.ceil(math.log(v) / self._log_gamma)
+            stats.pos[k] = stats.pos.get(k, 0) + 1
+        elif as_float < 0:
+            k = math.ceil(math.log(-v) / self._log_gamma)
+            stats.neg[k] = stats.neg.get(k, 0) + 1
+        else:
+            stats.zeros += 1
+        stats.count += 1
+        stats.sum += v
+        if stats.min is None or v < stats.min:
+            stats.min = v
+        if stats.max is None or v > stats.max:
+            stats.max = v
+
     def _record(self, ctx: ProbeContext, duration: int | None) -> None:
         """One event record into the ring, as the C core's ring_push writes it."""
         ring = self.ring
@@ -423,6 +483,8 @@ class ProgramHandler:
             self._record(ctx, duration)
         key = self._key(ctx, duration) if prog.key is not None else None
         value = self._hist_value(ctx, duration) if prog.hist is not None else None
+        if res.stats is not None:
+            self._add_stats(res.stats, ctx, duration)
         slot = res.slots.get(key)
         if slot is None:
             if len(res.slots) >= prog.max_keys:
@@ -479,15 +541,34 @@ def lower(program: Program) -> Lowered:
         program.hist_scales,
         program.max_keys,
         tuple(_lower_var(v) for v in program.fields),
+        None if program.stats is None else _lower_var(program.stats),
+        program.stats_accuracy,
     )
 
 
 RawSlot = tuple[object, int, tuple[dict[int, int], ...], int, int, int]
 
 
-def results_from_raw(slots: list[RawSlot], filtered: int, overflow: int) -> Results:
-    """Results from a C core's rows ``(key, count, buckets, total, max, skipped)``."""
-    out = Results(filtered=filtered, overflow=overflow)
+RawStats = tuple[
+    int,
+    int | float,
+    int | float | None,
+    int | float | None,
+    int,
+    dict[int, int],
+    dict[int, int],
+    int,
+]
+
+
+def results_from_raw(
+    slots: list[RawSlot], filtered: int, overflow: int, stats: RawStats | None = None
+) -> Results:
+    """Results from a C core's rows ``(key, count, buckets, total, max, skipped)`` and its
+    stats ``(count, sum, min, max, zeros, pos, neg, skipped)``."""
+    out = Results(
+        filtered=filtered, overflow=overflow, stats=None if stats is None else StatsParts(*stats)
+    )
     for key, count, buckets, total, high, skipped in slots:
         out.slots[key] = Slot(count, buckets, total, high, skipped)
     return out

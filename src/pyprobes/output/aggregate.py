@@ -407,6 +407,25 @@ class Stats:
         """99th percentile estimate."""
         return self.quantile(0.99)
 
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        count: int,
+        sum: int | float,
+        min: int | float | None,
+        max: int | float | None,
+        zeros: int,
+        pos: dict[int, int],
+        neg: dict[int, int],
+        relative_accuracy: float = 0.01,
+    ) -> Stats:
+        """Stats gathered elsewhere (a probe program in the core) with the same sketch."""
+        new = cls(relative_accuracy)
+        new._pos, new._neg, new._zeros = dict(pos), dict(neg), zeros
+        new.count, new.sum, new.min, new.max = count, sum, min, max
+        return new
+
     def copy(self) -> Stats:
         """An independent copy."""
         new = Stats(self.relative_accuracy)
@@ -709,20 +728,29 @@ class Aggregator:
         *,
         keyed: bool,
         hist_unit: str,
+        stats: tuple[Stats, int] | None = None,
     ) -> None:
         """Aggregate what a probe program gathered for ``event``, as add() would its events.
 
         Each row is ``(key, hits, hist buckets per unit, total, max, skipped)``: ``key`` is
         the --by value (when ``keyed``), and hits that had no histogram value are skipped.
+        ``stats`` are the --stats of every row, and how many hits had no number for them.
         """
         config = self.config
-        rows = [r for r in rows if r[1] and (config.count or keyed or r[2])]
+        rows = [r for r in rows if r[1] and (config.count or keyed or r[2] or stats)]
         if not rows:
             return
         with self._lock:
             agg = self._per_event.get(event)
             if agg is None:
                 agg = self._per_event[event] = EventAggregates(event)
+            if stats is not None:
+                got, skipped_stats = stats
+                if got.count:
+                    agg.stats = got if agg.stats is None else agg.stats.merge(got)
+                name = config.stats_field
+                if skipped_stats and name is not None and name != config.hist_field:
+                    agg.skipped[name] = agg.skipped.get(name, 0) + skipped_stats
             for key, hits, buckets, total, high, skipped in rows:
                 agg.hits += hits
                 if keyed:

@@ -4,8 +4,8 @@ A probe whose filter, ``--by`` key, ``--hist`` field and (when it writes events)
 each read an argument or local, ``$duration``, ``$retval``, ``$exception`` or ``$thread``,
 with attribute and literal subscript steps after it (``req.headers['host']``), becomes an
 ``engine.program.Program``: the core runs it per hit with no Python call. Anything else
-(``--stats``, a ``:TYPE``, ``$args``, ``$caller``, ``$stack``, a filter that compares two
-names) takes the Python path, per probe; ``plan`` says why.
+(a ``:TYPE``, ``$args``, ``$caller``, ``$stack``, a filter that compares two names) takes the
+Python path, per probe; ``plan`` says why.
 
 The results are folded into the ``Aggregator`` as the Python path's events would have been:
 keys and values are rendered by the capture rules (``spec.render``) when read, not per hit.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyprobes.engine import program as prog
-from pyprobes.output import Aggregator, AggregatorConfig
+from pyprobes.output import Aggregator, AggregatorConfig, Stats
 from pyprobes.output.aggregate import DURATION_FIELD
 from pyprobes.output.records import function_of
 from pyprobes.spec import ProbeSpec, exception_text, render
@@ -141,8 +141,7 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
     aggregates = bool(config.hist_field or config.count or config.by_field or config.stats_field)
     try:
         fields = _fields(spec) if events else ()
-        if config.stats_field is not None:
-            raise _NoProgram("--stats is kept by the Python path")
+        stats = _field(spec, config.stats_field) if config.stats_field is not None else None
         cond = None
         if spec.filter is not None:
             if spec.filter.plan is None:
@@ -166,6 +165,7 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
             hist_scales=DURATION_SCALES if unit == "nsecs" else (1,),
             max_keys=MAX_KEYS,
             fields=fields,
+            stats=stats,
         ),
         keyed=key is not None or placement_key is not None,
         hist_unit=unit,
@@ -234,4 +234,21 @@ def add_results(
         ],
         keyed=p.keyed,
         hist_unit=p.hist_unit,
+        stats=_stats_of(results.stats),
     )
+
+
+def _stats_of(parts: prog.StatsParts | None) -> tuple[Stats, int] | None:
+    """A program's stats as output.Stats, and how many values it skipped."""
+    if parts is None:
+        return None
+    stats = Stats.from_parts(
+        count=parts.count,
+        sum=parts.sum,
+        min=parts.min,
+        max=parts.max,
+        zeros=parts.zeros,
+        pos=parts.pos,
+        neg=parts.neg,
+    )
+    return stats, parts.skipped
