@@ -98,6 +98,13 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
                 [*run, "-e", "r:w __main__:work", "--hist", str(prog), n]),
         Variant("r-hist-by", "pyprobes run -e 'r:w __main__:work a' --hist --by a (a key per call)",
                 [*run, "-e", "r:w __main__:work a", "--hist", "--by", "a", str(prog), n]),
+        Variant("r-stats", "pyprobes run -e 'r:w __main__:work' --stats '$duration'",
+                [*run, "-e", "r:w __main__:work", "--stats", "$duration", str(prog), n]),
+        Variant("r-stats-python",
+                "pyprobes run -e 'r:w __main__:work a b if a != b' --stats '$duration' "
+                "(a filter programs do not run: the Python path)",
+                [*run, "-e", "r:w __main__:work a b if a != b", "--stats", "$duration",
+                 str(prog), n]),
         Variant("r-hist-events", "pyprobes run -e 'r:w __main__:work' --hist --events -o /dev/null",
                 [*run, "-e", "r:w __main__:work", "--hist", "--events", "-o", os.devnull,
                  str(prog), n]),

@@ -41,7 +41,9 @@ import benchlib
 from benchlib import ROOT, Stat, cell, paired
 
 benchlib.ensure_paths()
+
 import pyprobes
+from pyprobes.output.summary import parse_summary
 
 _CHECKSUM = re.compile(r"^checksum (\d+) elapsed_ns (\d+)$", re.M)
 _LOST = re.compile(r"^(\d+) events? lost$", re.M)
@@ -109,20 +111,6 @@ def make_variants(args: argparse.Namespace, tmp: Path) -> list[Variant]:
     return out
 
 
-def _summary_row(stderr: str, event: str) -> dict[str, int] | None:
-    """The exit summary's row of ``event``, by its headers (EVENT HITS FILTERED EVENTS ...)."""
-    lines = stderr.splitlines()
-    heads = [i for i, line in enumerate(lines) if line.startswith("EVENT ")]
-    if not heads:
-        return None
-    headers = lines[heads[-1]].split()
-    for line in lines[heads[-1] + 1 :]:
-        cells = line.split()
-        if len(cells) == len(headers) and cells[0] == event:
-            return {h: int(c) for h, c in zip(headers[1:], cells[1:], strict=True) if c != "-"}
-    return None
-
-
 def run_once(v: Variant, checksum: list[int]) -> None:
     if v.out is not None and v.out.exists():
         v.out.unlink()
@@ -154,7 +142,7 @@ def run_once(v: Variant, checksum: list[int]) -> None:
     lost = _LOST.search(proc.stderr)
     if lost is None:
         raise RuntimeError(f"{v.key}: no 'N events lost' line in {proc.stderr[-500:]!r}")
-    row = _summary_row(proc.stderr, "wl")
+    row = parse_summary(proc.stderr).get("wl")
     if row is None:
         raise RuntimeError(f"{v.key}: no summary row of wl in {proc.stderr[-500:]!r}")
     with v.out.open("rb") as f:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+from pyprobes.output.summary import parse_summary
+
 
 def summary_table(stderr: str) -> dict[str, dict[str, int]]:
     """The last exit summary in ``stderr``; a '-' cell is absent."""
-    lines = stderr.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("EVENT "))
-    headers = lines[start].split()
-    rows: dict[str, dict[str, int]] = {}
-    for line in lines[start + 1 :]:
-        cells = line.split()
-        if len(cells) != len(headers) or not cells[1].isdigit():
-            break
-        rows[cells[0]] = {
-            h: int(c) for h, c in zip(headers[1:], cells[1:], strict=True) if c != "-"
-        }
+    rows = parse_summary(stderr)
+    assert rows, f"no summary table in {stderr[-500:]!r}"
     return rows
 
 

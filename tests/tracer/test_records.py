@@ -37,9 +37,7 @@ SPECS = [
 PATH_SPECS = [f"r:x {T}:show first=value[0] k=value['k'] imag=value.imag $exception"]
 
 
-def trace(
-    records: RingSource | None, specs: list[str] = SPECS
-) -> tuple[list[Event], TraceSession]:
+def trace(records: RingSource | None, specs: list[str] = SPECS) -> tuple[list[Event], TraceSession]:
     seen: list[Event] = []
     session = TraceSession([parse_spec(s) for s in specs], seen.append, records=records)
     session.arm()
@@ -83,6 +81,7 @@ def test_recorded_paths_and_exceptions_are_the_python_paths() -> None:
     assert direct == []
     assert [p for _, p in session.paths()] == ["program"] * len(PATH_SPECS)
     records, lost = source.ring.take()
+    assert lost == {}
     recorded = [source.event_of(r) for r in records]
     assert len(recorded) == len(by_python) == targets.SHOWS
     assert any(e.args["first"] not in ("(fault)", None) for e in recorded)  # some were read

@@ -89,6 +89,25 @@ def format_summary(rows: Iterable[SummaryRow | tuple[str, int, int, int]], lost_
     return "\n".join(lines) + "\n"
 
 
+def parse_summary(text: str) -> dict[str, dict[str, int]]:
+    """The last summary table in ``text``, read back by its headers: EVENT -> {column: n};
+    a '-' cell is absent ({} when there is no table). For tests and benchmarks."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("EVENT ")]
+    if not heads:
+        return {}
+    headers = lines[heads[-1]].split()
+    rows: dict[str, dict[str, int]] = {}
+    for line in lines[heads[-1] + 1 :]:
+        cells = line.split()
+        if len(cells) != len(headers) or not cells[1].isdigit():
+            break
+        rows[cells[0]] = {
+            h: int(c) for h, c in zip(headers[1:], cells[1:], strict=True) if c != "-"
+        }
+    return rows
+
+
 def interval_stamp(wall: float) -> str:
     """The line above each ``--interval`` block: local ``HH:MM:SS``, as funclatency -T."""
     return time.strftime("%H:%M:%S", time.localtime(wall))
