@@ -528,6 +528,9 @@ static PyMethodDef ring_methods[] = {
     {"take_text", (PyCFunction)(void (*)(void))ring_take_text, METH_VARARGS | METH_KEYWORDS,
      "take_text(statics, pid, fallback, keep=False, utf8=False): as take_json, as text lines; "
      "statics per probe: (event, probe, names)."},
+    {"take_chrome", (PyCFunction)(void (*)(void))ring_take_chrome, METH_VARARGS | METH_KEYWORDS,
+     "take_chrome(statics, pid, renderer, fallback, keep=False, utf8=False): as take_json, "
+     "as the ChromeRenderer `renderer` writes the trace events (its state kept)."},
     {"clear_after_fork", (PyCFunction)ring_clear_after_fork, METH_NOARGS,
      "Drop the records a forked child inherited."},
     {NULL},

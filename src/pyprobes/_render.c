@@ -1,5 +1,6 @@
-/* --- RENDERING: records as JSON Lines or text lines, as output/render_json.py and
- * render_text.py spell them. Included by _records.c.
+/* --- RENDERING: records as JSON Lines, text lines or Chrome trace events, as
+ * output/render_json.py, render_text.py and render_chrome.py spell them. Included by
+ * _records.c.
  *
  * In three steps, a chunk of records at a time, so that the writing runs with the GIL released
  * and the program's threads run meanwhile:
@@ -14,7 +15,7 @@
  * writes numbers without printf (locale-free: a program may set LC_NUMERIC). */
 
 #define LINES_CHUNK 2048
-enum { FMT_JSON, FMT_TEXT };
+enum { FMT_JSON, FMT_TEXT, FMT_CHROME };
 
 typedef struct {
     char *p;
@@ -317,7 +318,14 @@ typedef struct {
     char dur[REC_MAXV]; /* text: the field is $duration */
     char ret[REC_MAXV]; /* text: the field is $retval */
     char has_exc;       /* text: a field is $exception */
+    Str ev;             /* chrome: the event's name as JSON */
+    int cflags;         /* chrome: which of "event", "retval", "exception" are fetch args */
 } PInfo;
+
+/* Chrome: a fetch arg of that name wins over the event's own (args.setdefault). */
+#define CH_EVENT 1
+#define CH_RETVAL 2
+#define CH_EXC 4
 
 /* One record, flat: everything step 2 reads. */
 typedef struct {
@@ -331,6 +339,11 @@ typedef struct {
     JVal retval;
     Str exc;           /* JSON: the exception's text; text: its type (.s NULL: none) */
     Str module, qual;  /* the site (module.s NULL: the site is "?") */
+    /* chrome, from step 1 (which keeps the renderer's state, in the order of the records) */
+    int comma, meta;   /* a ",\n" first; a thread_name event first */
+    long long ctid, async_id;
+    Py_ssize_t ts, ts_n, dur, dur_n, ets, ets_n; /* floats' reprs in the arena */
+    Py_ssize_t fb, fb_n; /* the fallback's text in the arena (when .fallback) */
 } Flat;
 
 /* repr(x) of a finite float into `b`: 0, or -1 with an error. */
@@ -523,7 +536,7 @@ pinfo_from(PyObject *statics, PInfo *out, Py_ssize_t n, int fmt)
         PInfo *pi = &out[i];
         memset(pi, 0, sizeof *pi);
         PyObject *st = i < PyTuple_GET_SIZE(statics) ? PyTuple_GET_ITEM(statics, i) : NULL;
-        Py_ssize_t want = fmt == FMT_JSON ? 2 : 3;
+        Py_ssize_t want = fmt == FMT_JSON ? 2 : (fmt == FMT_TEXT ? 3 : 5);
         if (st == NULL || !PyTuple_Check(st) || PyTuple_GET_SIZE(st) != want) {
             continue;
         }
@@ -532,8 +545,15 @@ pinfo_from(PyObject *statics, PInfo *out, Py_ssize_t n, int fmt)
             continue;
         }
         int ascii = fmt == FMT_TEXT, rc = static_str(PyTuple_GET_ITEM(st, 0), &pi->a, ascii);
-        if (rc == 0 && fmt == FMT_TEXT) {
-            rc = static_str(PyTuple_GET_ITEM(st, 1), &pi->probe, 1);
+        if (rc == 0 && fmt != FMT_JSON) {
+            rc = static_str(PyTuple_GET_ITEM(st, 1), &pi->probe, ascii);
+        }
+        if (rc == 0 && fmt == FMT_CHROME) {
+            rc = static_str(PyTuple_GET_ITEM(st, 2), &pi->ev, 0);
+            pi->cflags = (int)PyLong_AsLong(PyTuple_GET_ITEM(st, 3));
+            if (pi->cflags == -1 && PyErr_Occurred()) {
+                return -1;
+            }
         }
         pi->n = (int)PyTuple_GET_SIZE(names);
         for (int k = 0; k < pi->n && rc == 0; k++) {
@@ -574,7 +594,7 @@ rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
     f->raised = r->is_return && r->exc != NULL;
     PyCodeObject *co = (PyCodeObject *)r->code;
     f->file.s = NULL;
-    if (co != NULL) {
+    if (co != NULL && fmt != FMT_CHROME) { /* (chrome shows no location) */
         if (fmt == FMT_JSON) { /* (text shows no file) */
             STEP(str_ascii(co->co_filename, &f->file) ? 0 : 1);
         }
@@ -600,7 +620,7 @@ rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
         }
         f->duration = r->duration;
         f->module.s = NULL;
-        if (co != NULL) {
+        if (co != NULL && fmt != FMT_CHROME) {
             if (r->module == NULL) {
                 return 1; /* the reference writes "?:..." */
             }
@@ -787,6 +807,282 @@ flat_text(Buf *b, const Flat *f, Memo *memo, const char *arena)
     return BUF_LIT(b, "\n");
 }
 #endif
+/* --- Chrome trace events ----------------------------------------------------------------- */
+
+/* a / 1000 as Python's int true division gives it: the double nearest the exact quotient
+ * (ties to even). Below 2**53 that is one division of exact doubles (as CPython does it). */
+static double
+div1000(long long a)
+{
+    int neg = a < 0;
+    unsigned long long u = neg ? 0ull - (unsigned long long)a : (unsigned long long)a;
+    double d;
+    if (u < (1ull << 53)) {
+        d = (double)u / 1000.0;
+    }
+    else {
+        int e = bit_length(u / 1000); /* 44..54: the quotient's bits */
+        int s = 53 - e;                /* scale the quotient to 53 bits */
+        unsigned __int128 n = s >= 0 ? (unsigned __int128)u << s : u;
+        unsigned __int128 dv = s >= 0 ? 1000 : (unsigned __int128)1000 << -s;
+        unsigned long long m = (unsigned long long)(n / dv);
+        unsigned __int128 rem = n % dv;
+        if (rem * 2 > dv || (rem * 2 == dv && (m & 1))) {
+            m++;
+        }
+        d = ldexp((double)m, e - 53);
+    }
+    return neg ? -d : d;
+}
+
+/* The renderer's state (render_chrome.ChromeRenderer), kept in record order by step 1. */
+typedef struct {
+    PyObject *renderer;       /* borrowed */
+    PyObject *names, *tids;   /* strong: its _thread_names and _tids dicts */
+    long long async_ids, pid; /* its _async_ids; os.getpid() */
+    int first;                /* its _first */
+    long long memo_tid;       /* the last record's thread, whose name is memo_name's */
+    PyObject *memo_name;      /* borrowed (a record holds it); NULL: none */
+} Chrome;
+
+#define MAX_TID 2147483647LL
+
+static int
+chrome_load(Chrome *c)
+{
+    PyObject *first = PyObject_GetAttrString(c->renderer, "_first");
+    PyObject *ids = PyObject_GetAttrString(c->renderer, "_async_ids");
+    c->names = PyObject_GetAttrString(c->renderer, "_thread_names");
+    c->tids = PyObject_GetAttrString(c->renderer, "_tids");
+    int rc = -1;
+    if (first != NULL && ids != NULL && c->names != NULL && c->tids != NULL &&
+        PyDict_Check(c->names) && PyDict_Check(c->tids)) {
+        c->first = PyObject_IsTrue(first);
+        c->async_ids = PyLong_AsLongLong(ids);
+        rc = (c->first < 0 || PyErr_Occurred()) ? -1 : 0;
+    }
+    else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "take_chrome takes a ChromeRenderer");
+    }
+    Py_XDECREF(first);
+    Py_XDECREF(ids);
+    c->memo_name = NULL;
+    return rc;
+}
+
+/* The renderer's _first and _async_ids as step 1 has them: 0, or -1. */
+static int
+chrome_store(Chrome *c)
+{
+    PyObject *ids = PyLong_FromLongLong(c->async_ids);
+    int rc = ids == NULL ? -1 : PyObject_SetAttrString(c->renderer, "_async_ids", ids);
+    Py_XDECREF(ids);
+    if (rc == 0) {
+        rc = PyObject_SetAttrString(c->renderer, "_first", c->first ? Py_True : Py_False);
+    }
+    return rc;
+}
+
+/* A (pid, thread_id) key of the renderer's dicts (new reference). */
+static PyObject *
+chrome_key(Chrome *c, long long tid)
+{
+    return Py_BuildValue("(LL)", c->pid, tid);
+}
+
+/* Step 1's chrome part for a record flat_chrome writes: 0, or -1 with an error. */
+static int
+chrome_flat(Chrome *c, Rec *r, Flat *f, Buf *arena)
+{
+    long long tid = f->tid;
+    f->ctid = tid;
+    if (tid < 0 || tid > MAX_TID) { /* a small number per trace, as ChromeRenderer._tid */
+        PyObject *key = chrome_key(c, tid);
+        PyObject *got = key != NULL ? PyDict_GetItemWithError(c->tids, key) : NULL;
+        if (got == NULL && !PyErr_Occurred() && key != NULL) {
+            PyObject *n = PyLong_FromSsize_t(PyDict_GET_SIZE(c->tids) + 1);
+            if (n == NULL || PyDict_SetItem(c->tids, key, n) < 0) {
+                Py_XDECREF(n);
+                Py_DECREF(key);
+                return -1;
+            }
+            got = n;
+            Py_DECREF(n); /* (the dict holds it) */
+        }
+        Py_XDECREF(key);
+        if (got == NULL || (f->ctid = PyLong_AsLongLong(got)) == -1) {
+            return -1;
+        }
+    }
+    f->meta = 0;
+    if (c->memo_name != r->tname || c->memo_tid != tid) {
+        PyObject *key = chrome_key(c, tid);
+        if (key == NULL) {
+            return -1;
+        }
+        PyObject *had = PyDict_GetItemWithError(c->names, key); /* borrowed */
+        int same = had != NULL && PyUnicode_CheckExact(had) &&
+                   PyUnicode_Compare(had, r->tname) == 0;
+        if (PyErr_Occurred() || (!same && PyDict_SetItem(c->names, key, r->tname) < 0)) {
+            Py_DECREF(key);
+            return -1;
+        }
+        Py_DECREF(key);
+        f->meta = !same;
+        c->memo_tid = tid;
+        c->memo_name = r->tname;
+    }
+    f->comma = !c->first;
+    c->first = 0;
+    f->dur_n = f->ets_n = 0;
+    int slice = f->is_return && f->duration >= 0;
+    f->ts = arena->n;
+    if (buf_float_repr(arena, div1000(slice ? f->time_ns - f->duration : f->time_ns)) < 0) {
+        return -1;
+    }
+    f->ts_n = arena->n - f->ts;
+    if (slice && f->is_async) {
+        f->async_id = ++c->async_ids;
+        f->ets = arena->n;
+        if (buf_float_repr(arena, div1000(f->time_ns)) < 0) {
+            return -1;
+        }
+        f->ets_n = arena->n - f->ets;
+    }
+    else if (slice) {
+        f->dur = arena->n;
+        if (buf_float_repr(arena, div1000(f->duration)) < 0) {
+            return -1;
+        }
+        f->dur_n = arena->n - f->dur;
+    }
+    return 0;
+}
+
+/* Step 1 for a record the fallback renders (now: the renderer's state moves in order):
+ * its text into the arena. 0, or -1 with an error. */
+static int
+chrome_fallback(Chrome *c, Rec *r, Flat *f, Buf *arena, PyObject *fallback)
+{
+    if (chrome_store(c) < 0) {
+        return -1;
+    }
+    PyObject *t = rec_tuple(r);
+    PyObject *text = t != NULL ? PyObject_CallOneArg(fallback, t) : NULL;
+    Py_XDECREF(t);
+    Py_ssize_t len;
+    const char *u = NULL;
+    if (text != NULL && PyUnicode_Check(text)) {
+        u = PyUnicode_AsUTF8AndSize(text, &len);
+    }
+    else if (text != NULL) {
+        PyErr_SetString(PyExc_TypeError, "fallback gives a str");
+    }
+    int rc = -1;
+    if (u != NULL) {
+        f->fb = arena->n;
+        rc = buf_put(arena, u, len);
+        f->fb_n = len;
+        if (rc < 0) {
+            PyErr_NoMemory();
+        }
+    }
+    Py_XDECREF(text);
+    if (rc == 0) { /* what the renderer did, step 1 goes on from */
+        Py_CLEAR(c->names);
+        Py_CLEAR(c->tids);
+        rc = chrome_load(c);
+    }
+    return rc;
+}
+
+static int
+chrome_args(Buf *b, const Flat *f, const char *arena)
+{
+    const PInfo *pi = f->pi;
+    STEP(BUF_LIT(b, ",\"args\":{"));
+    for (int i = 0; i < f->nvals; i++) {
+        if (i > 0) {
+            STEP(BUF_LIT(b, ","));
+        }
+        STEP(buf_put(b, pi->keys[i].s, pi->keys[i].n));
+        STEP(json_value(b, &f->vals[i], arena));
+    }
+    int any = f->nvals > 0;
+    if (!(pi->cflags & CH_EVENT)) {
+        STEP(any ? BUF_LIT(b, ",\"event\":") : BUF_LIT(b, "\"event\":"));
+        STEP(buf_put(b, pi->ev.s, pi->ev.n));
+        any = 1;
+    }
+    if (f->is_return && !(pi->cflags & CH_RETVAL)) {
+        STEP(any ? BUF_LIT(b, ",\"retval\":") : BUF_LIT(b, "\"retval\":"));
+        STEP(json_value(b, &f->retval, arena));
+        any = 1;
+    }
+    if (f->is_return && !(pi->cflags & CH_EXC)) {
+        STEP(any ? BUF_LIT(b, ",\"exception\":") : BUF_LIT(b, "\"exception\":"));
+        STEP(f->exc.s != NULL ? buf_qstr(b, f->exc) : BUF_LIT(b, "null"));
+    }
+    return BUF_LIT(b, "}");
+}
+
+/* Step 2 for one record, chrome: its objects, each after ",\n" but the trace's first. */
+static int
+flat_chrome(Buf *b, const Flat *f, Memo *memo, const char *arena)
+{
+    if (f->fallback) {
+        return buf_put(b, arena + f->fb, f->fb_n);
+    }
+    const PInfo *pi = f->pi;
+    if (f->comma) {
+        STEP(BUF_LIT(b, ",\n"));
+    }
+    if (f->meta) {
+        STEP(BUF_LIT(b, "{\"name\":\"thread_name\",\"ph\":\"M\""));
+        STEP(buf_put(b, memo->pid.s, memo->pid.n));
+        STEP(BUF_LIT(b, ",\"tid\":"));
+        STEP(buf_int(b, f->ctid));
+        STEP(BUF_LIT(b, ",\"args\":{\"name\":\""));
+        STEP(buf_esc_memo(b, f->tname, &memo->tname, buf_esc_json));
+        STEP(BUF_LIT(b, "\"}},\n"));
+    }
+    int slice = f->is_return && f->duration >= 0;
+    if (slice && f->is_async) {
+        STEP(buf_put(b, pi->probe.s, pi->probe.n));
+        STEP(BUF_LIT(b, ",\"id\":"));
+        STEP(buf_int(b, f->async_id));
+        STEP(BUF_LIT(b, ",\"ph\":\"b\",\"ts\":"));
+    }
+    else {
+        STEP(buf_put(b, pi->a.s, pi->a.n));
+        STEP(slice ? BUF_LIT(b, ",\"ph\":\"X\",\"ts\":")
+                   : BUF_LIT(b, ",\"ph\":\"i\",\"s\":\"t\",\"ts\":"));
+    }
+    STEP(buf_put(b, arena + f->ts, f->ts_n));
+    if (f->dur_n) {
+        STEP(BUF_LIT(b, ",\"dur\":"));
+        STEP(buf_put(b, arena + f->dur, f->dur_n));
+    }
+    STEP(buf_put(b, memo->pid.s, memo->pid.n));
+    STEP(BUF_LIT(b, ",\"tid\":"));
+    STEP(buf_int(b, f->ctid));
+    STEP(chrome_args(b, f, arena));
+    STEP(BUF_LIT(b, "}"));
+    if (f->ets_n) {
+        STEP(BUF_LIT(b, ",\n"));
+        STEP(buf_put(b, pi->probe.s, pi->probe.n));
+        STEP(BUF_LIT(b, ",\"id\":"));
+        STEP(buf_int(b, f->async_id));
+        STEP(BUF_LIT(b, ",\"ph\":\"e\",\"ts\":"));
+        STEP(buf_put(b, arena + f->ets, f->ets_n));
+        STEP(buf_put(b, memo->pid.s, memo->pid.n));
+        STEP(BUF_LIT(b, ",\"tid\":"));
+        STEP(buf_int(b, f->ctid));
+        STEP(BUF_LIT(b, "}"));
+    }
+    return 0;
+}
+
 #undef STEP
 
 /* Step 3 for a chunk with records the fallback renders: the chunk's text (from `from` in `b`,
@@ -838,18 +1134,37 @@ chunk_fallbacks(Buf *b, Py_ssize_t from, Rec *recs, Flat *flat, Py_ssize_t *ends
 
 /* take_json / take_text(statics, pid, fallback, keep=False, utf8=False)
  *   -> (text, {probe: n}, {probe: lost}, records or None); with utf8, the text as UTF-8 bytes
- *   (no decoding: a file opened as UTF-8 takes them as they are). */
+ *   (no decoding: a file opened as UTF-8 takes them as they are).
+ * take_chrome(statics, pid, renderer, fallback, keep=False, utf8=False): the same, as the
+ *   ChromeRenderer `renderer` writes them, its state kept (the fallback renders with it). */
 static PyObject *
 ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
 {
     static char *kwlist[] = {"statics", "pid", "fallback", "keep", "utf8", NULL};
+    static char *kwlist_chrome[] = {"statics", "pid", "renderer", "fallback", "keep", "utf8",
+                                    NULL};
     PyObject *statics, *fallback;
     long long pid;
     int keep = 0, utf8 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds,
-                                     fmt == FMT_JSON ? "O!LO|pp:take_json" : "O!LO|pp:take_text",
-                                     kwlist, &PyTuple_Type, &statics, &pid, &fallback, &keep,
-                                     &utf8)) {
+    Chrome chrome = {NULL};
+    if (fmt == FMT_CHROME) {
+        if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LOO|pp:take_chrome", kwlist_chrome,
+                                         &PyTuple_Type, &statics, &pid, &chrome.renderer,
+                                         &fallback, &keep, &utf8)) {
+            return NULL;
+        }
+        chrome.pid = pid;
+        if (chrome_load(&chrome) < 0) {
+            Py_XDECREF(chrome.names);
+            Py_XDECREF(chrome.tids);
+            return NULL;
+        }
+    }
+    else if (!PyArg_ParseTupleAndKeywords(args, kwds,
+                                          fmt == FMT_JSON ? "O!LO|pp:take_json"
+                                                          : "O!LO|pp:take_text",
+                                          kwlist, &PyTuple_Type, &statics, &pid, &fallback,
+                                          &keep, &utf8)) {
         return NULL;
     }
     Py_ssize_t n;
@@ -857,7 +1172,7 @@ ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
     Buf b = {NULL, 0, 0}, arena = {NULL, 0, 0};
     char pidtext[48];
     /* (snprintf of an int has no locale) */
-    snprintf(pidtext, sizeof pidtext, fmt == FMT_JSON ? ",\"pid\":%lld" : "-%lld [", pid);
+    snprintf(pidtext, sizeof pidtext, fmt != FMT_TEXT ? ",\"pid\":%lld" : "-%lld [", pid);
     PyObject *memo_code = NULL; /* borrowed: a record holds it */
     long memo_offset = 0, memo_line = 0;
     Py_ssize_t nprobes = ring->nprobes;
@@ -886,7 +1201,7 @@ ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
         arena.n = 0;
         for (Py_ssize_t k = 0; k < m; k++) { /* step 1 */
             Rec *r = &recs[k];
-            if (r->lineno < 0 && r->code != NULL) { /* a site's line, found once in a row */
+            if (r->lineno < 0 && r->code != NULL && fmt != FMT_CHROME) { /* a site's line */
                 if (r->code == memo_code && r->offset == memo_offset) {
                     r->lineno = memo_line;
                 }
@@ -902,7 +1217,16 @@ ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
                 goto done;
             }
             flat[k].fallback = rc;
-            fallbacks += rc;
+            if (fmt == FMT_CHROME) { /* (in order, for the state: no step 3) */
+                rc = rc ? chrome_fallback(&chrome, r, &flat[k], &arena, fallback)
+                        : chrome_flat(&chrome, r, &flat[k], &arena);
+                if (rc < 0) {
+                    goto done;
+                }
+            }
+            else {
+                fallbacks += rc;
+            }
             if (in) {
                 counts[r->probe]++;
             }
@@ -920,7 +1244,10 @@ ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
         Memo memo = {{pidtext, (Py_ssize_t)strlen(pidtext)}};
         Py_BEGIN_ALLOW_THREADS /* step 2 */
         for (Py_ssize_t k = 0; k < m && !failed; k++) {
-            if (!flat[k].fallback) {
+            if (fmt == FMT_CHROME) {
+                failed = flat_chrome(&b, &flat[k], &memo, arena.p) < 0;
+            }
+            else if (!flat[k].fallback) {
 #if HAVE_FIXED
                 failed = (fmt == FMT_JSON ? flat_json(&b, &flat[k], &memo, arena.p)
                                           : flat_text(&b, &flat[k], &memo, arena.p)) < 0;
@@ -943,10 +1270,13 @@ ring_take_lines(RingObj *ring, PyObject *args, PyObject *kwds, int fmt)
                 : PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "surrogatepass");
     cdict = counts_dict(counts, nprobes);
     lost = ring_take_lost(ring);
-    if (text != NULL && cdict != NULL && lost != NULL) {
+    if (text != NULL && cdict != NULL && lost != NULL &&
+        (fmt != FMT_CHROME || chrome_store(&chrome) == 0)) {
         result = PyTuple_Pack(4, text, cdict, lost, kept);
     }
 done:
+    Py_XDECREF(chrome.names);
+    Py_XDECREF(chrome.tids);
     if (full != NULL) {
         ring_give_back(ring, full, n);
     }
@@ -973,6 +1303,12 @@ static PyObject *
 ring_take_text(RingObj *ring, PyObject *args, PyObject *kwds)
 {
     return ring_take_lines(ring, args, kwds, FMT_TEXT);
+}
+
+static PyObject *
+ring_take_chrome(RingObj *ring, PyObject *args, PyObject *kwds)
+{
+    return ring_take_lines(ring, args, kwds, FMT_CHROME);
 }
 
 /* text_numbers(ns) -> (format_duration(ns), f"{ns / 1e9:.6f}") as the text lines spell them:
@@ -1002,4 +1338,15 @@ text_numbers(PyObject *unused, PyObject *arg)
 #else
     Py_RETURN_NONE;
 #endif
+}
+
+/* chrome_micros(ns) -> ns / 1000 as take_chrome computes it (for the tests). */
+static PyObject *
+chrome_micros(PyObject *unused, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(div1000(ns));
 }

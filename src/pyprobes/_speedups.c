@@ -3376,6 +3376,8 @@ static PyMethodDef module_methods[] = {
      "set_own_threads(idents): the threads on which no probe fires (pyprobes' own)."},
     {"text_numbers", text_numbers, METH_O,
      "text_numbers(ns) -> (duration, seconds): how text lines spell ns (for the tests)."},
+    {"chrome_micros", chrome_micros, METH_O,
+     "chrome_micros(ns) -> ns / 1000 as chrome events spell it (for the tests)."},
     {NULL},
 };
 

@@ -1,10 +1,13 @@
 # Type stub of the C core (src/pyprobes/_speedups.c); see pyprobes.engine.ccore.
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FrameType
-from typing import Any, Literal, overload
+from typing import Any
 
 from pyprobes.engine import context
 from pyprobes.engine.probes import Kprobe, Kretprobe, Probe
+
+_Fallback = Callable[[tuple[object, ...]], str]
+_Taken = tuple[str | bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]
 
 HAVE_FRAME_TOKEN: int
 
@@ -63,44 +66,33 @@ class Ring:
     ) -> None: ...
     def add_probe(self) -> int: ...
     def take(self) -> tuple[list[tuple[object, ...]], dict[int, int]]: ...
-    @overload
+    # take_json, take_text, take_chrome: the records' text (UTF-8 bytes with utf8), the
+    # records per probe, the records lost per probe, and the records themselves with keep.
     def take_json(
         self,
         statics: tuple[tuple[str, tuple[str, ...]], ...],
         pid: int,
-        fallback: Callable[[tuple[object, ...]], str],
+        fallback: _Fallback,
         keep: bool = False,
-        utf8: Literal[False] = False,
-    ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
-    @overload
-    def take_json(
-        self,
-        statics: tuple[tuple[str, tuple[str, ...]], ...],
-        pid: int,
-        fallback: Callable[[tuple[object, ...]], str],
-        keep: bool = False,
-        *,
-        utf8: Literal[True],
-    ) -> tuple[bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
-    @overload
+        utf8: bool = False,
+    ) -> _Taken: ...
     def take_text(
         self,
         statics: tuple[tuple[str, str, tuple[str, ...]], ...],
         pid: int,
-        fallback: Callable[[tuple[object, ...]], str],
+        fallback: _Fallback,
         keep: bool = False,
-        utf8: Literal[False] = False,
-    ) -> tuple[str, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
-    @overload
-    def take_text(
+        utf8: bool = False,
+    ) -> _Taken: ...
+    def take_chrome(
         self,
-        statics: tuple[tuple[str, str, tuple[str, ...]], ...],
+        statics: tuple[tuple[str, str, str, int, tuple[str, ...]], ...],
         pid: int,
-        fallback: Callable[[tuple[object, ...]], str],
+        renderer: object,
+        fallback: _Fallback,
         keep: bool = False,
-        *,
-        utf8: Literal[True],
-    ) -> tuple[bytes, dict[int, int], dict[int, int], list[tuple[object, ...]] | None]: ...
+        utf8: bool = False,
+    ) -> _Taken: ...
     def clear_after_fork(self) -> None: ...
 
 def set_entry_clock(name: str) -> str: ...
@@ -134,6 +126,7 @@ def clear_sites() -> None: ...
 def nsites() -> int: ...
 def set_own_threads(idents: tuple[int, ...]) -> None: ...
 def text_numbers(ns: int) -> tuple[str, str] | None: ...
+def chrome_micros(ns: int) -> float: ...
 def on_start(code: CodeType, offset: int) -> object: ...
 def on_instruction(code: CodeType, offset: int) -> object: ...
 def on_line(code: CodeType, line: int) -> object: ...

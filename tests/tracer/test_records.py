@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyprobes
-from pyprobes.output import Event, JsonRenderer, TextRenderer
+from pyprobes.output import ChromeRenderer, Event, JsonRenderer, TextRenderer
 from pyprobes.output.units import format_duration
 from pyprobes.spec import exception_text, parse_spec, render
 from pyprobes.tracer import TraceSession
@@ -291,6 +291,68 @@ def test_the_c_cores_text_is_the_renderers_byte_for_byte() -> None:
     # the cases are there: a return that raised, durations
     assert sum(" raised=ValueError" in line and "$retval" not in line for line in expected) == 3
     assert sum("$duration=" in line for line in expected) == 2 * targets.SHOWS
+
+
+def _chrome_state(r: ChromeRenderer) -> tuple[object, ...]:
+    return (r._first, r._async_ids, r._thread_names, r._tids)
+
+
+def test_the_c_cores_chrome_is_the_renderers_byte_for_byte() -> None:
+    """Slices, instants, async slices, exceptions, a renamed thread, fetch args named as the
+    event's own args, records the fallback renders (the first one too), over two takes: the
+    ChromeRenderer's text, and its state after."""
+    specs = [*SPECS, f"r:c {T}:show event=n retval=value exception=n"]
+    source = RingSource()
+    main = threading.current_thread()
+    name = main.name
+    if pyprobes.core_name() != "c":
+        assert not hasattr(source.ring, "take_chrome") and not RingSource.takes("chrome")
+        return
+    mine, reference = ChromeRenderer(), ChromeRenderer()
+    texts, kept_all = [], []
+    for round_ in range(2):
+        fell: list[object] = []
+
+        def fallback(rec: tuple[object, ...], fell: list[object] = fell) -> str:
+            fell.append(rec)
+            return mine.render(source.event_of(rec))
+
+        session = TraceSession([parse_spec(s) for s in specs], lambda e: None, records=source)
+        session.arm()
+        try:
+            targets.show("café", 1)  # a record the fallback renders, first of the trace
+            targets.run()
+            main.name = f"renamed {round_}"
+            targets.show(1, 2)
+        finally:
+            main.name = name
+            session.stop()
+        text, counts, lost, kept = source.ring.take_chrome(
+            source._chrome_statics_of(source._probes), os.getpid(), mine, fallback, keep=True
+        )
+        assert 0 < len(fell) < len(kept) // 2 and lost == {}
+        assert sum(counts.values()) == len(kept)
+        texts.append(text)
+        kept_all.extend(kept)
+    expected = "".join(reference.render(source.event_of(r)) for r in kept_all)
+    assert "".join(texts) == expected
+    assert _chrome_state(mine) == _chrome_state(reference)
+    events = json.loads(mine.header() + expected + mine.footer())
+    phases = {e["ph"] for e in events}
+    assert phases == {"M", "X", "i", "b", "e"}
+    names = [e["args"]["name"] for e in events if e["ph"] == "M"]
+    assert "renamed 0" in names and "renamed 1" in names and "wörker\n1" in names
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.integers(-(2**63) + 1, 2**63 - 1), st.integers(-(10**16), 10**16)))
+def test_the_c_cores_chrome_micros_are_int_true_division(ns: int) -> None:
+    """(A pure function of the C module, whichever core runs.)"""
+    from pyprobes import _speedups
+
+    assert _speedups.chrome_micros(ns) == ns / 1000
+    for edge in (2**53 - 1, 2**53, 2**53 + 1, 2**62 + 500, 2**63 - 1, 9007199254740993500):
+        assert _speedups.chrome_micros(edge) == edge / 1000
 
 
 @settings(max_examples=3000, deadline=None)

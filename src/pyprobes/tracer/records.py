@@ -16,12 +16,16 @@ from dataclasses import dataclass
 
 import pyprobes
 from pyprobes.output import Event
+from pyprobes.output.records import function_of
 from pyprobes.output.render import Renderer
+from pyprobes.output.render_chrome import ChromeRenderer
 from pyprobes.output.render_json import JsonRenderer
 from pyprobes.output.render_text import TextRenderer
 from pyprobes.output.sanitize import dumps
 from pyprobes.spec import ProbeSpec, exception_text, render
 
+#: The args of a chrome event that a fetch arg of the same name replaces, and their flags.
+_CHROME_OWN = (("event", 1), ("retval", 2), ("exception", 4))
 #: Records a buffer of the ring holds (there are two: one is written while the other is read).
 RING_CAPACITY = 65_536
 
@@ -42,6 +46,7 @@ class RingSource:
         self.ring = pyprobes.record_ring(capacity, render, exception_text, self._wake)
         self._probes: list[_Probe] = []
         self._statics: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._chrome_statics: tuple[tuple[str, str, str, int, tuple[str, ...]], ...] = ()
         self._lock = threading.Lock()  # new_probe (import listener, arm) against drain
         self._lost: dict[str, int] = {}
         self._json = JsonRenderer()
@@ -51,11 +56,11 @@ class RingSource:
     @staticmethod
     def takes(output_format: str) -> bool:
         """Whether events in this format are best written from the ring: JSON always (the
-        reference core renders it from records as fast as from events), text when the core
-        writes it itself (in Python, records come faster than text is rendered from them)."""
+        reference core renders it from records as fast as from events), text and chrome when
+        the core writes them itself (in Python, records come faster than they are rendered)."""
         if output_format == "json":
             return True
-        return output_format == "text" and pyprobes.core_name() == "c"
+        return output_format in ("text", "chrome") and pyprobes.core_name() == "c"
 
     def _wake(self) -> None:
         wake = self.wake_writer
@@ -121,6 +126,23 @@ class RingSource:
         """Per probe, what take_text writes of it: its event, its probe and its names."""
         return tuple((p.event, p.probe, p.names) for p in probes)
 
+    def _chrome_statics_of(
+        self, probes: list[_Probe]
+    ) -> tuple[tuple[str, str, str, int, tuple[str, ...]], ...]:
+        """Per probe, what take_chrome writes of it: the JSON of its slices up to their "cat"
+        (then with the async cat), of its event's name, which of "event", "retval",
+        "exception" its fetch args name (flags 1, 2, 4: they win), and its args' keys."""
+        statics = self._chrome_statics
+        for p in probes[len(statics) :]:
+            name = dumps(function_of(p.probe))
+            flags = sum(f for n, f in _CHROME_OWN if n in p.names)
+            head = f'{{"name":{name},"cat":{dumps(p.group)}'
+            async_head = f'{{"name":{name},"cat":{dumps(f"async,{p.group}")}'
+            keys = tuple(dumps(n) + ":" for n in p.names)
+            statics = (*statics, (head, async_head, dumps(p.event), flags, keys))
+        self._chrome_statics = statics
+        return statics
+
     def drain(self, renderer: Renderer) -> tuple[str | bytes, dict[str, int]]:
         """Render what the ring holds (writer thread): the text (UTF-8 bytes from the C core)
         and how many events it has per event name."""
@@ -139,6 +161,18 @@ class RingSource:
             statics_t = self._text_statics_of(probes)
             data, counts, lost, _ = take_text(
                 statics_t, os.getpid(), self._text_fallback, utf8=True
+            )
+            self._count_lost(lost, probes)
+            return data, self._by_event(counts, probes)
+        take_chrome = getattr(self.ring, "take_chrome", None)
+        if type(renderer) is ChromeRenderer and take_chrome is not None:
+            chrome = renderer
+
+            def fallback(rec: tuple[object, ...]) -> str:
+                return chrome.render(self.event_of(rec))
+
+            data, counts, lost, _ = take_chrome(
+                self._chrome_statics_of(probes), os.getpid(), renderer, fallback, utf8=True
             )
             self._count_lost(lost, probes)
             return data, self._by_event(counts, probes)
