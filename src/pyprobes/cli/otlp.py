@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pyprobes
 from pyprobes.cli.options import UsageError
 from pyprobes.engine import own_thread
 from pyprobes.output import Event
+from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import ProbeSpec
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ def check_otlp_options(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
     try:
         endpoint_urls(args.otlp)
     except ValueError as exc:
-        raise UsageError(f"--otlp {args.otlp}: {exc}") from None
+        raise UsageError(f"--otlp {terminal_safe(args.otlp, 256)}: {exc}") from None
 
 
 def open_otlp(args: argparse.Namespace, program: str) -> OtlpExport | None:
@@ -70,9 +72,12 @@ def open_otlp(args: argparse.Namespace, program: str) -> OtlpExport | None:
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     try:
-        return OtlpExport(args.otlp, make_resource(program, os.getpid()), thread_context=own_thread)
+        resource = make_resource(program, os.getpid())
+        return OtlpExport(
+            args.otlp, resource, thread_context=own_thread, version=pyprobes.__version__
+        )
     except ValueError as exc:
-        raise UsageError(f"--otlp {args.otlp}: {exc}") from None
+        raise UsageError(f"--otlp {terminal_safe(args.otlp, 256)}: {exc}") from None
 
 
 def spans_emit(otlp: OtlpExport, emit: Callable[[Event], None] | None) -> Callable[[Event], None]:

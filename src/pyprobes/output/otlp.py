@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -54,7 +55,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-import pyprobes
 from pyprobes.output.aggregate import DURATION_FIELD, Aggregator, EventAggregates, Log2Histogram
 from pyprobes.output.prometheus import (
     MIN_DURATION_BUCKETS,
@@ -65,7 +65,7 @@ from pyprobes.output.prometheus import (
     top_bucket,
 )
 from pyprobes.output.records import Event, function_of
-from pyprobes.output.sanitize import dumps
+from pyprobes.output.sanitize import dumps, terminal_safe
 from pyprobes.output.summary import SummaryRow
 from pyprobes.output.writer import EventWriter
 
@@ -139,11 +139,12 @@ class SpanBuilder:
         self,
         resource: Resource,
         *,
+        scope: InstrumentationScope | None = None,
         clock_offset_ns: int | None = None,
         salt: bytes | None = None,
     ) -> None:
         self.resource = resource
-        self.scope = InstrumentationScope(SCOPE, pyprobes.__version__)
+        self.scope = scope if scope is not None else InstrumentationScope(SCOPE)
         if clock_offset_ns is None:
             clock_offset_ns = time.time_ns() - time.perf_counter_ns()
         self.clock_offset_ns = clock_offset_ns
@@ -311,6 +312,7 @@ def metrics_data(
     budget: KeyBudget,
     start_ns: int,
     now_ns: int | None = None,
+    scope: InstrumentationScope | None = None,
 ) -> MetricsData:
     """The session's figures as OTLP metrics, cumulative since ``start_ns`` (epoch ns):
     ``pyprobes.probe.hits``/``.misses`` (sums per event), ``pyprobes.events`` (``--count``,
@@ -346,11 +348,21 @@ def metrics_data(
         if hist_points:
             desc, unit = _DESCRIPTIONS[name]
             metrics.append(Metric(name, desc, unit, Histogram(hist_points, cumulative)))
-    scope = InstrumentationScope(SCOPE, pyprobes.__version__)
+    scope = scope if scope is not None else InstrumentationScope(SCOPE)
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, metrics, "")], "")])
 
 
 # --- export ------------------------------------------------------------------------------
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')\]]+")
+
+
+def failure_reason(message: str) -> str:
+    """Why exports failed, from the SDK's log line: the OS error when there is one
+    (``[Errno 111] Connection refused``), else the line itself, cut and made safe."""
+    m = _ERRNO.search(message)
+    text = m.group(0).strip() if m is not None else message
+    return terminal_safe(text, 300)
 
 
 def endpoint_urls(endpoint: str) -> tuple[str, str]:
@@ -578,9 +590,11 @@ class OtlpExport:
         *,
         thread_context: ThreadContext = nullcontext,
         capacity: int = QUEUE_CAPACITY,
+        version: str | None = None,
     ) -> None:
         self.traces_url, self.metrics_url = endpoint_urls(endpoint)
         self.resource = resource
+        self.scope = InstrumentationScope(SCOPE, version)
         self.delivery = Delivery()
         self._ctx = thread_context
         self._quiet = _Quiet()
@@ -591,7 +605,7 @@ class OtlpExport:
         )
         with self._quiet.ours():
             self._processor = BatchSpanProcessor(self._span_exporter)
-        self.builder = SpanBuilder(resource)
+        self.builder = SpanBuilder(resource, scope=self.scope)
         self.start_ns = time.time_ns()
         self._writer = EventWriter(
             _SpanRenderer(self.builder, self._submit),
@@ -628,6 +642,7 @@ class OtlpExport:
                         resource=self.resource,
                         budget=self._budget,
                         start_ns=self.start_ns,
+                        scope=self.scope,
                     )
                 except Exception as exc:
                     self._quiet.last = f"reading the aggregations failed: {exc!r}"
@@ -705,7 +720,7 @@ class OtlpExport:
             if d.metric_failures:
                 m = d.metric_failures
                 reasons.append(f"{m:,} metric export{'' if m == 1 else 's'} failed")
-            why = f": {d.error}" if d.error else ""
+            why = f": {failure_reason(d.error)}" if d.error else ""
             lines.append(
                 f"pyprobes: warning: OTLP: {lost:,} span{'' if lost == 1 else 's'} not"
                 f" delivered ({'; '.join(reasons)}){why}"

@@ -3,8 +3,12 @@ one that raises, a thread, asyncio tasks, a generator and, with ``otel`` as its 
 span of the program's own OpenTelemetry tracer around a call."""
 
 import asyncio
+import logging
 import sys
 import threading
+
+# Whatever reaches the program's logging shows in its output: pyprobes' exporter must not.
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="log: %(name)s %(message)s")
 
 
 def inner(x):
