@@ -21,6 +21,7 @@ class Received:
     resources: list[Any] = field(default_factory=list)
     metrics: list[Any] = field(default_factory=list)  # ExportMetricsServiceRequest
     lock: threading.Lock = field(default_factory=threading.Lock)
+    got_spans: threading.Event = field(default_factory=threading.Event)  # set at the first
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -37,6 +38,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     got.resources.append(rs.resource)
                     for ss in rs.scope_spans:
                         got.spans.extend(ss.spans)
+            got.got_spans.set()
             answer = trace_service.ExportTraceServiceResponse()
         elif self.path == "/v1/metrics":
             mreq = metrics_service.ExportMetricsServiceRequest()

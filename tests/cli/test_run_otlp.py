@@ -251,3 +251,34 @@ def test_bad_otlp_options_are_one_line(args: list[str], message: str) -> None:
     proc = _pyprobes(*args, "otlp_prog.py")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_the_exports_fire_no_probe() -> None:
+    # The exporter posts with urllib3 and http.client on the SDK's threads: probes there would
+    # make spans of the export itself. The program never uses them; it waits (for a line on
+    # its stdin) until spans were exported while its probes are armed.
+    env = {**ENV, "OTEL_BSP_SCHEDULE_DELAY": "10"}
+    with receiver() as (url, got):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyprobes", "run", "--otlp", url,
+             "-e", "r:inner __main__:inner", "-e", "r:begin http.client:HTTPResponse.begin",
+             "-e", "r:req urllib3.connection:HTTPConnection.request", "otlp_prog.py", "wait"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env, cwd=PROGRAMS,
+        )  # fmt: skip
+        try:
+            assert got.got_spans.wait(60), "no span was exported while the program ran"
+        finally:
+            out, err = proc.communicate("go\n", timeout=120)
+    assert proc.returncode == 3, err
+    assert re.search(r"^begin\s+0\s", err, re.M), err
+    assert re.search(r"^req\s+0\s", err, re.M), err
+    assert {s.name for s in got.spans} == {"inner"}
+    assert out.startswith("[0, 2, None]\n")
+
+
+def test_check_says_that_otlp_takes_the_python_path() -> None:
+    proc = _run("-m", "pyprobes", "check", "--script", "otlp_prog.py", "--otlp",
+                "http://127.0.0.1:4318", "r __main__:inner x", "--count")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("[python: --otlp makes spans from events]")

@@ -25,6 +25,9 @@ INSTALL_HINT = (
     " pip install 'pyprobes[otlp]' (opentelemetry-sdk, opentelemetry-exporter-otlp-proto-http)"
 )
 
+#: How every probe's hits run under --otlp (``pyprobes check --otlp`` says so).
+OTLP_PATH = "python: --otlp makes spans from events"
+
 
 def add_otlp_options(parser: argparse.ArgumentParser) -> None:
     """--otlp."""

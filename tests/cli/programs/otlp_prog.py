@@ -1,6 +1,7 @@
 """Calls that nest for ``pyprobes run --otlp`` (tests/cli/test_run_otlp.py): plain calls,
 one that raises, a thread, asyncio tasks, a generator and, with ``otel`` as its argument, a
-span of the program's own OpenTelemetry tracer around a call."""
+span of the program's own OpenTelemetry tracer around a call; with ``wait``, it waits for
+a line on stdin after its first calls."""
 
 import asyncio
 import logging
@@ -55,6 +56,9 @@ def consume():
 
 def main():
     print(outer(3, "main"))
+    if sys.argv[1:] == ["wait"]:
+        sys.stdout.flush()
+        sys.stdin.readline()  # until the test saw the spans exported while this runs
     t = threading.Thread(target=outer, args=(2, "thread"), name="worker")
     t.start()
     t.join()
