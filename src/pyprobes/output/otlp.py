@@ -412,7 +412,8 @@ class _Quiet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(self.local, "ours", False):
             return True
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING and record.name.startswith(_EXPORTERS):
+            # (an exporter's: the processor's "queue full" is counted, and not the receiver)
             if not self.trouble:  # the first warning of a failing spell says why
                 try:
                     self.last = record.getMessage()
@@ -435,6 +436,7 @@ class _Quiet(logging.Filter):
             local.ours = before
 
 
+_EXPORTERS = "opentelemetry.exporter."
 #: The loggers the SDK's exporters and processors log our exports' trouble on.
 _LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
