@@ -282,3 +282,15 @@ def test_check_says_that_otlp_takes_the_python_path() -> None:
                 "http://127.0.0.1:4318", "r __main__:inner x", "--count")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("[python: --otlp makes spans from events]")
+
+
+def test_a_forked_child_sends_and_reports_nothing() -> None:
+    with receiver() as (url, got):
+        proc = _pyprobes("--otlp", url, "-e", "r:inner __main__:inner x", "otlp_prog.py", "fork")
+    assert proc.returncode == 3, proc.stderr
+    assert sorted(attrs(s)["x"] for s in got.spans) == [0, 0, 0, 1, 1, 1, 2]  # no 5: the child's
+    assert len(re.findall(r"^pyprobes: OTLP:", proc.stderr, re.M)) == 1, proc.stderr
+    rm = got.metrics[-1].resource_metrics[0]
+    pids = {kv.value.int_value for kv in rm.resource.attributes if kv.key == "process.pid"}
+    main = next(s for s in got.spans if attrs(s)["thread.name"] == "MainThread")
+    assert len(got.metrics) == 1 and pids == {attrs(main)["thread.id"]}  # the parent's pid

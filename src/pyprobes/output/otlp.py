@@ -621,6 +621,9 @@ class OtlpExport:
         self._budget = KeyBudget()
         self._finished = False
         self._aborted = False
+        # A forked child inherits all this (and the SDK restarts its threads there): the
+        # parent alone exports and reports; the child's copies send nothing.
+        self._pid = os.getpid()
 
     def _submit(self, span: ReadableSpan) -> None:
         self.delivery.submitted += 1
@@ -635,6 +638,8 @@ class OtlpExport:
         )
 
         def collect(reader: object, timeout_millis: float = 10_000) -> MetricsData | None:
+            if os.getpid() != self._pid:
+                return None
             with self._ctx(), self._quiet.ours():
                 try:
                     aggregator, rows = read()
@@ -659,7 +664,7 @@ class OtlpExport:
     def finish(self, timeout: float = FINISH_TIMEOUT) -> None:
         """Build the spans still queued, send them and the last metrics (at most ``timeout``
         seconds, less when the receiver is failing), and stop the threads."""
-        if self._finished:
+        if self._finished or os.getpid() != self._pid:
             return
         self._finished = True
         deadline = time.monotonic() + timeout
@@ -703,6 +708,8 @@ class OtlpExport:
 
     def report(self) -> list[str]:
         """The lines for the end of the run: what was sent, and what was lost and why."""
+        if os.getpid() != self._pid:
+            return []
         d = self.delivery
         n = d.exported
         lines = [f"pyprobes: OTLP: {n:,} span{'' if n == 1 else 's'} sent to {self.traces_url}"]

@@ -1,7 +1,7 @@
 """Calls that nest for ``pyprobes run --otlp`` (tests/cli/test_run_otlp.py): plain calls,
 one that raises, a thread, asyncio tasks, a generator and, with ``otel`` as its argument, a
 span of the program's own OpenTelemetry tracer around a call; with ``wait``, it waits for
-a line on stdin after its first calls."""
+a line on stdin after its first calls; with ``fork``, a forked child calls and exits."""
 
 import asyncio
 import logging
@@ -56,6 +56,14 @@ def consume():
 
 def main():
     print(outer(3, "main"))
+    if sys.argv[1:] == ["fork"]:
+        import os
+
+        child = os.fork()
+        if child == 0:
+            inner(5)  # the child's events are the child's: pyprobes' writers stay in the parent
+            sys.exit(0)
+        os.waitpid(child, 0)
     if sys.argv[1:] == ["wait"]:
         sys.stdout.flush()
         sys.stdin.readline()  # until the test saw the spans exported while this runs
