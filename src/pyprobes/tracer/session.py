@@ -282,7 +282,7 @@ class TraceSession:
             if c.plan is not None:
                 out.append((c.spec.event, "program"))
             elif self._activations is not None:
-                out.append((c.spec.event, "python: --otlp makes spans from events"))  # as check
+                out.append((c.spec.event, "python: --otlp makes spans from events"))
             elif self._events and self._records is None:
                 out.append((c.spec.event, "python: events are written"))
             else:
