@@ -9,6 +9,7 @@ from types import CodeType
 
 from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
+from pyprobes.cli.otlp import OTLP_PATH, add_otlp_options
 from pyprobes.engine import module_exists
 from pyprobes.output import RENDERERS, Aggregator
 from pyprobes.spec import ProbeSpec, parse_spec
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the events' format under 'pyprobes run' (default text): which probes record"
         " their events in the core depends on it",
     )
+    add_otlp_options(p)
     p.set_defaults(func=check)
 
 
@@ -154,7 +156,8 @@ def check(args: argparse.Namespace) -> int:
     specs = check_fields(args, [parse_spec(text) for text in args.specs])
     aggregator = make_aggregator(args)
     for spec in specs:
-        print(f"{describe(spec, main)} [{hit_path(spec, aggregator, args.format or 'text')}]")
+        path = OTLP_PATH if args.otlp else hit_path(spec, aggregator, args.format or "text")
+        print(f"{describe(spec, main)} [{path}]")
     return 0
 
 

@@ -125,8 +125,9 @@ def fix_optional_field(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
 
 def wants_events(args: argparse.Namespace) -> bool:
     """Events are written unless only aggregations were asked for (as bpftrace prints only
-    its maps): with --hist, --count, --by or --stats, only -o, --format or --events adds them."""
-    if not (args.hist or args.count or args.by or args.stats):
+    its maps): with --hist, --count, --by, --stats or --otlp (whose spans are the events),
+    only -o, --format or --events adds them."""
+    if not (args.hist or args.count or args.by or args.stats or getattr(args, "otlp", None)):
         return True
     return bool(args.output or args.format or args.events)
 

@@ -27,8 +27,15 @@ from pyprobes.cli.options import (
     output_failure,
     wants_events,
 )
+from pyprobes.cli.otlp import (
+    add_otlp_options,
+    check_otlp_options,
+    finish_otlp,
+    open_otlp,
+    spans_emit,
+)
 from pyprobes.engine import own_thread
-from pyprobes.output import Aggregator, EventWriter, format_summary, interval_stamp
+from pyprobes.output import Aggregator, Event, EventWriter, format_summary, interval_stamp
 from pyprobes.tracer import TraceSession, programs
 from pyprobes.tracer.records import RingSource
 
@@ -44,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_tracing_options(p)
     add_metrics_options(p)
+    add_otlp_options(p)
     p.add_argument(
         "--listen",
         action="store_true",
@@ -237,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     fix_optional_field(args, specs)
     specs = check_fields(args, specs)
     check_metrics_options(args)
+    check_otlp_options(args, specs)
     if args.module is None and args.target is None:
         raise UsageError("give a SCRIPT to run, or -m MODULE (one of them)")
     if args.module is not None:
@@ -255,12 +264,18 @@ def run(args: argparse.Namespace) -> int:
         # Events: the probes whose records a program can write do, into the core's ring,
         # rendered on the writer's thread (JSON and text in C by the C core); the others keep
         # the Python path, and so does Chrome output (RingSource.takes says which).
-        records = RingSource() if events and RingSource.takes(args.format or "text") else None
+        # --otlp: every probe takes the Python path; return events also become spans.
+        otlp = open_otlp(args, args.module or os.path.splitext(os.path.basename(prog.path))[0])
+        takes = events and otlp is None and RingSource.takes(args.format or "text")
+        records = RingSource() if takes else None
         if records is not None:
             records.wake_writer = writer.wake
             writer.add_source(records)
+        emit: Callable[[Event], None] = writer.emit if events else _drop
+        if otlp is not None:
+            emit = spans_emit(otlp, writer.emit if events else None)
         session = TraceSession(
-            specs, writer.emit if events else _drop, aggregator, events=events, records=records
+            specs, emit, aggregator, events=events, records=records, spans=otlp is not None
         )
         program.set_path0(prog)
         session.arm()
@@ -269,10 +284,16 @@ def run(args: argparse.Namespace) -> int:
             # typo fails here, with "did you mean", not after the whole program ran.
             session.arm_main(prog.code, prog.names)
             metrics = start_metrics(args, session_reader(session, aggregator, writer))
+            if otlp is not None:
+                otlp.start_metrics(session_reader(session, aggregator, writer))
         except BaseException:
             session.stop()
+            if otlp is not None:
+                otlp.finish(0.5)
             raise
         reporter = _Reporter(session, writer, aggregator, args, events)
+        if otlp is not None:
+            reporter.after.append(finish_otlp(otlp))
         if args.listen:
             reporter.after.append(_stop_agent)
         if metrics is not None:

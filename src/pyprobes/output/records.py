@@ -51,6 +51,10 @@ class Event:
     #: The probed code is a generator, coroutine or async generator: a return event's
     #: activation spans suspensions, so it need not nest with other calls on its thread.
     is_async: bool = False
+    #: ``--otlp`` only: a return's place among the probed activations, ``(its number, the
+    #: enclosing activation's or 0, its root's, the program's OpenTelemetry trace id and span
+    #: id the root had as parent, or 0, 0)`` (``pyprobes.tracer.activations``).
+    activation: tuple[int, int, int, int, int] | None = None
 
     @property
     def is_return(self) -> bool:

@@ -20,6 +20,7 @@ from pyprobes.engine.threads import thread_name
 from pyprobes.output import Event
 from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render
 from pyprobes.spec.filter import filter_value
+from pyprobes.tracer.activations import Activations
 
 Emit = Callable[[Event], None]
 STACK_DEPTH = 16
@@ -75,9 +76,16 @@ class HitRecorder:
     """Builds and emits the events of one placement of one spec."""
 
     def __init__(
-        self, spec: ProbeSpec, probe_text: str, emit: Emit, code: CodeType | None = None
+        self,
+        spec: ProbeSpec,
+        probe_text: str,
+        emit: Emit,
+        code: CodeType | None = None,
+        activations: Activations | None = None,
     ) -> None:
         self.spec = spec
+        # --otlp: return events say which activation they are and which one encloses them.
+        self.activations = activations if spec.is_return else None
         self.probe_text = probe_text
         self.emit = emit
         # Known at placement for code placed by address; a probe the engine resolves by name
@@ -174,12 +182,20 @@ class HitRecorder:
             )
         )
 
+    def on_activation_entry(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
+        """entry_handler of an ``r`` probe with ``activations`` (--otlp): number it."""
+        acts = self.activations
+        if acts is not None:
+            acts.enter(ri, ctx.frame)
+
     def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
         """handler of an ``r`` probe."""
         name = thread_name()
         now = ctx.time_ns
         duration = now - ri.entry_time_ns
         frame = ctx.frame
+        acts = self.activations
+        link = acts.leave(ri, frame) if acts is not None else None
         args = self._args(self._resolver(ctx, frame, duration))
         if args is None:
             return
@@ -207,5 +223,6 @@ class HitRecorder:
                 duration_ns=duration,
                 site=_site(caller),
                 is_async=self._is_async,
+                activation=link,
             )
         )

@@ -19,6 +19,7 @@ from pyprobes.engine import Kretprobe, Probe, ProbeError
 from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
 from pyprobes.tracer import programs
+from pyprobes.tracer.activations import Activations
 from pyprobes.tracer.hits import Emit, HitRecorder
 from pyprobes.tracer.records import RingSource
 from pyprobes.tracer.targets import (
@@ -55,6 +56,9 @@ class TraceSession:
     aggregator, and every spec that has a program form (``tracer.programs``) runs as a program
     in the core, whose results ``collect()`` folds into the aggregator.
 
+    With ``spans=True`` (``--otlp``) every probe takes the Python path and each return event
+    carries its activation's link to the enclosing one (``tracer.activations``).
+
     The session's lock guards its own lists: it is taken by ``arm``/``stop`` and by the import
     listener (which runs in whatever thread imports a module), never on the probe hot path.
     """
@@ -67,8 +71,12 @@ class TraceSession:
         *,
         events: bool = True,
         records: RingSource | None = None,
+        spans: bool = False,
     ) -> None:
         self._compiled = [_Compiled(s) for s in specs]
+        self._activations = Activations() if spans else None
+        if spans:
+            events, records = True, None
         self._aggregator = aggregator
         self._events = events or aggregator is None
         self._records = records if self._events else None
@@ -131,10 +139,12 @@ class TraceSession:
                 handler = pyprobes.program_handler(c.plan.program, key_of=programs.key_of(c.plan))
             on_entry = on_return = handler
         else:
-            rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr)
+            rec = HitRecorder(c.spec, pl.probe_text, self._emit, pl.addr, self._activations)
             c.recorders.append(rec)
             handler, on_entry, on_return = None, rec.on_entry, rec.on_return
         probe = probe_for(c.spec, pl, on_entry, on_return)
+        if isinstance(probe, Kretprobe) and handler is None and rec.activations is not None:
+            probe.entry_handler = rec.on_activation_entry
         if isinstance(probe, Kretprobe):
             pyprobes.register_kretprobe(probe)
         else:
@@ -271,6 +281,8 @@ class TraceSession:
         for c in self._compiled:
             if c.plan is not None:
                 out.append((c.spec.event, "program"))
+            elif self._activations is not None:
+                out.append((c.spec.event, "python: --otlp makes spans from events"))
             elif self._events and self._records is None:
                 out.append((c.spec.event, "python: events are written"))
             else:
