@@ -13,11 +13,12 @@ the C callbacks fill and drain), and the gc and fork hooks (pycore's, over pycor
 pools, which holds this core's pools too).
 
 Counters: a probe's ``nhit``, ``nmissed`` and ``nfault`` are kept in C (one increment per hit
-instead of an int allocation) and read through ``CounterField`` descriptors, which importing
-this module installs on ``Probe``: ``p.nhit`` stays a plain readable (and assignable) int.
+instead of an int allocation), in the ``_speedups.Counters`` that ``new_counters`` gives the
+registry for each probe it registers here; ``Probe``'s properties read them as plain ints.
+Nothing is installed on any class: importing this module leaves the probe classes as they are.
 Handlers: read at every hit, as pycore reads them, from a cache that is refreshed whenever a
-probe's ``__dict__`` changes (a dict watcher, plus ``HandlerField`` descriptors, installed on
-the probe classes, for the attribute stores that 3.13 does not report to dict watchers).
+probe's ``__dict__`` changes (a dict watcher, and ``Probe.__setattr__`` telling the counters
+object of a handler store, which 3.13 does not report to dict watchers).
 
 Threads: as in pycore, callbacks take no lock. A C ``Site`` is built whole and swapped into the
 C table in one step under the GIL, and the C code gives the GIL up only where Python code runs
@@ -51,7 +52,7 @@ from types import CodeType
 from pyprobes import _speedups
 from pyprobes.engine import program, pycore, quirks
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of
-from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
+from pyprobes.engine.probes import Kretprobe, Probe
 from pyprobes.engine.pycore import (
     Site,
     build_site,
@@ -72,6 +73,7 @@ __all__ = [
     "forget",
     "install",
     "nactive",
+    "new_counters",
     "new_ret_state",
     "program_handler",
     "publish",
@@ -130,20 +132,12 @@ def _tsc_is_the_clock() -> bool:
 #: How kretprobe entries are stamped: "tsc" (read as CLOCK_MONOTONIC ns) or "monotonic".
 ENTRY_CLOCK = _speedups.set_entry_clock("tsc" if _tsc_is_the_clock() else "monotonic")
 
-for _i, _name in enumerate(("nhit", "nmissed", "nfault")):
-    setattr(Probe, _name, _speedups.CounterField(_i))
-# Handler attributes: stored in the instance __dict__ as before, through descriptors that tell
-# the C core's handler cache when one changes (it is read at every hit, as pycore reads it).
-for _cls, _names in (
-    (Kprobe, ("pre_handler", "post_handler")),
-    (Jprobe, ("entry",)),
-    (Kretprobe, ("handler", "entry_handler")),
-):
-    for _name in _names:
-        setattr(_cls, _name, _speedups.HandlerField(_name))
-
-
 # --- the interface the registry uses -----------------------------------------------------
+
+
+def new_counters() -> _speedups.Counters:
+    """The counters of a probe being registered: C ints, incremented by the callbacks."""
+    return _speedups.Counters()
 
 
 def install(tool_id: int) -> None:

@@ -18,7 +18,7 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from pyprobes.engine.probes import Kretprobe, Probe
+    from pyprobes.engine.probes import Kretprobe, Probe, ProbeCounters
     from pyprobes.engine.program import KeyOf, Program
     from pyprobes.engine.resolve import Location
 
@@ -31,6 +31,7 @@ class Core(Protocol):
 
     NAME: str
 
+    def new_counters(self) -> ProbeCounters: ...
     def install(self, tool_id: int) -> None: ...
     def uninstall(self) -> None: ...
     def publish(self, code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None: ...

@@ -7,8 +7,9 @@ same tests). The registry builds everything cold; here each event is one dict lo
 Threads: callbacks run on any thread, concurrently with registry changes. They never take a
 lock: a ``Site`` is replaced whole, never mutated, and the only shared mutable state (pending
 post handlers, return-probe pools) is changed with single dict/list operations, which are
-atomic under the GIL. Counter increments (``p.nhit += 1``) involve no call and no backward
-jump, so under the GIL no other thread runs between their read and their write.
+atomic under the GIL. Counter increments (``p._counters.nhit += 1``, on a slots object)
+involve no call and no backward jump, so under the GIL no other thread runs between their read
+and their write.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pyprobes.engine.context import (
     KretprobeInstance,
     ProbeContext,
 )
-from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
+from pyprobes.engine.probes import Counters, Jprobe, Kprobe, Kretprobe, Probe
 from pyprobes.engine.resolve import ENTRY, LINE, OFFSET, Location
 from pyprobes.engine.ring import RecordRing
 
@@ -296,7 +297,7 @@ _fork_running: set[int] | None = None
 
 def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
     """A handler raised: give it to the fault handler, else report once; never re-raise."""
-    probe.nfault += 1
+    probe._counters.nfault += 1
     fh = getattr(probe, "fault_handler", None)  # (deleted from the probe: as None)
     if fh is not None:
         try:
@@ -324,7 +325,7 @@ def _fault(probe: Probe, ctx: ProbeContext, exc: BaseException) -> None:
 
 
 def _kprobe_pre(probe: Kprobe, ctx: ProbeContext) -> None:
-    probe.nhit += 1
+    probe._counters.nhit += 1
     try:
         h = probe.pre_handler
         if h is not None:
@@ -346,7 +347,7 @@ def _has_post(probe: Kprobe, ctx: ProbeContext) -> bool:
 
 
 def _jprobe(probe: Jprobe, ctx: ProbeContext) -> None:
-    probe.nhit += 1
+    probe._counters.nhit += 1
     try:
         pos, kw = call_args(ctx.code, ctx.args)
         probe.entry(*pos, **kw)
@@ -384,14 +385,14 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
     if ri is None:
         now = time.perf_counter_ns()
         if now - state.last_reclaim < _RECLAIM_INTERVAL_NS:
-            rp.nmissed += 1
+            rp._counters.nmissed += 1
             return
         if not state.reclaim():
             state.last_reclaim = now  # throttle only scans that found nothing to free
         try:
             ri = state.free.pop()
         except IndexError:
-            rp.nmissed += 1
+            rp._counters.nmissed += 1
             return
     frame = ctx.frame
     ri.frame = frame
@@ -413,7 +414,7 @@ def _kret_entry(rp: Kretprobe, ctx: ProbeContext) -> None:
     if veto:
         state.recycle(ri)
         return
-    rp.nhit += 1
+    rp._counters.nhit += 1
     state.active[id(frame)] = ri
 
 
@@ -639,6 +640,7 @@ _disabled_codes = _tables.disabled_codes
 # --- the interface the registry uses -----------------------------------------------------
 
 
+new_counters = Counters
 install = _tables.install
 
 
