@@ -14,7 +14,7 @@ import pytest
 
 import pyprobes
 from pyprobes import Kprobe, Kretprobe
-from pyprobes.engine import core, pycore, registry
+from pyprobes.engine import core, registry
 
 pytestmark = pytest.mark.skipif(
     not core.c_core_available(), reason="the C core (pyprobes._speedups) is not built"
@@ -24,14 +24,11 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(params=["python", "c"])
 def on_core(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test on each core (swapped in while nothing is registered)."""
-    from pyprobes.engine import ccore
-
-    original = registry._core
-    registry._core = ccore if request.param == "c" else pycore
+    original = registry.use_core(request.param)
     try:
         yield request.param
     finally:
-        registry._core = original
+        registry.use_core(original)
 
 
 def target(a: int, b: int = 1) -> int:
@@ -135,10 +132,8 @@ def test_counters_and_handlers_are_plain_attributes(on_core: str) -> None:
 
 def test_spare_context_found_by_the_gc_is_not_reused() -> None:
     from pyprobes import _speedups
-    from pyprobes.engine import ccore
 
-    original = registry._core
-    registry._core = ccore
+    original = registry.use_core("c")
     grabbed: list[Any] = []
     p = Kprobe(addr=target, pre_handler=lambda p, ctx: None)
     pyprobes.register_kprobe(p)
@@ -152,7 +147,7 @@ def test_spare_context_found_by_the_gc_is_not_reused() -> None:
             assert o.frame is None or o.frame is not None  # still a valid object
     finally:
         pyprobes.unregister_kprobe(p)
-        registry._core = original
+        registry.use_core(original)
 
 
 def test_callbacks_refuse_bad_calls() -> None:
@@ -223,8 +218,7 @@ def test_entry_time_is_perf_counter_time_on_either_entry_clock(clock: str) -> No
 
     if clock == "tsc" and ccore.ENTRY_CLOCK != "tsc":
         pytest.skip("the TSC is not this machine's clock source (the system clock is tested)")
-    original = registry._core
-    registry._core = ccore
+    original = registry.use_core("c")
     seen: list[tuple[int, int, int]] = []
 
     def handler(ri: Any, ctx: Any) -> None:
@@ -244,7 +238,7 @@ def test_entry_time_is_perf_counter_time_on_either_entry_clock(clock: str) -> No
             assert in_handler - entry >= seconds * 1e9 - 1000
     finally:
         pyprobes.unregister_kretprobe(rp)
-        registry._core = original
+        registry.use_core(original)
         _speedups.set_entry_clock(ccore.ENTRY_CLOCK)
 
 
