@@ -15,7 +15,7 @@
  * so none of these callbacks is ever re-entered on one thread.
  *
  * Exceptions: a callback never lets one out into the probed program, except KeyboardInterrupt
- * (pycore's rule). Handler exceptions go to the fault path (pycore._fault); an internal failure
+ * (pycore's rule). Handler exceptions go to the fault path (shared.fault); an internal failure
  * (out of memory) is reported with PyErr_WriteUnraisable and the callback returns None.
  *
  * C API: public and "unstable public" API of 3.12-3.14 only, except one guarded access (see
@@ -137,11 +137,11 @@ enum { KIND_K = 1, KIND_J = 2, KIND_R = 3 };
 
 static int configured = 0;
 static PyObject *g_DISABLE;        /* sys.monitoring.DISABLE */
-static PyObject *g_fault;          /* pycore._fault(probe, ctx, exc) */
+static PyObject *g_fault;          /* shared.fault(probe, ctx, exc) */
 static PyObject *g_line_of;        /* context._line_of(code, offset) -> int | None */
-static PyObject *g_pending_insn;   /* pycore._pending_insn: id(frame) -> (frame, posts, ctx) */
-static PyObject *g_pending_line;   /* pycore._pending_line */
-static PyObject *g_disabled_codes; /* pycore's CoreTables.disabled_codes: ids of codes we DISABLEd */
+static PyObject *g_pending_insn;   /* shared.pending_insn: id(frame) -> (frame, posts, ctx) */
+static PyObject *g_pending_line;   /* shared.pending_line */
+static PyObject *g_disabled_codes; /* ccore's shared.CoreTables.disabled_codes: codes DISABLEd */
 static int g_close_emits_nothing;  /* gh-140373 (3.13.0 - 3.14.0) */
 static PyTypeObject *CtxType;      /* subclass of context.ProbeContext */
 static PyTypeObject *RiType;       /* subclass of context.KretprobeInstance */
@@ -808,7 +808,7 @@ ctx_get_lineno(PyObject *self, void *closure)
     return PyLong_FromLong(c->lineno);
 }
 
-/* --- arguments: context.read_args and pycore.call_args in C ------------------------------
+/* --- arguments: context.read_args and shared.call_args in C ------------------------------
  * The parameters of a code object, in signature order: co_varnames[:argcount], then *args,
  * then the keyword-only ones, then **kwargs (co_varnames keeps *args and **kwargs after the
  * keyword-only names). Index i of that order, as an index into co_varnames: */
@@ -873,7 +873,7 @@ done:
     return out;
 }
 
-/* pycore.call_args(code, args): the call's positional tuple and keyword dict, rebuilt from
+/* shared.call_args(code, args): the call's positional tuple and keyword dict, rebuilt from
  * the bound parameters (a missing one raises KeyError, as in pycore). 0 or -1. */
 static int
 c_call_args(PyCodeObject *co, PyObject *args, PyObject **pos_out, PyObject **kw_out)
@@ -2208,7 +2208,7 @@ probe_attr(PEnt *e, int which)
     return PyObject_GetAttr(e->probe, *h_names[which]);
 }
 
-/* pycore._fault, called with the exception as the one being handled (as in pycore's except
+/* shared.fault, called with the exception as the one being handled (as in pycore's except
  * block, so that sys.exc_info() in a fault handler is the handler's exception). 0 or -1. */
 static int
 call_fault(PyObject *probe, PyObject *ctx, PyObject *exc)
@@ -2382,7 +2382,7 @@ entry_veto(PEnt *e, PyObject *ri, Hit *hit)
     int truth = PyObject_IsTrue(veto);
     Py_DECREF(veto);
     if (truth < 0) {
-        /* pycore lets this one escape into the program; here it is a fault like any other */
+        /* a truth test that raises is a fault, as in pycore (its bool() is in the guard) */
         return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
     }
     return truth;

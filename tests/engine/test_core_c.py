@@ -130,6 +130,53 @@ def test_counters_and_handlers_are_plain_attributes(on_core: str) -> None:
         pyprobes.unregister_kprobe(p)
 
 
+@pytest.mark.parametrize(
+    "make, attr, value",
+    [
+        (lambda: Kprobe(addr=target), "pre_handler", lambda seen: lambda p, ctx: seen.append(1)),
+        (
+            lambda: Kprobe(addr=target, post_handler=lambda p, ctx, flags: None),
+            "post_handler",
+            lambda seen: lambda p, ctx, flags: seen.append(1),
+        ),
+        (lambda: Kretprobe(addr=target), "handler", lambda seen: lambda ri, ctx: seen.append(1)),
+        (
+            lambda: Kretprobe(addr=target),
+            "entry_handler",
+            lambda seen: lambda ri, ctx: seen.append(1),
+        ),
+        (
+            lambda: pyprobes.Jprobe(entry=lambda a, b=1: None, addr=target),
+            "entry",
+            lambda seen: lambda a, b=1: seen.append(1),
+        ),
+    ],
+)
+def test_a_handler_stored_after_a_hit_runs_at_the_next_hit(
+    on_core: str, make: Any, attr: str, value: Any
+) -> None:
+    """The C core caches handlers: an attribute store (not reported to dict watchers on 3.13)
+    must reach that cache before the next hit, on every handler attribute of every kind."""
+    p = make()
+    seen: list[int] = []
+    register = {
+        "k": pyprobes.register_kprobe,
+        "r": pyprobes.register_kretprobe,
+        "j": pyprobes.register_jprobe,
+    }[p.kind]
+    register(p)
+    try:
+        target(1)
+        setattr(p, attr, value(seen))
+        target(1)
+        assert seen == [1]
+        delattr(p, attr)
+        target(1)  # a handler deleted from the probe is a fault, not the old handler
+        assert seen == [1] and p.nfault == 1
+    finally:
+        registry.unregister(p)
+
+
 def test_spare_context_found_by_the_gc_is_not_reused() -> None:
     from pyprobes import _speedups
 

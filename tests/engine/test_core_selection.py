@@ -198,3 +198,25 @@ def test_use_core_switches_when_nothing_is_registered() -> None:
     finally:
         assert registry.use_core(before) == other
     assert pyprobes.core_name() == before
+
+
+@pytest.mark.parametrize("name", ["python", "c"])
+def test_a_core_loads_without_the_other(name: str) -> None:
+    """Each core imports the shared cold state, never the other core (nor, for the Python
+    core, the C extension)."""
+    if name == "c" and not HAVE_C:
+        pytest.skip("the C core (pyprobes._speedups) is not built")
+    out = run(
+        """
+        import sys, pyprobes
+        print(pyprobes.core_name(), *sorted(
+            m for m in sys.modules
+            if m in ("pyprobes.engine.pycore", "pyprobes.engine.ccore", "pyprobes._speedups")))
+        """,
+        {"PYPROBES_CORE": name},
+    )
+    assert out.returncode == 0, out.stderr
+    if name == "c":
+        assert out.stdout.split() == ["c", "pyprobes._speedups", "pyprobes.engine.ccore"]
+    else:
+        assert out.stdout.split() == ["python", "pyprobes.engine.pycore"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
-from pyprobes.engine import blacklist, core, pycore, quirks, tool
+from pyprobes.engine import blacklist, core, quirks, shared, tool
 from pyprobes.engine.errors import (
     AlreadyRegisteredError,
     InvalidProbeError,
@@ -189,7 +189,7 @@ def _check_jprobe_signature(p: Jprobe, code: CodeType) -> None:
     except (TypeError, ValueError):
         return  # not introspectable (a C callable): it will fault at run time if it must
     args = {name: None for name in code.co_varnames}
-    pos, kw = pycore.call_args(code, args | _empty_star_args(code))
+    pos, kw = shared.call_args(code, args | _empty_star_args(code))
     try:
         sig.bind(*pos, **kw)
     except TypeError as exc:
