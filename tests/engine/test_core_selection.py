@@ -203,7 +203,9 @@ def test_use_core_switches_when_nothing_is_registered() -> None:
 @pytest.mark.parametrize("name", ["python", "c"])
 def test_a_core_loads_without_the_other(name: str) -> None:
     """Each core imports the shared cold state, never the other core (nor, for the Python
-    core, the C extension)."""
+    core on 3.13+, the C extension: on 3.12 ``context.read_local`` uses its ``frame_var``,
+    a function no probe reaches, because 3.12's ``frame.f_locals`` changes the program's
+    ``locals()``)."""
     if name == "c" and not HAVE_C:
         pytest.skip("the C core (pyprobes._speedups) is not built")
     out = run(
@@ -219,4 +221,7 @@ def test_a_core_loads_without_the_other(name: str) -> None:
     if name == "c":
         assert out.stdout.split() == ["c", "pyprobes._speedups", "pyprobes.engine.ccore"]
     else:
-        assert out.stdout.split() == ["python", "pyprobes.engine.pycore"]
+        loaded = out.stdout.split()
+        if sys.version_info < (3, 13) and "pyprobes._speedups" in loaded:
+            loaded.remove("pyprobes._speedups")
+        assert loaded == ["python", "pyprobes.engine.pycore"]
