@@ -26,7 +26,7 @@ def _leftovers() -> list[str]:
 
 def _clean() -> None:
     for p in pyprobes.registered_probes():
-        pyprobes.engine.registry._unregister(p)
+        pyprobes.engine.registry.unregister(p)
     pyprobes.set_enabled(True)
 
 

@@ -15,7 +15,7 @@
  * so none of these callbacks is ever re-entered on one thread.
  *
  * Exceptions: a callback never lets one out into the probed program, except KeyboardInterrupt
- * (pycore's rule). Handler exceptions go to the fault path (pycore._fault); an internal failure
+ * (pycore's rule). Handler exceptions go to the fault path (shared.fault); an internal failure
  * (out of memory) is reported with PyErr_WriteUnraisable and the callback returns None.
  *
  * C API: public and "unstable public" API of 3.12-3.14 only, except one guarded access (see
@@ -137,11 +137,11 @@ enum { KIND_K = 1, KIND_J = 2, KIND_R = 3 };
 
 static int configured = 0;
 static PyObject *g_DISABLE;        /* sys.monitoring.DISABLE */
-static PyObject *g_fault;          /* pycore._fault(probe, ctx, exc) */
+static PyObject *g_fault;          /* shared.fault(probe, ctx, exc) */
 static PyObject *g_line_of;        /* context._line_of(code, offset) -> int | None */
-static PyObject *g_pending_insn;   /* pycore._pending_insn: id(frame) -> (frame, posts, ctx) */
-static PyObject *g_pending_line;   /* pycore._pending_line */
-static PyObject *g_disabled_codes; /* pycore's CoreTables.disabled_codes: ids of codes we DISABLEd */
+static PyObject *g_pending_insn;   /* shared.pending_insn: id(frame) -> (frame, posts, ctx) */
+static PyObject *g_pending_line;   /* shared.pending_line */
+static PyObject *g_disabled_codes; /* ccore's shared.CoreTables.disabled_codes: codes DISABLEd */
 static int g_close_emits_nothing;  /* gh-140373 (3.13.0 - 3.14.0) */
 static PyTypeObject *CtxType;      /* subclass of context.ProbeContext */
 static PyTypeObject *RiType;       /* subclass of context.KretprobeInstance */
@@ -151,7 +151,7 @@ static Py_ssize_t ctx_base_nslots, ri_base_nslots;
 /* interned attribute names */
 static PyObject *s_pre_handler, *s_post_handler, *s_entry, *s_handler, *s_entry_handler;
 static PyObject *s_kind, *s_rstate, *s_counters, *s_f_lasti, *s_f_lineno, *s_clear;
-static PyObject *s_co_qualname, *s_nhit, *s_nmissed, *s_nfault, *s_fault_handler;
+static PyObject *s_co_qualname, *s_fault_handler;
 static PyObject *g_zero; /* the int 0, the flags of a post handler */
 
 /* PyLong_AsLong, inline for the small ints the monitoring callbacks get (offsets, lines). */
@@ -274,145 +274,62 @@ tsc_to_ns(unsigned long long ticks)
 }
 
 /* --- Counters: nhit, nmissed, nfault of one probe ------------------------------------------
- * Kept in C so that a hit costs one increment, not an int allocation; exposed as the probe's
- * plain int attributes by CounterField descriptors that ccore installs on Probe. The object
- * lives in the probe's __dict__ under "_counters". */
+ * Kept in C so that a hit costs one increment, not an int allocation. ccore attaches one to
+ * each probe it registers (``probe._counters``, the registry asks ccore.new_counters()), and
+ * Probe's nhit/nmissed/nfault properties read and write its int members. Its
+ * handlers_changed() is what Probe.__setattr__ calls when a handler attribute is stored or
+ * deleted (see the handler cache, under Site). */
 
 typedef struct {
     PyObject_HEAD
     long long v[3]; /* nhit, nmissed, nfault */
 } Counters;
 
+static uint64_t g_dict_gen = 1; /* the handler cache's generation (see Site) */
+
+static PyObject *
+counters_handlers_changed(PyObject *self, PyObject *unused)
+{
+    g_dict_gen++;
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef counters_members[] = {
+    {"nhit", Py_T_LONGLONG, offsetof(Counters, v[0]), 0, "Hits."},
+    {"nmissed", Py_T_LONGLONG, offsetof(Counters, v[1]), 0, "Missed kretprobe entries."},
+    {"nfault", Py_T_LONGLONG, offsetof(Counters, v[2]), 0, "Faults."},
+    {NULL},
+};
+
+static PyMethodDef counters_methods[] = {
+    {"handlers_changed", counters_handlers_changed, METH_NOARGS,
+     "A handler attribute of the probe changed: the next hit reads them again."},
+    {NULL},
+};
+
 static PyTypeObject CountersType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pyprobes._speedups.Counters",
     .tp_basicsize = sizeof(Counters),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The hit, miss and fault counters of one probe.",
+    .tp_doc = "Counters(): the hit, miss and fault counters of one probe (all 0).",
+    .tp_members = counters_members,
+    .tp_methods = counters_methods,
+    .tp_new = PyType_GenericNew,
 };
 
-/* The Counters of a probe (new reference), created on first use; values set before the
- * descriptors were installed (plain attributes in the instance dict) are carried over. */
+/* The Counters ccore attached to a probe (new reference). */
 static Counters *
 counters_of(PyObject *probe)
 {
-    PyObject *dict = PyObject_GenericGetDict(probe, NULL);
-    if (dict == NULL) {
-        return NULL;
+    PyObject *c = PyObject_GetAttr(probe, s_counters);
+    if (c != NULL && !Py_IS_TYPE(c, &CountersType)) {
+        PyErr_Format(PyExc_TypeError, "%R was not registered with the C core (its counters "
+                     "are a %.100s)", probe, Py_TYPE(c)->tp_name);
+        Py_CLEAR(c);
     }
-    PyObject *c = PyDict_GetItemWithError(dict, s_counters);
-    if (c != NULL && Py_IS_TYPE(c, &CountersType)) {
-        Py_INCREF(c);
-        Py_DECREF(dict);
-        return (Counters *)c;
-    }
-    if (PyErr_Occurred()) {
-        Py_DECREF(dict);
-        return NULL;
-    }
-    Counters *n = PyObject_New(Counters, &CountersType);
-    if (n == NULL) {
-        Py_DECREF(dict);
-        return NULL;
-    }
-    PyObject *names[3] = {s_nhit, s_nmissed, s_nfault};
-    for (int i = 0; i < 3; i++) {
-        n->v[i] = 0;
-        PyObject *old = PyDict_GetItemWithError(dict, names[i]);
-        if (old != NULL && PyLong_Check(old)) {
-            long long x = PyLong_AsLongLong(old);
-            if (x == -1 && PyErr_Occurred()) {
-                PyErr_Clear();
-                x = 0;
-            }
-            n->v[i] = x;
-        }
-        else if (PyErr_Occurred()) {
-            Py_DECREF(n);
-            Py_DECREF(dict);
-            return NULL;
-        }
-    }
-    if (PyDict_SetItem(dict, s_counters, (PyObject *)n) < 0) {
-        Py_DECREF(n);
-        Py_DECREF(dict);
-        return NULL;
-    }
-    Py_DECREF(dict);
-    return n;
+    return (Counters *)c;
 }
-
-typedef struct {
-    PyObject_HEAD
-    int index;
-} CounterField;
-
-static PyObject *
-cfield_get(PyObject *self, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    Counters *c = counters_of(obj);
-    if (c == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyLong_FromLongLong(c->v[((CounterField *)self)->index]);
-    Py_DECREF(c);
-    return r;
-}
-
-static int
-cfield_set(PyObject *self, PyObject *obj, PyObject *value)
-{
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "a probe's counters cannot be deleted");
-        return -1;
-    }
-    if (!PyLong_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "a probe's counters are ints, not %.100s",
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    long long x = PyLong_AsLongLong(value);
-    if (x == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    Counters *c = counters_of(obj);
-    if (c == NULL) {
-        return -1;
-    }
-    c->v[((CounterField *)self)->index] = x;
-    Py_DECREF(c);
-    return 0;
-}
-
-static int
-cfield_init(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    int index;
-    if (!PyArg_ParseTuple(args, "i:CounterField", &index)) {
-        return -1;
-    }
-    if (index < 0 || index > 2) {
-        PyErr_SetString(PyExc_ValueError, "index must be 0 (nhit), 1 (nmissed) or 2 (nfault)");
-        return -1;
-    }
-    ((CounterField *)self)->index = index;
-    return 0;
-}
-
-static PyTypeObject CounterFieldType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pyprobes._speedups.CounterField",
-    .tp_basicsize = sizeof(CounterField),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "CounterField(index): a probe's nhit (0), nmissed (1) or nfault (2), kept in C.",
-    .tp_descr_get = cfield_get,
-    .tp_descr_set = cfield_set,
-    .tp_init = cfield_init,
-    .tp_new = PyType_GenericNew,
-};
 
 /* --- a pointer-keyed hash map (open addressing, linear probing, backward-shift delete) ----- */
 
@@ -891,7 +808,7 @@ ctx_get_lineno(PyObject *self, void *closure)
     return PyLong_FromLong(c->lineno);
 }
 
-/* --- arguments: context.read_args and pycore.call_args in C ------------------------------
+/* --- arguments: context.read_args and shared.call_args in C ------------------------------
  * The parameters of a code object, in signature order: co_varnames[:argcount], then *args,
  * then the keyword-only ones, then **kwargs (co_varnames keeps *args and **kwargs after the
  * keyword-only names). Index i of that order, as an index into co_varnames: */
@@ -956,7 +873,7 @@ done:
     return out;
 }
 
-/* pycore.call_args(code, args): the call's positional tuple and keyword dict, rebuilt from
+/* shared.call_args(code, args): the call's positional tuple and keyword dict, rebuilt from
  * the bound parameters (a missing one raises KeyError, as in pycore). 0 or -1. */
 static int
 c_call_args(PyCodeObject *co, PyObject *args, PyObject **pos_out, PyObject **kw_out)
@@ -1910,12 +1827,14 @@ enum { H_PRE, H_POST, H_ENTRY, H_HANDLER, H_ENTRY_HANDLER, H_COUNT };
 static PyObject **h_names[H_COUNT] = {&s_pre_handler, &s_post_handler, &s_entry, &s_handler,
                                       &s_entry_handler};
 
-/* Handler cache (3.12): a probe's handlers are read from its __dict__ once and kept until
- * that dict changes. A dict watcher (PyDict_AddWatcher, 3.12+) on every probe dict bumps
- * g_dict_gen on any change, so a cached value is exactly what reading the attribute at the hit
- * would give. Not on 3.13+ (see setup()): there, each hit reads the dict. */
+/* Handler cache: a probe's handlers are read from its __dict__ once and kept until that dict
+ * changes, so a cached value is exactly what reading the attribute at the hit would give. Two
+ * things bump g_dict_gen: a dict watcher (PyDict_AddWatcher) on every probe dict, for changes
+ * through the dict API, and Probe.__setattr__/__delattr__ (through Counters.handlers_changed),
+ * for attribute stores, which 3.13 makes into an object's inline values without telling the
+ * watchers of its materialised __dict__ (seen on 3.13.0). Without a watcher slot (setup()),
+ * or for a class that defines a handler attribute, each hit reads the attribute instead. */
 static int g_watcher = -1;
-static uint64_t g_dict_gen = 1;
 
 static int
 probe_dict_changed(PyDict_WatchEvent event, PyObject *dict, PyObject *key, PyObject *value)
@@ -1923,99 +1842,6 @@ probe_dict_changed(PyDict_WatchEvent event, PyObject *dict, PyObject *key, PyObj
     g_dict_gen++;
     return 0;
 }
-
-/* HandlerField: the data descriptor ccore installs for each handler attribute of the probe
- * classes. It stores the value in the instance __dict__, as a plain attribute would, and bumps
- * g_dict_gen. Needed because on 3.13 an attribute store into an object's inline values does
- * not notify the watchers of its materialised __dict__ (seen on 3.13.0); with the descriptor
- * no handler attribute is stored that way. Direct writes to __dict__ go through the dict API,
- * which the watcher does see. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *name;
-} HandlerField;
-
-static PyTypeObject HandlerFieldType;
-
-static PyObject *
-hfield_get(PyObject *self, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    PyObject *name = ((HandlerField *)self)->name;
-    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    if (dict == NULL) {
-        return NULL;
-    }
-    PyObject *v = PyDict_GetItemWithError(dict, name);
-    Py_XINCREF(v);
-    Py_DECREF(dict);
-    if (v == NULL && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
-                     Py_TYPE(obj)->tp_name, name);
-    }
-    return v;
-}
-
-static int
-hfield_set(PyObject *self, PyObject *obj, PyObject *value)
-{
-    PyObject *name = ((HandlerField *)self)->name;
-    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    if (dict == NULL) {
-        return -1;
-    }
-    g_dict_gen++;
-    int r;
-    if (value == NULL) {
-        r = PyDict_DelItem(dict, name);
-        if (r < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
-            PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%U'",
-                         Py_TYPE(obj)->tp_name, name);
-        }
-    }
-    else {
-        r = PyDict_SetItem(dict, name, value);
-    }
-    g_dict_gen++;
-    Py_DECREF(dict);
-    return r;
-}
-
-static int
-hfield_init(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *name;
-    if (!PyArg_ParseTuple(args, "U:HandlerField", &name)) {
-        return -1;
-    }
-    Py_INCREF(name);
-    PyUnicode_InternInPlace(&name);
-    Py_XSETREF(((HandlerField *)self)->name, name);
-    return 0;
-}
-
-static void
-hfield_dealloc(PyObject *self)
-{
-    Py_CLEAR(((HandlerField *)self)->name);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyTypeObject HandlerFieldType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pyprobes._speedups.HandlerField",
-    .tp_basicsize = sizeof(HandlerField),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "HandlerField(name): a probe's handler attribute (stored in its __dict__), whose "
-              "changes the C core's handler cache sees.",
-    .tp_descr_get = hfield_get,
-    .tp_descr_set = hfield_set,
-    .tp_init = hfield_init,
-    .tp_new = PyType_GenericNew,
-    .tp_dealloc = hfield_dealloc,
-};
 
 typedef struct {
     PyObject *probe;    /* strong */
@@ -2143,7 +1969,7 @@ pent_init(PEnt *e, PyObject *probe)
             }
             PyErr_Clear();
         }
-        int has = cls_attr != NULL && !Py_IS_TYPE(cls_attr, &HandlerFieldType);
+        int has = cls_attr != NULL;
         Py_XDECREF(cls_attr);
         e->generic |= has;
     }
@@ -2382,7 +2208,7 @@ probe_attr(PEnt *e, int which)
     return PyObject_GetAttr(e->probe, *h_names[which]);
 }
 
-/* pycore._fault, called with the exception as the one being handled (as in pycore's except
+/* shared.fault, called with the exception as the one being handled (as in pycore's except
  * block, so that sys.exc_info() in a fault handler is the handler's exception). 0 or -1. */
 static int
 call_fault(PyObject *probe, PyObject *ctx, PyObject *exc)
@@ -2556,7 +2382,7 @@ entry_veto(PEnt *e, PyObject *ri, Hit *hit)
     int truth = PyObject_IsTrue(veto);
     Py_DECREF(veto);
     if (truth < 0) {
-        /* pycore lets this one escape into the program; here it is a fault like any other */
+        /* a truth test that raises is a fault, as in pycore (its bool() is in the guard) */
         return handler_failed(e->probe, ctx) < 0 ? -1 : 1;
     }
     return truth;
@@ -3430,15 +3256,11 @@ PyInit__speedups(void)
     INTERN(s_f_lineno, "f_lineno");
     INTERN(s_clear, "clear");
     INTERN(s_co_qualname, "co_qualname");
-    INTERN(s_nhit, "nhit");
-    INTERN(s_nmissed, "nmissed");
-    INTERN(s_nfault, "nfault");
     g_zero = PyLong_FromLong(0);
     if (g_zero == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&CountersType) < 0 || PyType_Ready(&CounterFieldType) < 0 ||
-        PyType_Ready(&CallbackType) < 0 || PyType_Ready(&HandlerFieldType) < 0 ||
+    if (PyType_Ready(&CountersType) < 0 || PyType_Ready(&CallbackType) < 0 ||
         PyType_Ready(&RetStateType) < 0 || PyType_Ready(&SiteType) < 0) {
         return NULL;
     }
@@ -3459,8 +3281,6 @@ PyInit__speedups(void)
     }
 #endif
     if (PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
-        PyModule_AddObjectRef(m, "CounterField", (PyObject *)&CounterFieldType) < 0 ||
-        PyModule_AddObjectRef(m, "HandlerField", (PyObject *)&HandlerFieldType) < 0 ||
         PyModule_AddObjectRef(m, "RetState", (PyObject *)&RetStateType) < 0 ||
         PyModule_AddObjectRef(m, "Site", (PyObject *)&SiteType) < 0 ||
         PyModule_AddIntConstant(m, "HAVE_FRAME_TOKEN", HAVE_FRAME_TOKEN) < 0) {

@@ -255,7 +255,7 @@ def test_another_tool_freeing_its_id_does_not_touch_ours() -> None:
 @pytest.mark.parametrize("post", [False, True], ids=["pre", "post"])
 def test_offset_probe_at_a_line_start_beside_a_line_probe_keeps_every_hit(post: bool) -> None:
     # Our own LINE callback answered DISABLE on the offset probe's line (it has no line probe):
-    # on 3.12/3.13 that ate the offset probe's first hit (fixed in pycore.build_site).
+    # on 3.12/3.13 that ate the offset probe's first hit (fixed in shared.build_site).
     line_probe = Kprobe(addr=loop, line=OTHER)
     hits: list[int] = []
     offset_probe = _probe("offset@line", post, hits)

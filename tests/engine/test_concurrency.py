@@ -83,7 +83,7 @@ def test_register_disable_enable_unregister_while_8_threads_call() -> None:
                 for p in batch[round_ % 3 :: 3]:
                     pyprobes.enable_kprobe(p)
                 for p in batch:
-                    pyprobes.engine.registry._unregister(p)
+                    pyprobes.engine.registry.unregister(p)
                 probes.extend(batch)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -14,7 +14,7 @@ import pytest
 
 import pyprobes
 from pyprobes import Kprobe, Kretprobe
-from pyprobes.engine import core, pycore, registry
+from pyprobes.engine import core, registry
 
 pytestmark = pytest.mark.skipif(
     not core.c_core_available(), reason="the C core (pyprobes._speedups) is not built"
@@ -24,14 +24,11 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(params=["python", "c"])
 def on_core(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test on each core (swapped in while nothing is registered)."""
-    from pyprobes.engine import ccore
-
-    original = registry._core
-    registry._core = ccore if request.param == "c" else pycore
+    original = registry.use_core(request.param)
     try:
         yield request.param
     finally:
-        registry._core = original
+        registry.use_core(original)
 
 
 def target(a: int, b: int = 1) -> int:
@@ -133,12 +130,57 @@ def test_counters_and_handlers_are_plain_attributes(on_core: str) -> None:
         pyprobes.unregister_kprobe(p)
 
 
+@pytest.mark.parametrize(
+    "make, attr, value",
+    [
+        (lambda: Kprobe(addr=target), "pre_handler", lambda seen: lambda p, ctx: seen.append(1)),
+        (
+            lambda: Kprobe(addr=target, post_handler=lambda p, ctx, flags: None),
+            "post_handler",
+            lambda seen: lambda p, ctx, flags: seen.append(1),
+        ),
+        (lambda: Kretprobe(addr=target), "handler", lambda seen: lambda ri, ctx: seen.append(1)),
+        (
+            lambda: Kretprobe(addr=target),
+            "entry_handler",
+            lambda seen: lambda ri, ctx: seen.append(1),
+        ),
+        (
+            lambda: pyprobes.Jprobe(entry=lambda a, b=1: None, addr=target),
+            "entry",
+            lambda seen: lambda a, b=1: seen.append(1),
+        ),
+    ],
+)
+def test_a_handler_stored_after_a_hit_runs_at_the_next_hit(
+    on_core: str, make: Any, attr: str, value: Any
+) -> None:
+    """The C core caches handlers: an attribute store (not reported to dict watchers on 3.13)
+    must reach that cache before the next hit, on every handler attribute of every kind."""
+    p = make()
+    seen: list[int] = []
+    register = {
+        "k": pyprobes.register_kprobe,
+        "r": pyprobes.register_kretprobe,
+        "j": pyprobes.register_jprobe,
+    }[p.kind]
+    register(p)
+    try:
+        target(1)
+        setattr(p, attr, value(seen))
+        target(1)
+        assert seen == [1]
+        delattr(p, attr)
+        target(1)  # a handler deleted from the probe is a fault, not the old handler
+        assert seen == [1] and p.nfault == 1
+    finally:
+        registry.unregister(p)
+
+
 def test_spare_context_found_by_the_gc_is_not_reused() -> None:
     from pyprobes import _speedups
-    from pyprobes.engine import ccore
 
-    original = registry._core
-    registry._core = ccore
+    original = registry.use_core("c")
     grabbed: list[Any] = []
     p = Kprobe(addr=target, pre_handler=lambda p, ctx: None)
     pyprobes.register_kprobe(p)
@@ -152,7 +194,7 @@ def test_spare_context_found_by_the_gc_is_not_reused() -> None:
             assert o.frame is None or o.frame is not None  # still a valid object
     finally:
         pyprobes.unregister_kprobe(p)
-        registry._core = original
+        registry.use_core(original)
 
 
 def test_callbacks_refuse_bad_calls() -> None:
@@ -223,8 +265,7 @@ def test_entry_time_is_perf_counter_time_on_either_entry_clock(clock: str) -> No
 
     if clock == "tsc" and ccore.ENTRY_CLOCK != "tsc":
         pytest.skip("the TSC is not this machine's clock source (the system clock is tested)")
-    original = registry._core
-    registry._core = ccore
+    original = registry.use_core("c")
     seen: list[tuple[int, int, int]] = []
 
     def handler(ri: Any, ctx: Any) -> None:
@@ -244,7 +285,7 @@ def test_entry_time_is_perf_counter_time_on_either_entry_clock(clock: str) -> No
             assert in_handler - entry >= seconds * 1e9 - 1000
     finally:
         pyprobes.unregister_kretprobe(rp)
-        registry._core = original
+        registry.use_core(original)
         _speedups.set_entry_clock(ccore.ENTRY_CLOCK)
 
 

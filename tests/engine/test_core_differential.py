@@ -289,7 +289,7 @@ def apply(run: Run, op: tuple[Any, ...], rng: random.Random) -> None:
         label, p = run.probes[op[1]]
         try:
             {
-                "unregister": registry._unregister,
+                "unregister": registry.unregister,
                 "disable": pyprobes.disable_kprobe,
                 "enable": pyprobes.enable_kprobe,
             }[what](p)
@@ -354,7 +354,7 @@ def counters(run: Run) -> list[tuple[str, int, int, int]]:
 
 def run_sequence(core_module: Any, ops: list[tuple[Any, ...]], seed: int) -> Run:
     assert not registry.registered_probes() and registry.tool_id() is None
-    registry._core = core_module
+    registry.use_core(core_module.NAME)
     assert pyprobes.core_name() == core_module.NAME
     run = Run()
     rng = random.Random(seed)
@@ -369,7 +369,7 @@ def run_sequence(core_module: Any, ops: list[tuple[Any, ...]], seed: int) -> Run
         run.log.append(("end", tuple(nactive_all(run)), tuple(counters(run))))
     finally:
         for _, p in run.probes:
-            registry._unregister(p)
+            registry.unregister(p)
         pyprobes.set_enabled(True)
         if gc_was:
             gc.enable()
@@ -380,12 +380,12 @@ def run_sequence(core_module: Any, ops: list[tuple[Any, ...]], seed: int) -> Run
 def both_cores() -> Iterator[tuple[Any, Any]]:
     from pyprobes.engine import ccore
 
-    original = registry._core
+    original = registry.core_name()
     try:
         yield pycore, ccore
     finally:
         assert not registry.registered_probes() and registry.tool_id() is None
-        registry._core = original
+        registry.use_core(original)
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -82,7 +82,7 @@ def churn(n: int) -> None:
             g = gen(2)
             next(g)  # left suspended: its activation is flushed by unregister
         target(i, 1)
-        pyprobes.engine.registry._unregister(p)
+        pyprobes.engine.registry.unregister(p)
 
 
 def test_rss_stays_flat_over_100k_registrations_and_10m_hits() -> None:
@@ -117,7 +117,7 @@ def test_rss_stays_flat_over_100k_registrations_and_10m_hits() -> None:
         after = rss()
     finally:
         for p in (kp, rp, keep):
-            pyprobes.engine.registry._unregister(p)
+            pyprobes.engine.registry.unregister(p)
     print(
         f"\ncore {pyprobes.core_name()}: RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB"
         f" ({(after - before) / 2**10:+.0f} KiB) over 100,000 registrations ({t1 - t0:.1f} s)"

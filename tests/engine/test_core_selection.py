@@ -37,7 +37,7 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
     want = os.environ.get("PYPROBES_CORE", "").strip().lower()
     expected = want or ("c" if HAVE_C else "python")
     assert pyprobes.core_name() == expected
-    assert expected == registry._core.NAME
+    assert expected == core.select().NAME
 
 
 def test_python_core_by_environment() -> None:
@@ -161,3 +161,67 @@ def test_counters_are_plain_ints_on_the_c_core() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_use_core_is_refused_while_a_probe_is_registered() -> None:
+    p = pyprobes.Kprobe(addr=target)
+    pyprobes.register_kprobe(p)
+    try:
+        with pytest.raises(pyprobes.ProbeError) as info:
+            registry.use_core("python")
+        assert str(info.value) == (
+            f"cannot switch to the 'python' core while 1 probe(s) are registered on the"
+            f" {pyprobes.core_name()!r} core; unregister them first"
+        )
+        target(1)
+        assert p.nhit == 1  # still armed, on the core it was registered with
+    finally:
+        pyprobes.unregister_kprobe(p)
+
+
+def test_use_core_switches_when_nothing_is_registered() -> None:
+    before = pyprobes.core_name()
+    other = "python" if before == "c" else ("c" if HAVE_C else "python")
+    assert registry.use_core(other) == before
+    try:
+        assert pyprobes.core_name() == other
+        p = pyprobes.Kprobe(addr=target)
+        pyprobes.register_kprobe(p)
+        target(1)
+        pyprobes.unregister_kprobe(p)
+        assert p.nhit == 1
+        with pytest.raises(ImportError, match="not a pyprobes core"):
+            registry.use_core("rust")
+        with pytest.raises(ImportError, match="needs a core name"):
+            registry.use_core("")
+        assert pyprobes.core_name() == other
+    finally:
+        assert registry.use_core(before) == other
+    assert pyprobes.core_name() == before
+
+
+@pytest.mark.parametrize("name", ["python", "c"])
+def test_a_core_loads_without_the_other(name: str) -> None:
+    """Each core imports the shared cold state, never the other core (nor, for the Python
+    core on 3.13+, the C extension: on 3.12 ``context.read_local`` uses its ``frame_var``,
+    a function no probe reaches, because 3.12's ``frame.f_locals`` changes the program's
+    ``locals()``)."""
+    if name == "c" and not HAVE_C:
+        pytest.skip("the C core (pyprobes._speedups) is not built")
+    out = run(
+        """
+        import sys, pyprobes
+        print(pyprobes.core_name(), *sorted(
+            m for m in sys.modules
+            if m in ("pyprobes.engine.pycore", "pyprobes.engine.ccore", "pyprobes._speedups")))
+        """,
+        {"PYPROBES_CORE": name},
+    )
+    assert out.returncode == 0, out.stderr
+    if name == "c":
+        assert out.stdout.split() == ["c", "pyprobes._speedups", "pyprobes.engine.ccore"]
+    else:
+        loaded = out.stdout.split()
+        if sys.version_info < (3, 13) and "pyprobes._speedups" in loaded:
+            loaded.remove("pyprobes._speedups")
+        assert loaded == ["python", "pyprobes.engine.pycore"]

@@ -33,7 +33,7 @@ def registered(*probes: Any) -> Iterator[None]:
         yield
     finally:
         for p in probes:
-            pyprobes.engine.registry._unregister(p)
+            pyprobes.engine.registry.unregister(p)
 
 
 def line_of(func: Any, text: str) -> int:

@@ -571,7 +571,7 @@ def test_mix_of_kprobes_jprobe_and_kretprobes_on_one_function() -> None:
         assert log[-2:] == [("r1", "rp1", 13), ("r2", "rp2", 13)]
         # Take the others away one by one: the return probes keep pairing correctly.
         for p in (kp, jp, kl):
-            pyprobes.engine.registry._unregister(p)
+            pyprobes.engine.registry.unregister(p)
             log.clear()
             assert mixed(2, 2) == 5
             assert log[-2:] == [("r1", "rp1", 5), ("r2", "rp2", 5)]

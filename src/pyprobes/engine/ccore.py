@@ -6,18 +6,19 @@ differential test), faster. What runs per event is C: the callbacks, the lookup 
 object and offset or line to the probes there, the context object (its costly fields read
 lazily; the arguments read and, for jprobes, rebuilt into a call), the handler calls with
 fault containment, the counters and the return-probe pools.
-What is cold stays here, in Python, and is pycore's own code wherever it can be: building a
-code object's ``Site`` (``pycore.build_site``), ``set_local_events``, PY_UNWIND and restarts,
-the fault report (``pycore._fault``), the pending post handlers (pycore's two dicts, which
-the C callbacks fill and drain), and the gc and fork hooks (pycore's, over pycore's set of
-pools, which holds this core's pools too).
+What is cold stays in Python, and is the code both cores share (``engine.shared``; this module
+does not import pycore): building a code object's ``Site`` (``build_site``), the cold tables
+(``CoreTables``: ``set_local_events``, PY_UNWIND and restarts), the fault report (``fault``),
+the pending post handlers (the two shared dicts, which the C callbacks fill and drain), and
+the gc and fork hooks (over the shared set of both cores' pools).
 
 Counters: a probe's ``nhit``, ``nmissed`` and ``nfault`` are kept in C (one increment per hit
-instead of an int allocation) and read through ``CounterField`` descriptors, which importing
-this module installs on ``Probe``: ``p.nhit`` stays a plain readable (and assignable) int.
+instead of an int allocation), in the ``_speedups.Counters`` that ``new_counters`` gives the
+registry for each probe it registers here; ``Probe``'s properties read them as plain ints.
+Nothing is installed on any class: importing this module leaves the probe classes as they are.
 Handlers: read at every hit, as pycore reads them, from a cache that is refreshed whenever a
-probe's ``__dict__`` changes (a dict watcher, plus ``HandlerField`` descriptors, installed on
-the probe classes, for the attribute stores that 3.13 does not report to dict watchers).
+probe's ``__dict__`` changes (a dict watcher, and ``Probe.__setattr__`` telling the counters
+object of a handler store, which 3.13 does not report to dict watchers).
 
 Threads: as in pycore, callbacks take no lock. A C ``Site`` is built whole and swapped into the
 C table in one step under the GIL, and the C code gives the GIL up only where Python code runs
@@ -49,29 +50,20 @@ from collections.abc import Callable, Iterable, Sequence
 from types import CodeType
 
 from pyprobes import _speedups
-from pyprobes.engine import program, pycore, quirks
+from pyprobes.engine import program, quirks, shared
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, _line_of
-from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
-from pyprobes.engine.pycore import (
-    Site,
-    build_site,
-    call_args,
-    nactive,
-    track_ret_state,
-)
-from pyprobes.engine.pycore import (
-    drop_ret_state as _py_drop_ret_state,
-)
+from pyprobes.engine.probes import Kretprobe, Probe
 from pyprobes.engine.resolve import Location
+from pyprobes.engine.shared import Site, build_site, nactive, track_ret_state
 
 __all__ = [
     "NAME",
-    "call_args",
     "commit",
     "drop_ret_state",
     "forget",
     "install",
     "nactive",
+    "new_counters",
     "new_ret_state",
     "program_handler",
     "publish",
@@ -85,7 +77,7 @@ NAME = "c"
 _M = sys.monitoring
 _E = _M.events
 
-# --- state: pycore's cold tables (its Sites decide events and restarts); the hot ones are C ---
+# --- state: the shared cold tables (their Sites decide events and restarts); the hot ones C ---
 
 _CALLBACKS: dict[int, Callable[..., object]] = {
     _E.PY_START: _speedups.on_start,
@@ -95,16 +87,16 @@ _CALLBACKS: dict[int, Callable[..., object]] = {
     _E.PY_YIELD: _speedups.on_yield,
     _E.PY_UNWIND: _speedups.on_unwind,
 }
-_tables = pycore.CoreTables(_CALLBACKS)
+_tables = shared.CoreTables(_CALLBACKS)
 
 _speedups.setup(
     ProbeContext=ProbeContext,
     KretprobeInstance=KretprobeInstance,
     DISABLE=_M.DISABLE,
-    fault=pycore._fault,
+    fault=shared.fault,
     line_of=_line_of,
-    pending_insn=pycore._pending_insn,
-    pending_line=pycore._pending_line,
+    pending_insn=shared.pending_insn,
+    pending_line=shared.pending_line,
     disabled_codes=_tables.disabled_codes,
     close_emits_nothing=quirks.CLOSE_EMITS_NOTHING,
 )
@@ -130,20 +122,12 @@ def _tsc_is_the_clock() -> bool:
 #: How kretprobe entries are stamped: "tsc" (read as CLOCK_MONOTONIC ns) or "monotonic".
 ENTRY_CLOCK = _speedups.set_entry_clock("tsc" if _tsc_is_the_clock() else "monotonic")
 
-for _i, _name in enumerate(("nhit", "nmissed", "nfault")):
-    setattr(Probe, _name, _speedups.CounterField(_i))
-# Handler attributes: stored in the instance __dict__ as before, through descriptors that tell
-# the C core's handler cache when one changes (it is read at every hit, as pycore reads it).
-for _cls, _names in (
-    (Kprobe, ("pre_handler", "post_handler")),
-    (Jprobe, ("entry",)),
-    (Kretprobe, ("handler", "entry_handler")),
-):
-    for _name in _names:
-        setattr(_cls, _name, _speedups.HandlerField(_name))
-
-
 # --- the interface the registry uses -----------------------------------------------------
+
+
+def new_counters() -> _speedups.Counters:
+    """The counters of a probe being registered: C ints, incremented by the callbacks."""
+    return _speedups.Counters()
 
 
 def install(tool_id: int) -> None:
@@ -156,8 +140,7 @@ def uninstall() -> None:
     """Remove callbacks and global events; every site must have been unpublished before."""
     if _tables.uninstall():
         _speedups.clear_sites()
-        pycore._pending_insn.clear()
-        pycore._pending_line.clear()
+        shared.clear_pending()
 
 
 def _c_site(site: Site) -> _speedups.Site:
@@ -182,7 +165,7 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
         _M.set_local_events(_tables.tool, code, 0)
         _tables.file(code, None)
         _speedups.set_site(code, None)
-        pycore._drop_posts_of(code)
+        shared.drop_posts_of(code)
         return
     site = build_site(items)
     events = site.events
@@ -198,7 +181,7 @@ def publish(code: CodeType, items: Sequence[tuple[Probe, Location]]) -> None:
     _speedups.set_site(code, _c_site(site))
     _tables.file(code, site)
     if not site.watches_exit:
-        pycore._drop_posts_of(code)
+        shared.drop_posts_of(code)
     if not events & ~before or before & ~events:
         _M.set_local_events(_tables.tool, code, events)
 
@@ -213,7 +196,7 @@ commit = _tables.commit
 
 
 def new_ret_state(rp: Kretprobe, maxactive: int) -> _speedups.RetState:
-    """A fresh pool for a kretprobe being armed (under pycore's gc and fork hooks)."""
+    """A fresh pool for a kretprobe being armed (under the shared gc and fork hooks)."""
     state = _speedups.RetState(rp, maxactive)
     track_ret_state(state)
     return state
@@ -224,7 +207,7 @@ def drop_ret_state(state: _speedups.RetState | None) -> None:
     if state is None:
         return
     state.kill()  # the callbacks read a dead state as pycore reads ``rp._rstate is None``
-    _py_drop_ret_state(state)
+    shared.drop_ret_state(state)
 
 
 def set_own_threads(idents: Iterable[int]) -> None:

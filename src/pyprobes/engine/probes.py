@@ -6,7 +6,7 @@ import types
 import weakref
 from collections.abc import Callable
 from types import CodeType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pyprobes.engine.context import KretprobeInstance, ProbeContext
 
@@ -19,15 +19,82 @@ FaultHandler = Callable[["Probe", ProbeContext, BaseException], object]
 RetHandler = Callable[[KretprobeInstance, ProbeContext], object]
 
 
+#: The handler attributes the hit reads; a change to one is told to the probe's counters.
+HANDLER_NAMES = frozenset({"pre_handler", "post_handler", "entry", "handler", "entry_handler"})
+
+
+class ProbeCounters(Protocol):
+    """What the core that registers a probe attaches to it (``Probe._counters``): its hit,
+    miss and fault counters (ints, assignable), and the hook told of a change to a handler
+    attribute (``handlers_changed``), for a core that caches the handlers (the C core's cache;
+    3.13 does not report attribute stores to dict watchers)."""
+
+    nhit: int
+    nmissed: int
+    nfault: int
+
+    def handlers_changed(self) -> None: ...
+
+
+class Counters:
+    """The pure-Python core's counters, and every probe's before it is first registered:
+    plain int attributes."""
+
+    __slots__ = ("nfault", "nhit", "nmissed")
+
+    def __init__(self) -> None:
+        self.nhit = 0
+        self.nmissed = 0
+        self.nfault = 0
+
+    def handlers_changed(self) -> None:
+        """Nothing to do: the Python core reads the handlers at every hit."""
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"a probe's counters are ints, not {type(value).__name__}")
+    return value
+
+
 class Probe:
     """Fields, counters and state shared by every probe kind.
 
     The registry owns the private fields (under its lock); the hot path reads the site tables
     the core built from them at registration and the public counters and handlers, so a probe
-    object may be inspected from any thread at any time.
+    object may be inspected from any thread at any time. The counters live in the object the
+    registering core attached (``_counters``): the classes are the same whichever core runs.
     """
 
     kind: ClassVar[str] = "?"
+    _counters: ProbeCounters
+
+    @property
+    def nhit(self) -> int:
+        """Hits since registration (an int; assignable)."""
+        return self._counters.nhit
+
+    @nhit.setter
+    def nhit(self, value: int) -> None:
+        self._counters.nhit = _int(value)
+
+    @property
+    def nmissed(self) -> int:
+        """Kretprobe entries missed for want of a free instance (an int; assignable)."""
+        return self._counters.nmissed
+
+    @nmissed.setter
+    def nmissed(self, value: int) -> None:
+        self._counters.nmissed = _int(value)
+
+    @property
+    def nfault(self) -> int:
+        """Handler calls that raised (an int; assignable)."""
+        return self._counters.nfault
+
+    @nfault.setter
+    def nfault(self, value: int) -> None:
+        self._counters.nfault = _int(value)
 
     def __init__(
         self,
@@ -39,6 +106,7 @@ class Probe:
         line: int | None,
         disabled: bool,
     ) -> None:
+        self._counters = Counters()
         self.symbol_name = symbol_name
         self._addr: object = addr
         self._addr_is_weak = False
@@ -46,9 +114,6 @@ class Probe:
         self.offset = offset
         self.line = line
         self.fault_handler: FaultHandler | None = None
-        self.nhit = 0
-        self.nmissed = 0
-        self.nfault = 0
         self._disabled = bool(disabled)
         # Registry state (guarded by the registry lock).
         self._registered = False
@@ -56,6 +121,16 @@ class Probe:
         self._location: Location | None = None
         self._gone = False
         self._fault_reported = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in HANDLER_NAMES:
+            self._counters.handlers_changed()
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if name in HANDLER_NAMES:
+            self._counters.handlers_changed()
 
     # addr is kept weakly once registered, so that a probe never keeps its code alive
     # (a probed code object that is collected makes the probe GONE, as module unload does).

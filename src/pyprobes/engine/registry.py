@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
-from pyprobes.engine import blacklist, core, pycore, quirks, tool
+from pyprobes.engine import blacklist, core, quirks, shared, tool
 from pyprobes.engine.errors import (
     AlreadyRegisteredError,
     InvalidProbeError,
@@ -189,7 +189,7 @@ def _check_jprobe_signature(p: Jprobe, code: CodeType) -> None:
     except (TypeError, ValueError):
         return  # not introspectable (a C callable): it will fault at run time if it must
     args = {name: None for name in code.co_varnames}
-    pos, kw = pycore.call_args(code, args | _empty_star_args(code))
+    pos, kw = shared.call_args(code, args | _empty_star_args(code))
     try:
         sig.bind(*pos, **kw)
     except TypeError as exc:
@@ -474,7 +474,7 @@ def _register(p: Probe, cls: type[Probe], what: str) -> None:
             _check_location(p, target)
         _ensure_tool()
         # Nothing below raises for bad input: the probe is registered whole or not at all.
-        p.nhit = p.nmissed = p.nfault = 0
+        p._counters = _core.new_counters()  # zeroed, and the kind the core increments
         p._fault_reported = False
         if isinstance(p, Kretprobe) and p.maxactive <= 0:
             p.maxactive = default_maxactive()
@@ -492,6 +492,11 @@ def _register(p: Probe, cls: type[Probe], what: str) -> None:
             if target.path is not None:
                 _pending_paths.setdefault(target.path, []).append(p)
         _update_watcher()
+
+
+def unregister(p: Probe) -> None:
+    """Remove a probe of any kind; a no-op if it is not registered (or not a probe)."""
+    _unregister(p)
 
 
 def _unregister(p: Probe) -> None:
@@ -727,6 +732,28 @@ os.register_at_fork(after_in_child=_forget_own_threads_in_child)
 def core_name() -> str:
     """Which dispatch core is in use: ``"python"`` or ``"c"``."""
     return _core.NAME
+
+
+def use_core(name: str) -> str:
+    """Run the hot path on core ``name`` (``"c"`` or ``"python"``) from now on; return the
+    name of the core used before (tests run one process on both cores with it).
+
+    Refused (ProbeError) while any probe is registered or pyprobes holds its tool id: a core's
+    sites, pools and counters are its own, and a probe armed on one cannot move to the other.
+    An ImportError as for ``PYPROBES_CORE``, for a name that is not a core or a C core that is
+    not built. Takes the registry lock.
+    """
+    global _core
+    with _lock:
+        if _probes or _tool_id is not None:
+            raise ProbeError(
+                f"cannot switch to the {name!r} core while {len(_probes)} probe(s) are"
+                f" registered on the {_core.NAME!r} core; unregister them first"
+            )
+        if not name.strip():
+            raise ImportError("use_core() needs a core name: 'c' or 'python'")
+        previous, _core = _core.NAME, core.select(name)
+        return previous
 
 
 def tool_id() -> int | None:
