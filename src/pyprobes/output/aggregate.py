@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -183,6 +184,235 @@ def _amount(x: float) -> str:
     if x >= 1:
         return f"{x:.2f}"
     return f"{x:.{min(9, 2 - math.floor(math.log10(x)))}f}"
+
+
+# -- linear histogram --------------------------------------------------------------------
+
+#: The most buckets a linear histogram has between MIN and MAX (bpftrace's lhist limit).
+LHIST_MAX_BUCKETS = 1000
+#: Linear histograms count values in [-LHIST_LIMIT, LHIST_LIMIT) (64-bit, as the C core).
+LHIST_LIMIT = 1 << 63
+#: MIN and MAX of a linear histogram are within +-LHIST_BOUND.
+LHIST_BOUND = 1 << 62
+LHIST_BAR_WIDTH = 52
+
+
+def check_linear(lo: object, hi: object, step: object) -> tuple[int, int, int]:
+    """``(lo, hi, step)`` of a linear histogram, or ValueError saying what is wrong."""
+    if not all(type(v) is int for v in (lo, hi, step)):
+        raise ValueError(f"MIN, MAX and STEP are ints, not {lo!r}, {hi!r}, {step!r}")
+    assert isinstance(lo, int) and isinstance(hi, int) and isinstance(step, int)
+    if step <= 0:
+        raise ValueError(f"STEP must be positive, not {step}")
+    if not lo < hi:
+        raise ValueError(f"MIN must be below MAX, not {lo} and {hi}")
+    if max(abs(lo), abs(hi)) > LHIST_BOUND:
+        raise ValueError(f"MIN and MAX must be within +-{LHIST_BOUND}")
+    if (hi - lo) % step:
+        up = lo + -(-(hi - lo) // step) * step
+        raise ValueError(
+            f"MAX - MIN ({hi - lo}) must be a multiple of STEP ({step}): e.g. MAX {up}"
+        )
+    if (hi - lo) // step > LHIST_MAX_BUCKETS:
+        raise ValueError(
+            f"(MAX - MIN) / STEP is {(hi - lo) // step} buckets; at most {LHIST_MAX_BUCKETS}"
+        )
+    return lo, hi, step
+
+
+def linear_bucket(value: int, lo: int, hi: int, step: int) -> int:
+    """The bucket of an int: 0 below ``lo``, ``1 + (value - lo) // step`` up to ``hi``,
+    ``(hi - lo) // step + 1`` at or above ``hi`` (bpftrace's lhist buckets)."""
+    if value < lo:
+        return 0
+    if value >= hi:
+        return (hi - lo) // step + 1
+    return 1 + (value - lo) // step
+
+
+def linear_value(value: object) -> int | None:
+    """The int a linear histogram counts for a value: an int (not a bool), or the floor of a
+    finite float, in [-2**63, 2**63); None for anything else."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            return None
+        value = math.floor(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if -LHIST_LIMIT <= value < LHIST_LIMIT else None
+
+
+class LinearHistogram:
+    """Counts of ints in buckets of width ``step`` from ``lo`` to ``hi``, plus one below
+    ``lo`` and one at or above ``hi``, printed as bpftrace prints ``lhist()``.
+
+    Bucket 0 holds values below ``lo``, bucket ``k`` (1 to n = (hi - lo) / step) holds
+    ``[lo + (k-1)*step, lo + k*step)``, bucket n + 1 values at or above ``hi``. ``unit``
+    is ``nsecs`` for durations (shown in the largest of nsecs, usecs, msecs that divides
+    lo, hi and step) or ``value``. Not thread-safe.
+    """
+
+    __slots__ = ("_buckets", "count", "hi", "lo", "step", "total", "unit")
+
+    def __init__(self, lo: int, hi: int, step: int, unit: str = "value") -> None:
+        self.lo, self.hi, self.step = check_linear(lo, hi, step)
+        self.unit = unit
+        self._buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0
+
+    @property
+    def nbuckets(self) -> int:
+        """How many buckets lie between ``lo`` and ``hi``."""
+        return (self.hi - self.lo) // self.step
+
+    @property
+    def bounds(self) -> tuple[int, int, int]:
+        """``(lo, hi, step)``."""
+        return self.lo, self.hi, self.step
+
+    def add(self, value: int) -> None:
+        """Count one int; TypeError unless an int, ValueError outside [-2**63, 2**63)."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"a linear histogram counts ints, not {type(value).__name__}")
+        if not -LHIST_LIMIT <= value < LHIST_LIMIT:
+            raise ValueError(f"a linear histogram counts 64-bit ints, got {value}")
+        i = linear_bucket(value, self.lo, self.hi, self.step)
+        self._buckets[i] = self._buckets.get(i, 0) + 1
+        self.count += 1
+        self.total += value
+
+    @property
+    def mean(self) -> float | None:
+        """Mean value, None when empty."""
+        return self.total / self.count if self.count else None
+
+    @classmethod
+    def from_buckets(
+        cls,
+        bounds: tuple[int, int, int],
+        unit: str,
+        buckets: Mapping[int, int],
+        count: int,
+        total: int,
+    ) -> LinearHistogram:
+        """A histogram of values already bucketed (by a probe program)."""
+        new = cls(*bounds, unit=unit)
+        last = new.nbuckets + 1
+        if any(not 0 <= i <= last for i in buckets):
+            raise ValueError(f"a linear histogram's buckets are 0 to {last}")
+        new._buckets = {i: n for i, n in buckets.items() if n}
+        new.count, new.total = count, total
+        return new
+
+    def counts(self) -> dict[int, int]:
+        """``{bucket index: count}`` of the non-empty buckets."""
+        return dict(self._buckets)
+
+    def copy(self) -> LinearHistogram:
+        """An independent copy."""
+        new = LinearHistogram(self.lo, self.hi, self.step, self.unit)
+        new._buckets = dict(self._buckets)
+        new.count, new.total = self.count, self.total
+        return new
+
+    def merge(self, other: LinearHistogram) -> LinearHistogram:
+        """A new histogram holding the values of both; neither input changes."""
+        if (other.bounds, other.unit) != (self.bounds, self.unit):
+            raise ValueError(
+                f"cannot merge a linear histogram of {self.bounds} {self.unit}"
+                f" with one of {other.bounds} {other.unit}"
+            )
+        new = self.copy()
+        for i, n in other._buckets.items():
+            new._buckets[i] = new._buckets.get(i, 0) + n
+        new.count += other.count
+        new.total += other.total
+        return new
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinearHistogram):
+            return NotImplemented
+        return (self.bounds, self.unit, self.count, self.total, self._buckets) == (
+            other.bounds,
+            other.unit,
+            other.count,
+            other.total,
+            other._buckets,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearHistogram({self.lo}, {self.hi}, {self.step}, unit={self.unit!r},"
+            f" count={self.count}, total={self.total})"
+        )
+
+    def display_unit(self) -> tuple[str, int]:
+        """The unit the table is shown in, and its divisor: for durations the largest of
+        nsecs, usecs and msecs that divides lo, hi and step (so every label is exact)."""
+        if self.unit != TIME_UNITS[0][0]:
+            return self.unit, 1
+        for name, divisor in reversed(TIME_UNITS):
+            if not (self.lo % divisor or self.hi % divisor or self.step % divisor):
+                return name, divisor
+        return TIME_UNITS[0]
+
+    def buckets(self) -> list[tuple[int | None, int | None, int]]:
+        """``(low, high, count)`` rows (``low`` inclusive, ``high`` exclusive; None for no
+        bound) from the first non-empty bucket to the last."""
+        if not self._buckets:
+            return []
+        last = self.nbuckets + 1
+        rows: list[tuple[int | None, int | None, int]] = []
+        for i in range(min(self._buckets), max(self._buckets) + 1):
+            low = None if i == 0 else self.hi if i == last else self.lo + (i - 1) * self.step
+            high = self.lo if i == 0 else None if i == last else self.lo + i * self.step
+            rows.append((low, high, self._buckets.get(i, 0)))
+        return rows
+
+    def render(self) -> str:
+        """bpftrace's lhist table, in ``display_unit()``: ``[0, 10)  12 |@@@@  |`` rows from
+        the first non-empty bucket to the last, ``(..., MIN)`` and ``[MAX, ...)`` at the
+        ends; nothing when empty."""
+        _, divisor = self.display_unit()
+        step = self.step // divisor
+        rows = self.buckets()
+        peak = max((n for _, _, n in rows), default=0)
+        out = []
+        for low, high, n in rows:
+            if low is None:
+                assert high is not None
+                head = f"(..., {_lhist_label(high // divisor, step)})"
+            elif high is None:
+                head = f"[{_lhist_label(low // divisor, step)}, ...)"
+            else:
+                head = f"[{_lhist_label(low // divisor, step)}, {_lhist_label(high // divisor, step)})"
+            bar = "@" * _bar_width(n, peak)
+            out.append(f"{head:<16}{n:>8} |{bar:<{LHIST_BAR_WIDTH}}|\n")
+        return "".join(out)
+
+
+def _f32(x: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+def _bar_width(n: int, peak: int) -> int:
+    """bpftrace's bar: ``n / (float)peak * 52`` in C float arithmetic, truncated."""
+    return int(_f32(_f32(_f32(float(n)) / _f32(float(peak))) * LHIST_BAR_WIDTH))
+
+
+def _lhist_label(number: int, step: int) -> str:
+    """A bucket bound as bpftrace writes it: with K or M (powers of 1024) only when the step
+    is a multiple of 1024."""
+    if step % 1024 or number == 0:
+        return str(number)
+    if number % (1 << 20) == 0:
+        return f"{number >> 20}M"
+    if number % 1024 == 0:
+        return f"{number >> 10}K"
+    return str(number)
 
 
 # -- counts by key -----------------------------------------------------------------------
@@ -564,6 +794,22 @@ class AggregatorConfig:
     by_field: str | None = None
     stats_field: str | None = None
     hist_unit: str | None = None  # nsecs/usecs/msecs for a $duration histogram; None: auto
+    #: --lhist FIELD,MIN,MAX,STEP: a linear histogram of FIELD, bounds (MIN, MAX, STEP).
+    lhist_field: str | None = None
+    lhist_bounds: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.lhist_field is None) != (self.lhist_bounds is None):
+            raise ValueError("a linear histogram needs both a field and its bounds")
+        if self.lhist_bounds is not None:
+            check_linear(*self.lhist_bounds)
+        if self.lhist_field is not None and self.hist_field is not None:
+            raise ValueError("a log2 and a linear histogram cannot be asked at once")
+
+    @property
+    def histogram_field(self) -> str | None:
+        """The field of the histogram, log2 or linear (one at most)."""
+        return self.hist_field if self.hist_field is not None else self.lhist_field
 
 
 @dataclass(slots=True)
@@ -578,6 +824,9 @@ class EventAggregates:
     skipped: dict[str, int] = field(default_factory=dict)
     #: With --by and --hist: one histogram per key (bpftrace's ``@[probefunc] = hist()``).
     hist_by: dict[Hashable, Log2Histogram] = field(default_factory=dict)
+    lhist: LinearHistogram | None = None
+    #: With --by and --lhist: one linear histogram per key.
+    lhist_by: dict[Hashable, LinearHistogram] = field(default_factory=dict)
 
     def merge(self, other: EventAggregates) -> EventAggregates:
         """A new EventAggregates with both added up; neither input changes."""
@@ -587,6 +836,9 @@ class EventAggregates:
         hist_by = {k: h.copy() for k, h in self.hist_by.items()}
         for k, h in other.hist_by.items():
             hist_by[k] = hist_by[k].merge(h) if k in hist_by else h.copy()
+        lhist_by = {k: h.copy() for k, h in self.lhist_by.items()}
+        for k, lh in other.lhist_by.items():
+            lhist_by[k] = lhist_by[k].merge(lh) if k in lhist_by else lh.copy()
         return EventAggregates(
             event=self.event,
             hits=self.hits + other.hits,
@@ -595,6 +847,8 @@ class EventAggregates:
             stats=_merged(self.stats, other.stats),
             skipped=skipped,
             hist_by=hist_by,
+            lhist=_merged(self.lhist, other.lhist),
+            lhist_by=lhist_by,
         )
 
     def copy(self) -> EventAggregates:
@@ -617,6 +871,14 @@ class EventAggregates:
                 if hist is not None:
                     head = f"{event}[{key_text(key)}] {config.hist_field}:"
                     out.append(f"{head}\n{hist.render(config.hist_unit)}")
+        if self.lhist is not None and self.lhist.count:
+            out.append(f"{event} {_lhist_title(config, self.lhist)}:\n{self.lhist.render()}")
+        if self.lhist_by and self.by is not None:
+            for key, _ in self.by.most_common():
+                lhist = self.lhist_by.get(key)
+                if lhist is not None and lhist.count:
+                    head = f"{event}[{key_text(key)}] {_lhist_title(config, lhist)}:"
+                    out.append(f"{head}\n{lhist.render()}")
         if self.stats is not None:
             fmt = format_duration if config.stats_field == DURATION_FIELD else None
             out.append(f"{event} {config.stats_field}: {self.stats.render(fmt)}")
@@ -625,7 +887,14 @@ class EventAggregates:
         return "".join(out)
 
 
-def _merged[T: (CountBy, Log2Histogram, Stats)](a: T | None, b: T | None) -> T | None:
+def _lhist_title(config: AggregatorConfig, hist: LinearHistogram) -> str:
+    unit, _ = hist.display_unit()
+    return f"{config.lhist_field}" + (f" ({unit})" if hist.unit != "value" else "")
+
+
+def _merged[T: (CountBy, Log2Histogram, LinearHistogram, Stats)](
+    a: T | None, b: T | None
+) -> T | None:
     if a is None:
         return None if b is None else b.copy()
     return a.copy() if b is None else a.merge(b)
@@ -653,8 +922,12 @@ class Aggregator:
         by_field: str | None = None,
         stats_field: str | None = None,
         hist_unit: str | None = None,
+        lhist_field: str | None = None,
+        lhist_bounds: tuple[int, int, int] | None = None,
     ) -> None:
-        self.config = AggregatorConfig(hist_field, count, by_field, stats_field, hist_unit)
+        self.config = AggregatorConfig(
+            hist_field, count, by_field, stats_field, hist_unit, lhist_field, lhist_bounds
+        )
         self._lock = threading.Lock()
         self._per_event: dict[str, EventAggregates] = {}
 
@@ -667,6 +940,8 @@ class Aggregator:
             by_field=config.by_field,
             stats_field=config.stats_field,
             hist_unit=config.hist_unit,
+            lhist_field=config.lhist_field,
+            lhist_bounds=config.lhist_bounds,
         )
 
     def add(self, event: Event) -> None:
@@ -674,6 +949,7 @@ class Aggregator:
         config = self.config
         by_value: object = MISSING
         hist_value: int | None = None
+        lhist_value: int | None = None
         stats_value: int | float | None = None
         skipped: list[str] = []
         if config.by_field is not None:
@@ -684,17 +960,25 @@ class Aggregator:
                 hist_value = _as_hist_value(raw)
                 if hist_value is None:
                     skipped.append(config.hist_field)
+        if config.lhist_field is not None:
+            raw = field_value(event, config.lhist_field)
+            if raw is not MISSING:
+                lhist_value = linear_value(raw)
+                if lhist_value is None:
+                    skipped.append(config.lhist_field)
         if config.stats_field is not None:
             raw = field_value(event, config.stats_field)
             if raw is not MISSING:
                 stats_value = _as_number(raw)
                 if stats_value is None and config.stats_field not in skipped:
                     skipped.append(config.stats_field)
-        nothing = by_value is MISSING and hist_value is None and stats_value is None
+        nothing = (
+            by_value is MISSING and hist_value is None and lhist_value is None
+        ) and stats_value is None
         if nothing and not skipped and not config.count:
             return
         by_key = None if by_value is MISSING else canonical_key(by_value)
-        hist_unit = "nsecs" if config.hist_field == DURATION_FIELD else "value"
+        hist_unit = "nsecs" if config.histogram_field == DURATION_FIELD else "value"
         with self._lock:
             agg = self._per_event.get(event.event)
             if agg is None:
@@ -714,6 +998,18 @@ class Aggregator:
                     if hist is None:
                         hist = agg.hist_by[by_key] = Log2Histogram(hist_unit)
                     hist.add(hist_value)
+            if lhist_value is not None:
+                bounds = config.lhist_bounds
+                assert bounds is not None
+                if config.by_field is None:
+                    if agg.lhist is None:
+                        agg.lhist = LinearHistogram(*bounds, unit=hist_unit)
+                    agg.lhist.add(lhist_value)
+                elif by_value is not MISSING:
+                    lhist = agg.lhist_by.get(by_key)
+                    if lhist is None:
+                        lhist = agg.lhist_by[by_key] = LinearHistogram(*bounds, unit=hist_unit)
+                    lhist.add(lhist_value)
             if stats_value is not None:
                 if agg.stats is None:
                     agg.stats = Stats()
@@ -749,7 +1045,7 @@ class Aggregator:
                 if got.count:
                     agg.stats = got if agg.stats is None else agg.stats.merge(got)
                 name = config.stats_field
-                if skipped_stats and name is not None and name != config.hist_field:
+                if skipped_stats and name is not None and name != config.histogram_field:
                     agg.skipped[name] = agg.skipped.get(name, 0) + skipped_stats
             for key, hits, buckets, total, high, skipped in rows:
                 agg.hits += hits
@@ -758,7 +1054,10 @@ class Aggregator:
                         agg.by = CountBy()
                     agg.by.add(key, hits)
                 counted = hits - skipped
-                if buckets and counted and (keyed or config.by_field is None):
+                wanted = buckets and counted and (keyed or config.by_field is None)
+                if wanted and config.lhist_bounds is not None:
+                    self._add_linear(agg, key, keyed, buckets[0], counted, total, hist_unit)
+                elif wanted:
                     hist = Log2Histogram.from_buckets(hist_unit, buckets, counted, total, high)
                     if not keyed:
                         agg.hist = hist if agg.hist is None else agg.hist.merge(hist)
@@ -766,8 +1065,30 @@ class Aggregator:
                         ck = canonical_key(key)
                         mine = agg.hist_by.get(ck)
                         agg.hist_by[ck] = hist if mine is None else mine.merge(hist)
-                if skipped and config.hist_field is not None:
-                    agg.skipped[config.hist_field] = agg.skipped.get(config.hist_field, 0) + skipped
+                name = config.histogram_field
+                if skipped and name is not None:
+                    agg.skipped[name] = agg.skipped.get(name, 0) + skipped
+
+    def _add_linear(
+        self,
+        agg: EventAggregates,
+        key: object,
+        keyed: bool,
+        buckets: dict[int, int],
+        counted: int,
+        total: int,
+        unit: str,
+    ) -> None:
+        """One row's linear histogram into ``agg`` (its lock held)."""
+        bounds = self.config.lhist_bounds
+        assert bounds is not None
+        hist = LinearHistogram.from_buckets(bounds, unit, buckets, counted, total)
+        if not keyed:
+            agg.lhist = hist if agg.lhist is None else agg.lhist.merge(hist)
+        else:
+            ck = canonical_key(key)
+            mine = agg.lhist_by.get(ck)
+            agg.lhist_by[ck] = hist if mine is None else mine.merge(hist)
 
     def put(self, aggregates: EventAggregates) -> None:
         """Add one event's aggregations gathered elsewhere (an attached process's agent)."""
@@ -816,14 +1137,22 @@ class Aggregator:
                     hist=None if agg.hist is None else agg.hist.copy(),
                     stats=None if agg.stats is None else agg.stats.copy(),
                     skipped=dict(agg.skipped),
+                    lhist=None if agg.lhist is None else agg.lhist.copy(),
                 )
                 keys = list(agg.hist_by)
+                lkeys = list(agg.lhist_by)
             for i in range(0, len(keys), SNAPSHOT_CHUNK):
                 with self._lock:
                     for k in keys[i : i + SNAPSHOT_CHUNK]:
                         hist = agg.hist_by.get(k)
                         if hist is not None:
                             copy.hist_by[k] = hist.copy()
+            for i in range(0, len(lkeys), SNAPSHOT_CHUNK):
+                with self._lock:
+                    for k in lkeys[i : i + SNAPSHOT_CHUNK]:
+                        lhist = agg.lhist_by.get(k)
+                        if lhist is not None:
+                            copy.lhist_by[k] = lhist.copy()
             snapshot._per_event[name] = copy
         return snapshot
 
