@@ -47,7 +47,8 @@ typedef struct PCond {
 typedef struct {
     long long count, skipped, max;
     unsigned long long total_lo, total_hi;
-    long long *buckets; /* nscales * NBUCKETS, or NULL without a histogram */
+    __int128 lsum;      /* a linear histogram's total (its values may be negative) */
+    long long *buckets; /* nscales * NBUCKETS (linear: nlin + 2), or NULL without a hist */
 } PSlot;
 
 /* The DDSketch buckets of one sign: an open-addressing map index -> count (linear probing,
@@ -82,6 +83,10 @@ typedef struct {
     PVar key, hist;
     Py_ssize_t nscales;
     long long scales[8];
+    /* --lhist: hist counted in nlin buckets of lin_step from lin_lo, one below, one above */
+    int linear;
+    long long lin_lo, lin_hi, lin_step;
+    Py_ssize_t nlin;
     Py_ssize_t max_keys;
     /* the store */
     PyObject *keys; /* dict: key -> slot index (PyLong) */
@@ -398,12 +403,23 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &lowered, &program, &key_of, &make_results, &ring, &probe)) {
         return NULL;
     }
-    PyObject *filter, *key, *hist, *scales, *fields, *stats;
+    PyObject *filter, *key, *hist, *scales, *fields, *stats, *lhist = Py_None;
     Py_ssize_t max_keys;
     double accuracy;
-    if (!PyArg_ParseTuple(lowered, "OOOO!nO!Od", &filter, &key, &hist, &PyTuple_Type, &scales,
-                          &max_keys, &PyTuple_Type, &fields, &stats, &accuracy)) {
+    if (!PyArg_ParseTuple(lowered, "OOOO!nO!Od|O", &filter, &key, &hist, &PyTuple_Type, &scales,
+                          &max_keys, &PyTuple_Type, &fields, &stats, &accuracy, &lhist)) {
         return NULL;
+    }
+    long long lin_lo = 0, lin_hi = 0, lin_step = 0;
+    if (lhist != Py_None) {
+        if (!PyTuple_Check(lhist) || !PyArg_ParseTuple(lhist, "LLL", &lin_lo, &lin_hi, &lin_step) ||
+            !(lin_lo < lin_hi && lin_step > 0 && lin_lo >= -(1LL << 62) && lin_hi <= (1LL << 62) &&
+              (lin_hi - lin_lo) % lin_step == 0 && (lin_hi - lin_lo) / lin_step <= 1000)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "a program's lhist is (lo, hi, step)");
+            }
+            return NULL;
+        }
     }
     if (!(accuracy > 0 && accuracy < 1)) {
         PyErr_SetString(PyExc_ValueError, "a program's stats accuracy is in (0, 1)");
@@ -431,6 +447,13 @@ prog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     p->make_results = Py_NewRef(make_results);
     p->max_keys = max_keys;
     p->nscales = nscales;
+    if (lhist != Py_None) {
+        p->linear = 1;
+        p->lin_lo = lin_lo;
+        p->lin_hi = lin_hi;
+        p->lin_step = lin_step;
+        p->nlin = (Py_ssize_t)((lin_hi - lin_lo) / lin_step);
+    }
     for (Py_ssize_t i = 0; i < nscales; i++) {
         p->scales[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(scales, i));
         if (p->scales[i] <= 0) {
@@ -859,7 +882,8 @@ prog_slot(ProgObj *p, PyObject *key)
     PSlot *s = &p->slots[p->nslots];
     memset(s, 0, sizeof(*s));
     if (p->has_hist) {
-        s->buckets = PyMem_Calloc((size_t)(p->nscales * NBUCKETS), sizeof(long long));
+        size_t nb = p->linear ? (size_t)(p->nlin + 2) : (size_t)(p->nscales * NBUCKETS);
+        s->buckets = PyMem_Calloc(nb, sizeof(long long));
         if (s->buckets == NULL) {
             PyErr_NoMemory();
             return NULL;
@@ -941,6 +965,34 @@ prog_hist_value(ProgObj *p, PEnv *env, unsigned long long *out)
         double d = PyFloat_AS_DOUBLE(raw);
         ok = isfinite(d) && d >= 0 && d < 9223372036854775808.0;
         *out = ok ? (unsigned long long)d : 0;
+    }
+    Py_DECREF(raw);
+    return ok;
+}
+
+/* The linear histogram value of this hit (an int, or the floor of a finite float, in 64 bits):
+ * 1 and *out, 0 to skip it, -1 on a failure. */
+static int
+prog_lhist_value(ProgObj *p, PEnv *env, long long *out)
+{
+    if (p->hist.kind == V_DURATION && !p->hist.npath && env->has_duration) {
+        *out = env->duration; /* no int object for the usual case */
+        return 1;
+    }
+    PyObject *raw = prog_read(&p->hist, env);
+    if (raw == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int ok = 0;
+    if (PyLong_CheckExact(raw)) {
+        int overflow;
+        *out = PyLong_AsLongLongAndOverflow(raw, &overflow);
+        ok = !overflow;
+    }
+    else if (PyFloat_CheckExact(raw)) {
+        double d = floor(PyFloat_AS_DOUBLE(raw));
+        ok = isfinite(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0;
+        *out = ok ? (long long)d : 0;
     }
     Py_DECREF(raw);
     return ok;
@@ -1160,8 +1212,10 @@ prog_run(ProgObj *p, PEnv *env)
         return -1;
     }
     unsigned long long value = 0;
+    long long lvalue = 0;
     int counted = 0;
-    if (p->has_hist && (counted = prog_hist_value(p, env, &value)) < 0) {
+    if (p->has_hist && (counted = p->linear ? prog_lhist_value(p, env, &lvalue)
+                                            : prog_hist_value(p, env, &value)) < 0) {
         Py_XDECREF(key);
         return -1;
     }
@@ -1185,6 +1239,14 @@ prog_run(ProgObj *p, PEnv *env)
     }
     if (!counted) {
         s->skipped++;
+        return 0;
+    }
+    if (p->linear) {
+        Py_ssize_t b = lvalue < p->lin_lo    ? 0
+                       : lvalue >= p->lin_hi ? p->nlin + 1
+                                             : 1 + (Py_ssize_t)((lvalue - p->lin_lo) / p->lin_step);
+        s->buckets[b]++;
+        s->lsum += lvalue;
         return 0;
     }
     for (Py_ssize_t i = 0; i < p->nscales; i++) {
@@ -1280,7 +1342,8 @@ prog_take(ProgObj *p, PyObject *unused)
     PSlot *slots = p->slots;
     Py_ssize_t n = p->nslots;
     long long filtered = p->filtered, overflow = p->overflow;
-    Py_ssize_t nscales = p->has_hist ? p->nscales : 0;
+    Py_ssize_t nscales = !p->has_hist ? 0 : p->linear ? 1 : p->nscales;
+    Py_ssize_t per_scale = p->linear ? p->nlin + 2 : NBUCKETS;
     p->slots = NULL;
     p->nslots = p->cap = 0;
     p->filtered = p->overflow = 0;
@@ -1314,10 +1377,10 @@ prog_take(ProgObj *p, PyObject *unused)
                 goto done;
             }
             PyTuple_SET_ITEM(buckets, j, d);
-            for (int b = 0; b < NBUCKETS; b++) {
-                long long c = s->buckets[j * NBUCKETS + b];
+            for (Py_ssize_t b = 0; b < per_scale; b++) {
+                long long c = s->buckets[j * per_scale + b];
                 if (c) {
-                    PyObject *bk = PyLong_FromLong(b), *bc = PyLong_FromLongLong(c);
+                    PyObject *bk = PyLong_FromSsize_t(b), *bc = PyLong_FromLongLong(c);
                     int rc = (bk && bc) ? PyDict_SetItem(d, bk, bc) : -1;
                     Py_XDECREF(bk);
                     Py_XDECREF(bc);
@@ -1328,7 +1391,7 @@ prog_take(ProgObj *p, PyObject *unused)
                 }
             }
         }
-        PyObject *total = slot_total(s);
+        PyObject *total = p->linear ? int128_long(s->lsum) : slot_total(s);
         if (total == NULL) {
             Py_DECREF(buckets);
             goto done;

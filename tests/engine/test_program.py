@@ -117,6 +117,31 @@ def test_a_histogram_of_a_local_puts_each_value_in_its_log2_bucket() -> None:
     assert slot.max == 2**62
 
 
+def test_a_linear_histogram_of_a_local_puts_each_value_in_its_bucket() -> None:
+    with on_return(work, Program(hist=n_local(), lhist=(0, 100, 10))) as h:
+        values = (0, 9, 10, 55, 99, 100, 10**6, -1, -(2**63), 2**63 - 1, 2**63, -(2**63) - 1)
+        for v in (*values, 9.99, -0.5, 100.0, -1e300, 1e300, math.inf, math.nan, "x", True):
+            work(v)
+    slot = take(h).slots[None]
+    assert slot.count == 21
+    # 0: below 0; k in 1..10: [10(k-1), 10k); 11: from 100 up. A float counts as its floor.
+    assert slot.buckets == ({0: 3, 1: 3, 2: 1, 6: 1, 10: 1, 11: 4},)
+    assert slot.skipped == 8  # beyond 64 bits (ints and floats), inf, nan, "x", True
+    assert slot.total == 0 + 9 + 10 + 55 + 99 + 100 + 10**6 - 1 - 2**63 + 2**63 - 1 + 9 - 1 + 100
+
+
+def test_a_linear_duration_histogram_with_a_negative_low_bound() -> None:
+    prog = Program(hist=DUR, lhist=(-(10**7), 10**9, 10**7))
+    with on_return(work, prog) as h:
+        for i in range(50):
+            work(i)
+    slot = take(h).slots[None]
+    assert slot.count == 50 and slot.skipped == 0
+    assert sum(slot.buckets[0].values()) == 50
+    assert 0 not in slot.buckets[0] and 1 not in slot.buckets[0]  # none is below 0 ns
+    assert slot.total > 0
+
+
 def test_a_filter_on_a_local_counts_what_it_drops() -> None:
     prog = Program(filter=Cmp(">", n_local(), 5))
     with on_return(work, prog) as h:
@@ -538,6 +563,9 @@ def test_bad_programs_are_refused_when_made() -> None:
         Program(max_keys=0)
     with pytest.raises(ValueError, match="hist_scales"):
         Program(hist_scales=(0,))
+    for bad in ((0, 10, 3), (10, 0, 1), (0, 10, 0), (0, 1001, 1), (0, 1.0, 1), (0, 2**63, 1)):
+        with pytest.raises(ValueError, match="lhist is"):
+            Program(hist=n_local(), lhist=bad)  # type: ignore[arg-type]
 
 
 DIFFERENTIAL = r"""
@@ -555,6 +583,8 @@ progs = [
     Program(filter=AllOf((Cmp(">", n, 10), Not(Cmp("in", tag, ("b",))))), key=Var("retval")),
     Program(key=tag, max_keys=2, hist=Var("retval")),
     Program(stats=n, filter=Cmp("is not", tag, None)),
+    Program(hist=n, key=tag, lhist=(-100, 900, 50)),
+    Program(hist=Var("retval"), lhist=(10, 500, 7), filter=Cmp("!=", tag, "c")),
 ]
 handlers = [pyprobes.program_handler(p, key_of=repr) for p in progs]
 probes = [Kretprobe(addr=work, handler=h) for h in handlers]

@@ -234,11 +234,14 @@ def _aggregate_config(fields: object) -> AggregatorConfig | None:
 
     if not isinstance(fields, dict):
         return None
+    lhist = fields.get("lhist")
     return AggregatorConfig(
         hist_field=fields.get("hist"),
         count=bool(fields.get("count") or fields.get("by")),
         by_field=fields.get("by"),
         stats_field=fields.get("stats"),
+        lhist_field=None if lhist is None else lhist[0],
+        lhist_bounds=None if lhist is None else (lhist[1], lhist[2], lhist[3]),
     )
 
 

@@ -10,8 +10,8 @@ hello       ``version`` (int), ``client`` (str, optional)         ``welcome`` or
 add         ``specs``: 1-64 probe specs (str) of the probe        ``ok`` with ``probes``:
             language, armed all or none; ``aggregate``            one entry per spec
             (optional: ``hist``, ``by``, ``stats`` field names,
-            ``count`` bool, ``every`` seconds): aggregate in the
-            agent, no events
+            ``lhist`` [field, min, max, step], ``count`` bool,
+            ``every`` seconds): aggregate in the agent, no events
 remove      ``handles``: ints (from ``add``), all or none          ``ok`` with ``handles``
 enable      ``handles``                                           ``ok`` with ``handles``
 disable     ``handles``                                           ``ok`` with ``handles``
@@ -192,7 +192,7 @@ def _check_field(rtype: str, name: str, spec: _Field, value: object) -> None:
 
 
 #: The fields of ``add.aggregate``: what the agent aggregates instead of streaming events.
-AGGREGATE_FIELDS = ("hist", "count", "by", "stats", "every")
+AGGREGATE_FIELDS = ("hist", "count", "by", "stats", "lhist", "every")
 #: ``add.aggregate.every``: seconds between two ``aggregates`` messages (default 0.5).
 AGGREGATE_EVERY = (0.05, 60.0)
 
@@ -204,7 +204,7 @@ def _check_aggregate(where: str, max_chars: int, value: object) -> None:
     if unknown:
         raise ProtocolError(
             BAD_MESSAGE,
-            f"{where} has unknown fields {unknown}: allowed are hist, count, by, stats, every",
+            f"{where} has unknown fields {unknown}: allowed are {', '.join(AGGREGATE_FIELDS)}",
         )
     every = value.get("every", AGGREGATE_EVERY[0])
     low, high = AGGREGATE_EVERY
@@ -216,6 +216,22 @@ def _check_aggregate(where: str, max_chars: int, value: object) -> None:
         v = value.get(name)
         if v is not None and (not isinstance(v, str) or not 0 < len(v) <= max_chars):
             raise ProtocolError(BAD_MESSAGE, f"{where}.{name} must be a field name or null")
+    lhist = value.get("lhist")
+    if lhist is not None:
+        from pyprobes.output.aggregate import check_linear
+
+        ok = type(lhist) is list and len(lhist) == 4 and isinstance(lhist[0], str)
+        ok = ok and 0 < len(lhist[0]) <= max_chars
+        try:
+            ok = ok and bool(check_linear(*lhist[1:]))
+        except ValueError:
+            ok = False
+        if not ok or value.get("hist") is not None:
+            raise ProtocolError(
+                BAD_MESSAGE,
+                f"{where}.lhist must be [field, min, max, step] (ints: min < max, step > 0,"
+                " at most 1000 buckets), without hist",
+            )
 
 
 def parse_request(line: bytes) -> Request:

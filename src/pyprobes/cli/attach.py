@@ -237,6 +237,8 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
                 # several per --interval block, so each block holds its own period
                 "every": min(0.5, max(0.05, (args.interval or 1.5) / 4)),
             }  # fmt: skip
+            if c.lhist_field is not None and c.lhist_bounds is not None:
+                aggregate["lhist"] = [c.lhist_field, *c.lhist_bounds]
         texts = [str(s) for s in specs]
         if aggregate is None:
             reply = conn.request("add", specs=texts)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 
 from pyprobes.engine import own_thread
 from pyprobes.output import (
@@ -18,7 +20,7 @@ from pyprobes.output import (
     StreamSink,
     get_renderer,
 )
-from pyprobes.output.aggregate import DURATION_FIELD
+from pyprobes.output.aggregate import DURATION_FIELD, check_linear
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.output.units import TIME_UNITS
 from pyprobes.spec import (
@@ -30,6 +32,7 @@ from pyprobes.spec import (
     parse_spec_file,
 )
 from pyprobes.spec.diagnostics import did_you_mean
+from pyprobes.spec.filter import DURATION_UNITS
 from pyprobes.spec.vocab import RETURN_ONLY_VARS, return_only_message
 
 
@@ -86,11 +89,69 @@ def add_aggregation_options(parser: argparse.ArgumentParser) -> None:
         choices=[name for name, _ in TIME_UNITS],
         help="show the $duration histogram in this unit (default: chosen by the distribution)",
     )
+    parser.add_argument(
+        "--lhist",
+        metavar="FIELD,MIN,MAX,STEP",
+        help="linear histogram of FIELD: buckets of STEP from MIN to MAX, one below MIN and"
+        " one from MAX up (ints; durations may have units: '$duration,0,10ms,1ms')",
+    )
     parser.add_argument("--count", action="store_true", help="count events (per --by key)")
     parser.add_argument("--by", metavar="FIELD", help="count events per value of FIELD")
     parser.add_argument(
         "--stats", metavar="FIELD", help="count, sum, min, max, mean, p50, p90, p99 of FIELD"
     )
+
+
+def aggregations_asked(args: argparse.Namespace) -> bool:
+    """Whether --hist, --lhist, --count, --by or --stats was given."""
+    return bool(args.hist or getattr(args, "lhist", None) or args.count or args.by or args.stats)
+
+
+_LHIST_NUMBER = re.compile(r"([+-]?[0-9][0-9_]*(?:\.[0-9_]*)?)(ns|us|ms|s)?")
+
+
+def _lhist_number(what: str, text: str, option: str) -> int:
+    m = _LHIST_NUMBER.fullmatch(text.strip())
+    if m is None or "__" in m.group(1) or m.group(1).rstrip("_") != m.group(1):
+        raise UsageError(
+            f"--lhist {option}: {what} must be an int (durations may have a unit ns, us, ms"
+            f" or s), not {text.strip()!r}"
+        )
+    value = Fraction(m.group(1).replace("_", "")) * DURATION_UNITS[m.group(2) or "ns"]
+    if value.denominator != 1:
+        raise UsageError(f"--lhist {option}: {what} {text.strip()} is not a whole number")
+    return value.numerator
+
+
+def parse_lhist(text: str) -> tuple[str, tuple[int, int, int]]:
+    """``FIELD,MIN,MAX,STEP`` as (field, (min, max, step)); UsageError says what is wrong."""
+    parts = text.rsplit(",", 3)
+    if len(parts) != 4 or not parts[0].strip():
+        raise UsageError(
+            f"--lhist {text}: give FIELD,MIN,MAX,STEP (e.g. --lhist '$duration,0,10ms,1ms')"
+        )
+    field = parts[0].strip()
+    lo, hi, step = (
+        _lhist_number(what, part, text)
+        for what, part in zip(("MIN", "MAX", "STEP"), parts[1:], strict=True)
+    )
+    try:
+        bounds = check_linear(lo, hi, step)
+    except ValueError as exc:
+        raise UsageError(f"--lhist {text}: {exc}") from None
+    return field, bounds
+
+
+def lhist_of(args: argparse.Namespace) -> tuple[str, tuple[int, int, int]] | None:
+    """The --lhist asked for, parsed (UsageError if bad), or None."""
+    text = getattr(args, "lhist", None)
+    if text is None:
+        return None
+    if args.hist is not None:
+        raise UsageError(
+            "--hist and --lhist cannot be used together: give one histogram (log2 or linear)"
+        )
+    return parse_lhist(text)
 
 
 def load_specs(args: argparse.Namespace) -> list[ProbeSpec]:
@@ -127,7 +188,7 @@ def wants_events(args: argparse.Namespace) -> bool:
     """Events are written unless only aggregations were asked for (as bpftrace prints only
     its maps): with --hist, --count, --by, --stats or --otlp (whose spans are the events),
     only -o, --format or --events adds them."""
-    if not (args.hist or args.count or args.by or args.stats or getattr(args, "otlp", None)):
+    if not (aggregations_asked(args) or getattr(args, "otlp", None)):
         return True
     return bool(args.output or args.format or args.events)
 
@@ -144,7 +205,14 @@ def check_fields(args: argparse.Namespace, specs: list[ProbeSpec]) -> list[Probe
     returns the specs, with ``$caller``/``$stack``/``$args`` fetched where a field needs it."""
     fetched = {fa.name for spec in specs for fa in spec.fetchargs}
     any_return = any(spec.is_return for spec in specs)
-    for option, name in (("--by", args.by), ("--hist", args.hist), ("--stats", args.stats)):
+    lhist = lhist_of(args)
+    lhist_field = lhist[0] if lhist is not None else None
+    for option, name in (
+        ("--by", args.by),
+        ("--hist", args.hist),
+        ("--lhist", lhist_field),
+        ("--stats", args.stats),
+    ):
         if name is None or name in fetched or name in EVENT_FIELDS:
             continue
         if name in RETURN_ONLY_VARS:
@@ -174,16 +242,19 @@ def _fetching(spec: ProbeSpec, name: str) -> ProbeSpec:
 
 def make_aggregator(args: argparse.Namespace) -> Aggregator | None:
     """The aggregations asked for, or None."""
-    if not (args.hist or args.count or args.by or args.stats):
+    if not aggregations_asked(args):
         return None
     if args.unit is not None and args.hist != DURATION_FIELD:
         raise UsageError(f"--unit {args.unit} applies to --hist of $duration only")
+    lhist = lhist_of(args)
     return Aggregator(
         hist_unit=args.unit,
         hist_field=args.hist,
         count=bool(args.count or args.by),
         by_field=args.by,
         stats_field=args.stats,
+        lhist_field=None if lhist is None else lhist[0],
+        lhist_bounds=None if lhist is None else lhist[1],
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyprobes
-from pyprobes.cli.options import UsageError
+from pyprobes.cli.options import UsageError, aggregations_asked
 from pyprobes.engine import own_thread
 from pyprobes.output import Event
 from pyprobes.output.sanitize import terminal_safe
@@ -44,7 +44,7 @@ def check_otlp_options(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
     """Refuse what --otlp cannot send, before the program starts."""
     if getattr(args, "otlp", None) is None:
         return
-    aggregations = bool(args.hist or args.count or args.by or args.stats)
+    aggregations = aggregations_asked(args)
     if not any(s.is_return for s in specs) and not aggregations:
         raise UsageError(
             "--otlp sends return probes' activations as spans and aggregations as metrics:"

@@ -17,7 +17,11 @@ Per hit, in this order:
 4. the key's slot (a new key beyond ``max_keys`` is counted in ``overflow`` and the hit
    dropped): its count goes up, and the hist value is counted in log2 buckets after
    integer division by each of ``hist_scales`` (bucket ``(v // d).bit_length() or 1``);
-   a hist value that does not count is counted in ``skipped``.
+   a hist value that does not count is counted in ``skipped``. With ``lhist = (lo, hi,
+   step)`` the histogram is linear instead: an int (not a bool) or the floor of a finite
+   float, in ``[-2**63, 2**63)``, counts in one bucket dict: 0 below ``lo``, ``1 + (v -
+   lo) // step`` up to ``hi``, ``(hi - lo) // step + 1`` from ``hi`` up (bpftrace's
+   lhist); ``total`` is the sum of the values counted (``max`` is not kept).
 5. ``stats`` (if any) read: an int (not a bool) of at most ``STATS_INT_BITS`` bits or a
    finite float goes into the program's one ``StatsParts`` (of every key, as
    ``output.Stats`` keeps one per event): count, sum (exact for ints, float arithmetic in
@@ -65,6 +69,8 @@ HIST_LIMIT: Final = 1 << 63
 #: The widest int stats take: what the capture rules render as an int (wider: hex text).
 STATS_INT_BITS: Final = 768
 NBUCKETS: Final = 65
+#: The most buckets a linear histogram has between lo and hi.
+LHIST_BUCKETS: Final = 1000
 #: The kinds of ``Var``.
 VAR_KINDS: Final = ("duration", "retval", "exception", "thread", "local")
 CMP_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is", "is not")
@@ -169,8 +175,24 @@ class Program:
     #: The value whose count, sum, min, max and quantile sketch are kept (``--stats``).
     stats: Var | None = None
     stats_accuracy: float = 0.01
+    #: ``(lo, hi, step)``: ``hist`` is counted in linear buckets (``--lhist``), not log2.
+    lhist: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.lhist is not None:
+            ok = type(self.lhist) is tuple and len(self.lhist) == 3
+            ok = ok and all(type(v) is int for v in self.lhist)
+            if not ok or not (
+                self.lhist[1] > self.lhist[0]
+                and self.lhist[2] > 0
+                and (self.lhist[1] - self.lhist[0]) % self.lhist[2] == 0
+                and (self.lhist[1] - self.lhist[0]) // self.lhist[2] <= LHIST_BUCKETS
+                and max(abs(self.lhist[0]), abs(self.lhist[1])) <= 1 << 62
+            ):
+                raise ValueError(
+                    "lhist is (lo, hi, step): ints, lo < hi within +-2**62, step > 0 dividing"
+                    f" hi - lo into at most {LHIST_BUCKETS} buckets; not {self.lhist!r}"
+                )
         if len(self.fields) > 8:
             raise ValueError(f"a record holds at most 8 values, not {len(self.fields)}")
         if not self.hist_scales or not all(type(d) is int and d > 0 for d in self.hist_scales):
@@ -401,6 +423,18 @@ class ProgramHandler:
             return int(raw)
         return None
 
+    def _lhist_value(self, ctx: ProbeContext, duration: int | None) -> int | None:
+        assert self.program.hist is not None
+        raw = self._read(self.program.hist, ctx, duration)
+        if type(raw) is float:
+            if not math.isfinite(raw):
+                return None
+            raw = math.floor(raw)
+        elif type(raw) is not int:
+            return None
+        assert isinstance(raw, int)
+        return raw if -HIST_LIMIT <= raw < HIST_LIMIT else None
+
     def _add_stats(self, stats: StatsParts, ctx: ProbeContext, duration: int | None) -> None:
         """One value into the stats, as ``output.Stats.add`` adds it."""
         assert self.program.stats is not None
@@ -482,7 +516,10 @@ class ProgramHandler:
         if self.ring is not None:
             self._record(ctx, duration)
         key = self._key(ctx, duration) if prog.key is not None else None
-        value = self._hist_value(ctx, duration) if prog.hist is not None else None
+        value = None
+        if prog.hist is not None:
+            linear = prog.lhist is not None
+            value = self._lhist_value(ctx, duration) if linear else self._hist_value(ctx, duration)
         if res.stats is not None:
             self._add_stats(res.stats, ctx, duration)
         slot = res.slots.get(key)
@@ -490,13 +527,25 @@ class ProgramHandler:
             if len(res.slots) >= prog.max_keys:
                 res.overflow += 1
                 return
-            nscales = len(prog.hist_scales) if prog.hist is not None else 0
+            nscales = 0 if prog.hist is None else 1 if prog.lhist else len(prog.hist_scales)
             slot = res.slots[key] = Slot(buckets=tuple({} for _ in range(nscales)))
         slot.count += 1
         if prog.hist is None:
             return
         if value is None:
             slot.skipped += 1
+            return
+        if prog.lhist is not None:
+            lo, hi, step = prog.lhist
+            i = (
+                0
+                if value < lo
+                else (hi - lo) // step + 1
+                if value >= hi
+                else 1 + (value - lo) // step
+            )
+            slot.buckets[0][i] = slot.buckets[0].get(i, 0) + 1
+            slot.total += value
             return
         for d, buckets in zip(prog.hist_scales, slot.buckets, strict=True):
             i = (value // d).bit_length() or 1
@@ -543,6 +592,7 @@ def lower(program: Program) -> Lowered:
         tuple(_lower_var(v) for v in program.fields),
         None if program.stats is None else _lower_var(program.stats),
         program.stats_accuracy,
+        program.lhist,
     )
 
 

@@ -388,7 +388,9 @@ class LinearHistogram:
             elif high is None:
                 head = f"[{_lhist_label(low // divisor, step)}, ...)"
             else:
-                head = f"[{_lhist_label(low // divisor, step)}, {_lhist_label(high // divisor, step)})"
+                head = (
+                    f"[{_lhist_label(low // divisor, step)}, {_lhist_label(high // divisor, step)})"
+                )
             bar = "@" * _bar_width(n, peak)
             out.append(f"{head:<16}{n:>8} |{bar:<{LHIST_BAR_WIDTH}}|\n")
         return "".join(out)

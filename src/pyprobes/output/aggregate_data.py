@@ -19,6 +19,7 @@ from pyprobes.output.aggregate import (
     ContainerKey,
     CountBy,
     EventAggregates,
+    LinearHistogram,
     Log2Histogram,
     Stats,
     canonical_key,
@@ -51,6 +52,16 @@ def _hist(h: Log2Histogram) -> dict[str, object]:
     }
 
 
+def _lhist(h: LinearHistogram) -> dict[str, object]:
+    return {
+        "unit": h.unit,
+        "bounds": list(h.bounds),
+        "buckets": sorted(h.counts().items()),
+        "count": h.count,
+        "total": h.total,
+    }
+
+
 def _stats(s: Stats) -> dict[str, object]:
     return {
         "accuracy": s.relative_accuracy,
@@ -77,6 +88,10 @@ def aggregator_data(agg: Aggregator) -> list[dict[str, object]]:
             d["hist"] = _hist(ea.hist)
         if ea.hist_by:
             d["hist_by"] = [[_key(k), _hist(h)] for k, h in ea.hist_by.items()]
+        if ea.lhist is not None:
+            d["lhist"] = _lhist(ea.lhist)
+        if ea.lhist_by:
+            d["lhist_by"] = [[_key(k), _lhist(h)] for k, h in ea.lhist_by.items()]
         if ea.stats is not None:
             d["stats"] = _stats(ea.stats)
         out.append(d)
@@ -147,6 +162,19 @@ def _hist_back(d: object, unit: str) -> Log2Histogram:
     )
 
 
+def _lhist_back(d: object, unit: str, bounds: tuple[int, int, int] | None) -> LinearHistogram:
+    if type(d) is not dict or d.get("unit") != unit or bounds is None:
+        raise ValueError(f"expected a {unit} linear histogram")
+    got = d.get("bounds")
+    if type(got) is not list or tuple(got) != bounds:
+        raise ValueError(f"expected a linear histogram of {bounds}")
+    buckets = _pairs(d.get("buckets"))
+    total = d.get("total")
+    if type(total) is not int:
+        raise ValueError("bad linear histogram total")
+    return LinearHistogram.from_buckets(bounds, unit, buckets, _int(d.get("count")), total)
+
+
 def _stats_back(d: object) -> Stats:
     if type(d) is not dict:
         raise ValueError("expected stats")
@@ -167,7 +195,7 @@ def aggregator_from_data(config: AggregatorConfig, data: object) -> Aggregator:
     """An Aggregator of ``config`` holding what ``aggregator_data`` gave (ValueError if the
     data is not that)."""
     agg = Aggregator.from_config(config)
-    hist_unit = "nsecs" if config.hist_field == DURATION_FIELD else "value"  # as add() makes
+    hist_unit = "nsecs" if config.histogram_field == DURATION_FIELD else "value"  # as add()
     for d in _list(data, MAX_EVENTS):
         if type(d) is not dict:
             raise ValueError("an event's aggregates are an object")
@@ -184,6 +212,12 @@ def aggregator_from_data(config: AggregatorConfig, data: object) -> Aggregator:
             ea.hist = _hist_back(d["hist"], hist_unit)
         for key, h in _list(d.get("hist_by", []), MAX_KEYS):
             ea.hist_by[canonical_key(_key_back(key))] = _hist_back(h, hist_unit)
+        if "lhist" in d:
+            ea.lhist = _lhist_back(d["lhist"], hist_unit, config.lhist_bounds)
+        for key, h in _list(d.get("lhist_by", []), MAX_KEYS):
+            ea.lhist_by[canonical_key(_key_back(key))] = _lhist_back(
+                h, hist_unit, config.lhist_bounds
+            )
         if "stats" in d:
             ea.stats = _stats_back(d["stats"])
         agg.put(ea)

@@ -1,9 +1,9 @@
 """Which probes run as programs in the core, and how their results join the aggregations.
 
-A probe whose filter, ``--by`` key, ``--hist`` field and (when it writes events) fetch args
-each read an argument or local, ``$duration``, ``$retval``, ``$exception`` or ``$thread``,
-with attribute and literal subscript steps after it (``req.headers['host']``), becomes an
-``engine.program.Program``: the core runs it per hit with no Python call. Anything else
+A probe whose filter, ``--by`` key, ``--hist``/``--lhist`` field and (when it writes events)
+fetch args each read an argument or local, ``$duration``, ``$retval``, ``$exception`` or
+``$thread``, with attribute and literal subscript steps after it (``req.headers['host']``),
+becomes an ``engine.program.Program``: the core runs it per hit with no Python call. Anything else
 (a ``:TYPE``, ``$args``, ``$caller``, ``$stack``, a filter that compares two names) takes the
 Python path, per probe; ``plan`` says why.
 
@@ -138,7 +138,8 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
     """The program for ``spec``'s hits under ``config`` (None: no aggregations), recording
     its events too when ``events``, or why there is none."""
     config = config if config is not None else AggregatorConfig()
-    aggregates = bool(config.hist_field or config.count or config.by_field or config.stats_field)
+    hist_field = config.histogram_field  # --hist or --lhist (never both)
+    aggregates = bool(hist_field or config.count or config.by_field or config.stats_field)
     try:
         fields = _fields(spec) if events else ()
         stats = _field(spec, config.stats_field) if config.stats_field is not None else None
@@ -153,19 +154,21 @@ def plan(spec: ProbeSpec, config: AggregatorConfig | None, *, events: bool = Fal
         else:
             key = _field(spec, config.by_field) if config.by_field is not None else None
         exception_key = config.by_field == "$exception" and not _fetches(spec, "$exception")
-        hist = _field(spec, config.hist_field) if config.hist_field is not None else None
+        hist = _field(spec, hist_field) if hist_field is not None else None
     except _NoProgram as why:
         return Plan(None, str(why))
-    unit = "nsecs" if config.hist_field == DURATION_FIELD else "value"  # as Aggregator.add
+    unit = "nsecs" if hist_field == DURATION_FIELD else "value"  # as Aggregator.add
+    linear = config.lhist_bounds is not None
     return Plan(
         prog.Program(
             filter=cond,
             key=key,
             hist=hist,
-            hist_scales=DURATION_SCALES if unit == "nsecs" else (1,),
+            hist_scales=DURATION_SCALES if unit == "nsecs" and not linear else (1,),
             max_keys=MAX_KEYS,
             fields=fields,
             stats=stats,
+            lhist=config.lhist_bounds,
         ),
         keyed=key is not None or placement_key is not None,
         hist_unit=unit,
