@@ -80,6 +80,23 @@ CASES = [
     ([f"p:s {T}:ship w=order.meta['w']"], {"stats_field": "w", "by_field": "w"}),
     ([f"p:s {T}:ship n"], {"stats_field": "n", "count": True}),
     ([f"p:s {T}:ship k=order.meta['k']"], {"stats_field": "k"}),  # none a number stats take
+    # --lhist: below MIN, at and above MAX, per --by key, a float's floor, values skipped
+    ([f"r:p {T}:price qty"], {"lhist_field": "qty", "lhist_bounds": (0, 4, 1), "count": True}),
+    (
+        [f"r:p {T}:price qty"],
+        {"lhist_field": "qty", "lhist_bounds": (-2, 6, 2), "by_field": "item"},
+    ),
+    ([f"r:p {T}:price"], {"lhist_field": "$duration", "lhist_bounds": (0, 10**9, 10**7)}),
+    (
+        [f"r:p {T}:*"],
+        {"lhist_field": "$duration", "lhist_bounds": (0, 10**9, 10**8), "by_field": "$function"},
+    ),
+    ([f"p:s {T}:ship w=order.meta['w']"], {"lhist_field": "w", "lhist_bounds": (-1, 9, 1)}),
+    ([f"p:e {T}:price item"], {"lhist_field": "item", "lhist_bounds": (0, 10, 5)}),
+    (
+        [f"r:p {T}:price qty"],
+        {"lhist_field": "qty", "lhist_bounds": (0, 6, 3), "stats_field": "qty"},
+    ),
 ]
 
 
@@ -89,7 +106,7 @@ def test_programs_aggregate_as_the_python_path(specs: list[str], config: dict[st
     assert all(p.startswith("python") for p in paths)
     by_program, paths = aggregate(specs, False, **config)
     assert paths == ["program"] * len(specs)
-    if config.get("hist_field") == "$duration":  # timings differ: compare their shape
+    if "$duration" in (config.get("hist_field"), config.get("lhist_field")):  # timings differ
         by_python = "\n".join(line for line in by_python.splitlines() if "|" not in line)
         by_program = "\n".join(line for line in by_program.splitlines() if "|" not in line)
         by_python = by_python.split("avg =")[0]
