@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyprobes.output import Aggregator, CountBy, Event, Log2Histogram, Stats
+from pyprobes.output import Aggregator, CountBy, Event, LinearHistogram, Log2Histogram, Stats
+from pyprobes.output.aggregate import linear_bucket, linear_value
 
 # -- Log2Histogram -----------------------------------------------------------------------
 
@@ -138,6 +139,131 @@ def test_histogram_merge_equals_adding_everything_to_one(a: list[int], b: list[i
     assert merged == _hist(a + b)
     assert ha == _hist(a) and hb == _hist(b)  # inputs untouched
     assert merged.count == len(a) + len(b) and merged.total == sum(a) + sum(b)
+
+
+# -- LinearHistogram ---------------------------------------------------------------------
+
+
+def _lhist(values: list[int], lo: int = 0, hi: int = 100, step: int = 10) -> LinearHistogram:
+    h = LinearHistogram(lo, hi, step)
+    for v in values:
+        h.add(v)
+    return h
+
+
+def test_linear_buckets_are_bpftraces() -> None:
+    assert [linear_bucket(v, 0, 100, 10) for v in (-1, 0, 9, 10, 99, 100, 10**9)] == [
+        0,
+        1,
+        1,
+        2,
+        10,
+        11,
+        11,
+    ]
+    assert [linear_bucket(v, -20, 20, 20) for v in (-21, -20, -1, 0, 19, 20)] == [0, 1, 1, 2, 2, 3]
+
+
+def test_linear_values_are_ints_and_the_floor_of_finite_floats() -> None:
+    assert [linear_value(v) for v in (3, -3, 2.9, -0.5, 2**63 - 1, -(2**63))] == [
+        3,
+        -3,
+        2,
+        -1,
+        2**63 - 1,
+        -(2**63),
+    ]
+    for v in (True, 2**63, -(2**63) - 1, 1e300, math.inf, math.nan, "1", None, [1]):
+        assert linear_value(v) is None
+
+
+def test_lhist_render_is_bpftraces_table() -> None:
+    # what bpftrace prints for @ = lhist($x, 0, 100, 10) over these values
+    h = _lhist([-5, 0, 3, 15, 15, 15, 99, 100, 250])
+    assert h.render() == (
+        "(..., 0)               1 |@@@@@@@@@@@@@@@@@                                   |\n"
+        "[0, 10)                2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@                  |\n"
+        "[10, 20)               3 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "[20, 30)               0 |                                                    |\n"
+        "[30, 40)               0 |                                                    |\n"
+        "[40, 50)               0 |                                                    |\n"
+        "[50, 60)               0 |                                                    |\n"
+        "[60, 70)               0 |                                                    |\n"
+        "[70, 80)               0 |                                                    |\n"
+        "[80, 90)               0 |                                                    |\n"
+        "[90, 100)              1 |@@@@@@@@@@@@@@@@@                                   |\n"
+        "[100, ...)             2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@                  |\n"
+    )
+    # leading and trailing empty buckets are left out; negative bounds
+    assert _lhist([-7, -7, 4], -10, 10, 5).render() == (
+        "[-10, -5)              2 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "[-5, 0)                0 |                                                    |\n"
+        "[0, 5)                 1 |@@@@@@@@@@@@@@@@@@@@@@@@@@                          |\n"
+    )
+    assert LinearHistogram(0, 10, 1).render() == ""
+
+
+def test_lhist_labels_use_k_and_m_only_when_the_step_is_a_multiple_of_1024() -> None:
+    h = _lhist([1025, 3 << 20], 0, 4 << 20, 1 << 20)
+    assert h.render().splitlines()[0].startswith("[0, 1M)  ")
+    assert h.render().splitlines()[-1].startswith("[3M, 4M)  ")
+    k = _lhist([2048], 1024, 8192, 1024)
+    assert k.render().startswith("[2K, 3K)               1 |")
+    plain = _lhist([1024], 1000, 2000, 8)
+    assert plain.render().startswith("[1024, 1032)           1 |")
+
+
+def test_lhist_bars_truncate_in_float_as_bpftrace() -> None:
+    # 15/26*52 is 30 in C float arithmetic, 29.999... in double: bpftrace draws 30
+    h = _lhist([5] * 15 + [15] * 26)
+    assert h.render().splitlines()[0] == "[0, 10)               15 |" + "@" * 30 + " " * 22 + "|"
+
+
+def test_a_duration_lhist_is_shown_in_the_largest_unit_dividing_its_bounds() -> None:
+    h = LinearHistogram(0, 10_000_000, 1_000_000, unit="nsecs")
+    for d in (1_500_000, 3, 10**8):
+        h.add(d)
+    assert h.display_unit() == ("msecs", 1_000_000)
+    assert h.render().splitlines()[0].startswith("[0, 1)   ")
+    assert h.render().splitlines()[-1].startswith("[10, ...)   ")
+    assert LinearHistogram(0, 5_000, 500, unit="nsecs").display_unit() == ("nsecs", 1)
+    assert LinearHistogram(0, 5_000, 1_000, unit="nsecs").display_unit() == ("usecs", 1_000)
+
+
+def test_lhist_rejects_bad_bounds_and_what_it_cannot_count() -> None:
+    for bad, why in (
+        ((0, 10, 0), "STEP must be positive"),
+        ((10, 10, 1), "MIN must be below MAX"),
+        ((0, 25, 10), r"multiple of STEP \(10\): e.g. MAX 30"),
+        ((0, 1001, 1), "1001 buckets; at most 1000"),
+        ((0, 2**63, 1), "within"),
+        ((0, 10.0, 1), "ints"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            LinearHistogram(*bad)  # type: ignore[arg-type]
+    h = LinearHistogram(0, 10, 1)
+    for wrong in (1.5, True, "1"):
+        with pytest.raises(TypeError):
+            h.add(wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        h.add(2**63)
+    with pytest.raises(ValueError, match="cannot merge"):
+        h.merge(LinearHistogram(0, 10, 2))
+    with pytest.raises(ValueError, match="buckets are 0 to 11"):
+        LinearHistogram.from_buckets((0, 10, 1), "value", {12: 1}, 1, 0)
+
+
+lvalues = st.lists(st.integers(min_value=-500, max_value=500), max_size=50)
+
+
+@given(lvalues, lvalues)
+def test_lhist_merge_equals_adding_everything_to_one(a: list[int], b: list[int]) -> None:
+    ha, hb = _lhist(a, -100, 300, 20), _lhist(b, -100, 300, 20)
+    merged = ha.merge(hb)
+    assert merged == _lhist(a + b, -100, 300, 20)
+    assert ha == _lhist(a, -100, 300, 20) and hb == _lhist(b, -100, 300, 20)
+    assert merged.count == len(a) + len(b) and merged.total == sum(a) + sum(b)
+    assert merged.copy() == merged and merged.copy() is not merged
 
 
 # -- CountBy -----------------------------------------------------------------------------
@@ -437,3 +563,42 @@ def test_by_keys_and_event_names_are_escaped_for_the_terminal() -> None:
     assert text.replace("\n", "").isprintable(), text
     assert "@\\x1b]0;x\\x07\\x9b2J\\u202e\\ud800[" in text
     assert "\\u009b" in text  # the list key, as JSON
+
+
+def test_lhist_per_event_and_per_key_with_skips_rendered_in_order() -> None:
+    agg = Aggregator(lhist_field="n", lhist_bounds=(0, 30, 10), by_field="k", count=True)
+    for k, n in [("a", 5), ("a", 25.5), ("b", -1), ("a", 40), ("b", "x"), ("a", True)]:
+        agg.add(_ev(args={"k": k, "n": n}))
+    got = agg.get("r_f")
+    assert got is not None and got.lhist is None and got.hist is None
+    assert got.lhist_by["a"] == _lhist([5, 25, 40], 0, 30, 10)
+    assert got.lhist_by["b"] == _lhist([-1], 0, 30, 10)
+    assert got.skipped == {"n": 2}
+    assert agg.render() == (
+        "@r_f: 6\n"
+        "@r_f['a']: 4\n"
+        "@r_f['b']: 2\n"
+        "r_f['a'] n:\n"
+        "[0, 10)                1 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "[10, 20)               0 |                                                    |\n"
+        "[20, 30)               1 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "[30, ...)              1 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "r_f['b'] n:\n"
+        "(..., 0)               1 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "r_f: 2 n values skipped (not numeric)\n"
+    )
+    snap = agg.snapshot()
+    assert snap.render() == agg.render()
+    assert agg.merge(agg).get("r_f").lhist_by["a"].count == 6  # type: ignore[union-attr]
+
+
+def test_lhist_of_durations_titles_its_unit_and_refuses_a_log2_hist_beside_it() -> None:
+    agg = Aggregator(lhist_field="$duration", lhist_bounds=(0, 10_000, 1_000))
+    agg.add(_ev(duration_ns=1_500))
+    agg.add(_ev(name="p_f", kind="p"))  # no $duration: not counted, not skipped
+    assert agg.render().startswith("r_f $duration (usecs):\n[1, 2)                 1 |@@@")
+    assert agg.events == ["r_f"]
+    with pytest.raises(ValueError, match="cannot be asked at once"):
+        Aggregator(hist_field="n", lhist_field="n", lhist_bounds=(0, 10, 1))
+    with pytest.raises(ValueError, match="both a field and its bounds"):
+        Aggregator(lhist_field="n")

@@ -34,6 +34,8 @@ def _fed(**config: object) -> Aggregator:
         {"hist_field": "$duration", "count": True, "by_field": "k"},
         {"count": True, "by_field": "k", "stats_field": "n"},
         {"hist_field": "n", "stats_field": "$duration"},
+        {"lhist_field": "$duration", "lhist_bounds": (0, 10_000, 1_000), "count": True},
+        {"lhist_field": "n", "lhist_bounds": (-50, 150, 10), "by_field": "k"},
     ],
 )
 def test_round_trip_through_json_renders_the_same(config: dict[str, object]) -> None:
@@ -71,3 +73,23 @@ def test_malformed_data_is_refused(bad: dict[str, object]) -> None:
     config = Aggregator(hist_field="$duration", count=True, by_field="k").config
     with pytest.raises(ValueError):
         aggregator_from_data(config, [bad])
+
+
+_LH = {"unit": "value", "bounds": [0, 10, 1], "buckets": [[1, 2]], "count": 2, "total": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**_LH, "bounds": [0, 20, 1]},  # not the bounds asked for
+        {**_LH, "buckets": [[12, 1]]},  # beyond the last bucket
+        {**_LH, "buckets": [[1, 0]]},
+        {**_LH, "total": 1.5},
+        {**_LH, "unit": "nsecs"},
+    ],
+)
+def test_malformed_linear_histograms_are_refused(bad: dict[str, object]) -> None:
+    config = Aggregator(lhist_field="n", lhist_bounds=(0, 10, 1)).config
+    aggregator_from_data(config, [{"event": "a", "hits": 2, "lhist": _LH}])  # the good one
+    with pytest.raises(ValueError):
+        aggregator_from_data(config, [{"event": "a", "hits": 1, "lhist": bad}])

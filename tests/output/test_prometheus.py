@@ -229,3 +229,39 @@ def test_no_aggregations_only_the_counters() -> None:
         'pyprobes_events_lost_total{event="x"}': "0",
     }
     assert render_metrics(None, []) == ""
+
+
+def test_a_linear_histogram_is_a_histogram_with_the_buckets_of_its_bounds() -> None:
+    agg = Aggregator(lhist_field="n", lhist_bounds=(-10, 20, 10), by_field="k")
+    for k, n in [("a", -11), ("a", -10), ("a", 0), ("a", 25), ("b", 19), ("a", 9.5)]:
+        agg.add(_ev("req", {"k": k, "n": n}))
+    s = _samples(render_metrics(agg.snapshot(), []))
+    head = 'pyprobes_value_bucket{event="req",field="n",key="a",le='
+    # le="B" counts the values below B (bpftrace's buckets are [B - STEP, B))
+    assert [s[f'{head}"{le}"}}'] for le in ("-10", "0", "10", "20", "+Inf")] == [
+        "1",
+        "2",
+        "4",
+        "4",
+        "5",
+    ]
+    assert s['pyprobes_value_sum{event="req",field="n",key="a"}'] == str(-11 - 10 + 0 + 25 + 9)
+    assert s['pyprobes_value_count{event="req",field="n",key="a"}'] == "5"
+    assert s['pyprobes_value_bucket{event="req",field="n",key="b",le="10"}'] == "0"
+    assert s['pyprobes_value_bucket{event="req",field="n",key="b",le="20"}'] == "1"
+    text = render_metrics(agg.snapshot(), [])
+    assert "# TYPE pyprobes_value histogram\n" in text
+    les = [k for k in s if k.startswith("pyprobes_value_bucket") and 'key="a"' in k]
+    assert len(les) == 5  # MIN, the 3 buckets' tops, +Inf: the same layout for every series
+
+
+def test_a_linear_duration_histogram_is_in_seconds() -> None:
+    agg = Aggregator(lhist_field="$duration", lhist_bounds=(0, 2_000_000, 1_000_000))
+    for d in (5, 1_000_000, 3_000_000_000):
+        agg.add(_ev("w", duration_ns=d))
+    s = _samples(render_metrics(agg.snapshot(), []))
+    assert s['pyprobes_duration_seconds_bucket{event="w",le="0"}'] == "0"
+    assert s['pyprobes_duration_seconds_bucket{event="w",le="0.001"}'] == "1"
+    assert s['pyprobes_duration_seconds_bucket{event="w",le="0.002"}'] == "2"
+    assert s['pyprobes_duration_seconds_bucket{event="w",le="+Inf"}'] == "3"
+    assert s['pyprobes_duration_seconds_sum{event="w"}'] == "3.001000005"

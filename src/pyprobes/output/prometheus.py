@@ -16,8 +16,11 @@ Metric names (every series also has the labels ``hostname`` and ``pid``):
 ``pyprobes_events_lost_total``        counter    events never written (LOST)
 ``pyprobes_events_total``             counter    ``--count``: events per ``event`` (and ``key``
                                                  with ``--by``)
-``pyprobes_duration_seconds``         histogram  ``--hist`` (``$duration``), log2 buckets in s
-``pyprobes_value``                    histogram  ``--hist FIELD`` of another field (``field``)
+``pyprobes_duration_seconds``         histogram  ``--hist`` (``$duration``), log2 buckets in s;
+                                                 ``--lhist $duration,...``: le = MIN, MIN+STEP
+                                                 ... MAX (values below each), +Inf
+``pyprobes_value``                    histogram  ``--hist FIELD``/``--lhist FIELD,...`` of
+                                                 another field (``field``)
 ``pyprobes_duration_stats_seconds``   summary    ``--stats $duration``: p50, p90, p99, sum, count
 ``pyprobes_duration_min_seconds``,    gauge      its minimum and maximum
 ``pyprobes_duration_max_seconds``
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyprobes.output.aggregate import (
@@ -46,6 +49,7 @@ from pyprobes.output.aggregate import (
     ContainerKey,
     CountBy,
     EventAggregates,
+    LinearHistogram,
     Log2Histogram,
     Stats,
 )
@@ -143,6 +147,8 @@ class _Family:
     #: A histogram family's series, written at the end with one bucket layout for all (so
     #: ``sum by (le)`` over keys or events adds the same buckets).
     hists: list[tuple[Labels, Log2Histogram]] = field(default_factory=list)
+    #: A linear histogram family's series (--lhist): every one has the buckets of the bounds.
+    lhists: list[tuple[Labels, LinearHistogram]] = field(default_factory=list)
 
     def add(self, suffix: str, labels: Iterable[tuple[str, str]], value: int | float) -> None:
         self.samples.append(f"{self.name}{suffix}{_labels(labels)} {format_number(value)}")
@@ -157,6 +163,9 @@ class _Family:
             for labels, hist in self.hists:
                 _histogram(self, labels, hist, last)
             self.hists = []
+        for labels, lhist in self.lhists:
+            _linear(self, labels, lhist)
+        self.lhists = []
         head = f"# HELP {self.name} {escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n"
         return head + "".join(s + "\n" for s in self.samples)
 
@@ -174,7 +183,7 @@ class _Families:
         return fam
 
     def text(self) -> str:
-        return "".join(f.text() for f in self._by_name.values() if f.samples or f.hists)
+        return "".join(f.text() for f in self._by_name.values() if f.samples or f.hists or f.lhists)
 
 
 # --- bounded keys ------------------------------------------------------------------------
@@ -272,10 +281,63 @@ def _histogram(fam: _Family, labels: Labels, hist: Log2Histogram, last: int) -> 
     fam.samples.append(f"{fam.name}_count{tail} {hist.count}")
 
 
+def linear_buckets(hist: LinearHistogram) -> list[tuple[str, int]]:
+    """``(le, cumulative count)`` of a linear histogram: ``le`` MIN (the values below it),
+    then MIN + STEP, ... MAX, then ``+Inf``. The buckets are bpftrace's, closed below and
+    open above: ``le="B"`` counts the values below B (a value of exactly B is in the next)."""
+    duration = hist.unit == "nsecs"
+    counts = hist.counts()
+    out: list[tuple[str, int]] = []
+    running = 0
+    for k in range(hist.nbuckets + 1):
+        running += counts.get(k, 0)
+        out.append((_le(hist.lo + k * hist.step, duration), running))
+    out.append(("+Inf", hist.count))
+    return out
+
+
+def _linear(fam: _Family, labels: Labels, hist: LinearHistogram) -> None:
+    inner = _inner(labels)
+    head = f"{fam.name}_bucket{{{inner}{',' if inner else ''}le="
+    fam.samples.extend(f'{head}"{le}"}} {n}' for le, n in linear_buckets(hist))
+    tail = "{" + inner + "}" if inner else ""
+    total = ns_as_seconds(hist.total) if hist.unit == "nsecs" else str(hist.total)
+    fam.samples.append(f"{fam.name}_sum{tail} {total}")
+    fam.samples.append(f"{fam.name}_count{tail} {hist.count}")
+
+
+def _linear_event(
+    fams: _Families,
+    ea: EventAggregates,
+    lhist_field: str,
+    ev: Labels,
+    const: Labels,
+    series_key: Callable[[Hashable], str],
+) -> None:
+    if lhist_field == DURATION_FIELD:
+        fam = fams.get(
+            "duration_seconds", "histogram", "Durations of return probes (--lhist), seconds."
+        )
+        base: Labels = ev
+    else:
+        fam = fams.get("value", "histogram", "Linear histogram of a field (--lhist FIELD).")
+        base = (*ev, ("field", lhist_field))
+    if ea.lhist is not None:
+        fam.lhists.append(((*base, *const), ea.lhist))
+    grouped: dict[str, LinearHistogram] = {}
+    for k, h in ea.lhist_by.items():
+        s = series_key(k)
+        grouped[s] = h.copy() if s not in grouped else grouped[s].merge(h)
+    for s, merged in grouped.items():
+        fam.lhists.append(((*base, ("key", s), *const), merged))
+
+
 # --- one event ---------------------------------------------------------------------------
 
 
-def _by_label(by: CountBy | None, hist_by: Mapping[Hashable, Log2Histogram]) -> list[str]:
+def _by_label(
+    by: CountBy | None, hist_by: Mapping[Hashable, Log2Histogram | LinearHistogram]
+) -> list[str]:
     """The label values of an event's keys, most frequent first (the admission order)."""
     seen: dict[str, None] = {}
     if by is not None:
@@ -294,12 +356,14 @@ def _event(
     stats_field: str | None,
     const: Labels,
     budget: KeyBudget,
+    lhist_field: str | None = None,
 ) -> None:
     ev = (("event", ea.event),)
-    keyed = ea.by is not None or bool(ea.hist_by)
+    keyed = ea.by is not None or bool(ea.hist_by) or bool(ea.lhist_by)
     admitted: set[str] = set()
     if keyed:
-        admitted, _ = budget.split(ea.event, _by_label(ea.by, ea.hist_by))
+        by_hist = ea.lhist_by if ea.lhist_by else ea.hist_by
+        admitted, _ = budget.split(ea.event, _by_label(ea.by, by_hist))
 
     def series_key(k: Hashable) -> str:
         label = key_label(k)
@@ -337,6 +401,9 @@ def _event(
             merged = _merge_hists(hs)
             if merged is not None:
                 fam.hists.append(((*base, ("key", s), *const), merged))
+
+    if lhist_field is not None:
+        _linear_event(fams, ea, lhist_field, ev, const, series_key)
 
     if ea.stats is not None and stats_field is not None:
         _stats(fams, ea.stats, stats_field, ev, const)
@@ -436,5 +503,6 @@ def render_metrics(
                     config.stats_field,
                     const,
                     budget,
+                    config.lhist_field,
                 )
     return fams.text()
