@@ -236,3 +236,20 @@ def test_check_says_which_path_each_probe_takes_and_why() -> None:
         assert events[1].endswith("[python: $caller is read by the Python path]")
     else:
         assert events[0].endswith("[python: text events are written by the Python path]")
+
+
+def test_check_takes_lhist_and_says_it_runs_as_a_program() -> None:
+    run = check("p:b json:loads s", "--lhist", "$duration,0,1ms,100us")
+    assert run.returncode == 2 and run.stdout == ""
+    assert "--lhist $duration: '$duration' is only available in return probes" in run.stderr
+    ok = check("r:a json:loads s", "r:b json:loads s:len", "--lhist", "s,0,10,1", "--by", "s")
+    assert ok.returncode == 0, ok.stderr
+    a, b = ok.stdout.splitlines()
+    assert a.endswith(" [program]")
+    assert b.endswith(" [python: fetch arg s is converted (:len)]")
+    bad = check("r json:loads", "--lhist", "$duration,0,1ms,300us")
+    assert bad.returncode == 2
+    assert bad.stderr == (
+        "pyprobes: error: --lhist $duration,0,1ms,300us: MAX - MIN (1000000) must be a multiple"
+        " of STEP (300000): e.g. MAX 1200000\n"
+    )

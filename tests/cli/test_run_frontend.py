@@ -252,3 +252,78 @@ def test_hits_past_the_keys_a_program_keeps_are_said(tmp_path: Path) -> None:
         " count" in run.stderr
     )
     assert summary_table(run.stderr)["k"]["HITS"] == 10_050
+
+
+def _bar(n: int, peak: int) -> str:
+    return "|" + ("@" * (n * 52 // peak)).ljust(52) + "|"
+
+
+def test_lhist_by_function_is_bpftraces_lhist_per_key() -> None:
+    """Issue 13.2: bpftrace's ``@[probefunc] = lhist(arg, 0, 2, 1)``, one table per key."""
+    run = pyprobes(
+        "run", "-e", "r:f __main__:? i", "--lhist", "i,0,2,1", "--by", "$function", "funcs_prog.py"
+    )
+    assert run.returncode == 0, run.stderr
+    table = run.stderr.split("EVENT")[0]
+    assert table == (
+        "@f: 6\n@f['__main__:c']: 3\n@f['__main__:b']: 2\n@f['__main__:a']: 1\n"
+        "f['__main__:c'] i:\n"
+        f"[0, 1)                 1 {_bar(1, 1)}\n"
+        f"[1, 2)                 1 {_bar(1, 1)}\n"
+        f"[2, ...)               1 {_bar(1, 1)}\n"
+        "f['__main__:b'] i:\n"
+        f"[0, 1)                 1 {_bar(1, 1)}\n"
+        f"[1, 2)                 1 {_bar(1, 1)}\n"
+        "f['__main__:a'] i:\n"
+        f"[0, 1)                 1 {_bar(1, 1)}\n"
+    )
+
+
+def test_lhist_of_durations_takes_units_and_shows_the_largest_that_fits() -> None:
+    run = pyprobes(
+        "run", "-e", "r:w __main__:work", "--lhist", "$duration,0,10ms,1ms", "argv_mod.py"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "[] 2\n"  # the program ran as it does alone
+    assert f"w $duration (msecs):\n[0, 1)                 1 {_bar(1, 1)}\n" in run.stderr
+    # the same on the Python path (events asked for too)
+    events = pyprobes(
+        "run", "-e", "r:w __main__:work", "--lhist", "$duration,0,10ms,1ms", "--events",
+        "argv_mod.py",
+    )  # fmt: skip
+    assert f"w $duration (msecs):\n[0, 1)                 1 {_bar(1, 1)}\n" in events.stderr
+
+
+@pytest.mark.parametrize(
+    ("lhist", "error"),
+    [
+        (
+            "n,0,25,10",
+            "--lhist n,0,25,10: MAX - MIN (25) must be a multiple of STEP (10): e.g. MAX 30",
+        ),
+        ("n,10,0,1", "--lhist n,10,0,1: MIN must be below MAX, not 10 and 0"),
+        ("n,0,10", "--lhist n,0,10: give FIELD,MIN,MAX,STEP"),
+        ("n,0,10,0", "--lhist n,0,10,0: STEP must be positive, not 0"),
+        ("n,0,1001,1", "(MAX - MIN) / STEP is 1001 buckets; at most 1000"),
+        ("n,0,1.5,1", "--lhist n,0,1.5,1: MAX 1.5 is not a whole number"),
+        ("n,0,1h,1", "MAX must be an int (durations may have a unit ns, us, ms or s), not '1h'"),
+        ("nosuch,0,10,1", "--lhist nosuch: no probe has a fetch arg of that name"),
+        ("$duration,0,10,1", "--lhist $duration: '$duration' is only available in return probes"),
+    ],
+)
+def test_bad_lhist_is_one_line_and_runs_nothing(lhist: str, error: str) -> None:
+    run = pyprobes("run", "-e", "p:w __main__:work n", "--lhist", lhist, "argv_mod.py")
+    assert run.returncode == 2
+    assert run.stdout == ""  # the program did not run
+    assert len(run.stderr.splitlines()) == 1 and error in run.stderr, run.stderr
+
+
+def test_hist_and_lhist_together_are_refused() -> None:
+    run = pyprobes(
+        "run", "-e", "r:w __main__:work n", "--hist", "--lhist", "n,0,9,1", "argv_mod.py"
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == (
+        "pyprobes: error: --hist and --lhist cannot be used together:"
+        " give one histogram (log2 or linear)\n"
+    )
