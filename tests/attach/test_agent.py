@@ -545,3 +545,37 @@ def test_an_add_with_aggregate_sends_aggregates_and_no_events(agent: Agent) -> N
         ]
     finally:
         c.close()
+
+
+def test_an_add_with_a_linear_histogram_sends_it_as_aggregates(agent: Agent) -> None:
+    """--lhist over the attach protocol: the agent runs it (a program where it can) and the
+    client gets the very buckets."""
+    from pyprobes.output import Aggregator
+    from pyprobes.output.aggregate_data import aggregator_from_data
+
+    c = greeted(agent)
+    try:
+        for i, bad in enumerate(
+            ({"lhist": ["n", 0, 25, 10]}, {"lhist": ["n", 0, 10]}, {"lhist": "n,0,10,1"}),
+            start=1,
+        ):
+            got_bad = c.request("add", id=i, specs=[f"r:t {HOT} n"], aggregate=bad)
+            assert got_bad["code"] == "bad-message" and pyprobes.registered_probes() == []
+            assert "lhist must be [field, min, max, step]" in got_bad["message"]
+        ok = c.request("add", id=9, specs=[f"r:t {HOT} n"], aggregate={"lhist": ["n", 1, 4, 1]})
+        assert ok["type"] == "ok"
+        for i in range(50):
+            targets.hot(i % 5)
+        got = Aggregator(lhist_field="n", lhist_bounds=(1, 4, 1))
+        while got.get("t") is None or got.get("t").lhist.count < 50:  # type: ignore[union-attr]
+            msg = c.message()
+            assert msg is not None, "no aggregates came"
+            assert msg["type"] != "events"
+            if msg["type"] == "aggregates":
+                got.absorb(aggregator_from_data(got.config, msg["aggregates"]))
+        t = got.get("t")
+        assert t is not None and t.lhist is not None
+        assert t.lhist.counts() == {0: 10, 1: 10, 2: 10, 3: 10, 4: 10}
+        assert t.lhist.total == 10 * (0 + 1 + 2 + 3 + 4)
+    finally:
+        c.close()
