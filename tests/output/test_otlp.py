@@ -224,3 +224,21 @@ def test_a_histogram_of_another_field_is_pyprobes_value() -> None:
     (point,) = _metrics(agg, [])["pyprobes.value"].data.data_points  # type: ignore[attr-defined]
     assert point.attributes == {"event": "work", "field": "n"}
     assert point.explicit_bounds == [1.0, 3.0] and point.bucket_counts == [0, 1, 0]
+
+
+def test_a_linear_histogram_has_its_own_bounds_as_explicit_buckets() -> None:
+    agg = Aggregator(lhist_field="$duration", lhist_bounds=(0, 2_000, 1_000), by_field="k")
+    for d, k in ((5, "a"), (1_500, "a"), (9_000, "a"), (-1, "b")):
+        agg.add(_event((1, 0, 1, 0, 0), duration_ns=d, key=k))
+    hist = _metrics(agg, [])["pyprobes.duration"]
+    points = {p.attributes["key"]: p for p in hist.data.data_points}  # type: ignore[attr-defined]
+    a, b = points["a"], points["b"]
+    assert a.explicit_bounds == [0.0, 1e-6, 2e-6]
+    assert a.bucket_counts == [0, 1, 1, 1]  # below 0, [0, 1us), [1us, 2us), from 2us up
+    assert a.count == 3 and a.sum == pytest.approx(10_505e-9)
+    assert b.bucket_counts == [1, 0, 0, 0]
+    field = Aggregator(lhist_field="n", lhist_bounds=(0, 10, 5))
+    field.add(_event((1, 0, 1, 0, 0)))  # n = 3
+    (point,) = _metrics(field, [])["pyprobes.value"].data.data_points  # type: ignore[attr-defined]
+    assert point.attributes == {"event": "work", "field": "n"}
+    assert point.explicit_bounds == [0.0, 5.0, 10.0] and point.bucket_counts == [0, 1, 0, 0]

@@ -55,7 +55,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from pyprobes.output.aggregate import DURATION_FIELD, Aggregator, EventAggregates, Log2Histogram
+from pyprobes.output.aggregate import (
+    DURATION_FIELD,
+    Aggregator,
+    EventAggregates,
+    LinearHistogram,
+    Log2Histogram,
+)
 from pyprobes.output.prometheus import (
     MIN_DURATION_BUCKETS,
     NO_KEY,
@@ -233,6 +239,28 @@ def _log2_point(
     )
 
 
+def _linear_point(
+    hist: LinearHistogram, attrs: Attrs, start_ns: int, now_ns: int
+) -> HistogramDataPoint:
+    """A linear histogram's buckets as they are: bounds MIN, MIN + STEP, ... MAX (in seconds
+    for durations); the first count is of the values below MIN, the last of those from MAX
+    up (bpftrace's buckets, closed below: a value of exactly a bound is in the next)."""
+    scale = NS_PER_S if hist.unit == "nsecs" else 1
+    counts = hist.counts()
+    n = hist.nbuckets
+    return HistogramDataPoint(
+        attributes=dict(attrs),
+        start_time_unix_nano=start_ns,
+        time_unix_nano=now_ns,
+        count=hist.count,
+        sum=hist.total / scale,
+        bucket_counts=[counts.get(i, 0) for i in range(n + 2)],
+        explicit_bounds=[(hist.lo + k * hist.step) / scale for k in range(n + 1)],
+        min=None,  # type: ignore[arg-type]  # optional in OTLP: not kept
+        max=None,  # type: ignore[arg-type]
+    )
+
+
 @dataclass
 class _Points:
     sums: dict[str, list[NumberDataPoint]] = field(default_factory=dict)
@@ -247,15 +275,16 @@ def _event_points(
     budget: KeyBudget,
     start_ns: int,
     now_ns: int,
+    lhist_field: str | None = None,
 ) -> None:
     ev: Attrs = (("event", _text(ea.event)),)
     admitted: set[str] = set()
-    if ea.by is not None or ea.hist_by:
+    if ea.by is not None or ea.hist_by or ea.lhist_by:
         labels: dict[str, None] = {}
         if ea.by is not None:
             for k, _ in ea.by.most_common():
                 labels.setdefault(key_label(k), None)
-        for k in ea.hist_by:
+        for k in [*ea.hist_by, *ea.lhist_by]:
             labels.setdefault(key_label(k), None)
         admitted, _ = budget.split(ea.event, list(labels))
 
@@ -279,6 +308,18 @@ def _event_points(
             add_sum((*ev, ("key", s)), n)
     elif count:
         add_sum(ev, ea.hits)
+    if lhist_field is not None:
+        name = "pyprobes.duration" if lhist_field == DURATION_FIELD else "pyprobes.value"
+        base = ev if lhist_field == DURATION_FIELD else (*ev, ("field", _text(lhist_field)))
+        points = out.hists.setdefault(name, [])
+        if ea.lhist is not None:
+            points.append(_linear_point(ea.lhist, base, start_ns, now_ns))
+        lgrouped: dict[str, LinearHistogram] = {}
+        for k, lh in ea.lhist_by.items():
+            s = series(k)
+            lgrouped[s] = lh.copy() if s not in lgrouped else lgrouped[s].merge(lh)
+        for s, lh in lgrouped.items():
+            points.append(_linear_point(lh, (*base, ("key", s)), start_ns, now_ns))
     if hist_field is None:
         return
     name = "pyprobes.duration" if hist_field == DURATION_FIELD else "pyprobes.value"
@@ -299,8 +340,8 @@ _DESCRIPTIONS = {
     "pyprobes.probe.hits": ("Probe hits, per event.", "1"),
     "pyprobes.probe.misses": ("Return-probe calls missed: no free instance.", "1"),
     "pyprobes.events": ("Events counted (--count), per --by key.", "1"),
-    "pyprobes.duration": ("Durations of return probes (--hist), seconds.", "s"),
-    "pyprobes.value": ("Log2 histogram of a field (--hist FIELD).", "1"),
+    "pyprobes.duration": ("Durations of return probes (--hist, --lhist), seconds.", "s"),
+    "pyprobes.value": ("Histogram of a field (--hist FIELD, --lhist FIELD,...).", "1"),
 }
 
 
@@ -338,7 +379,16 @@ def metrics_data(
         for name in aggregator.events:
             ea = aggregator.get(name)
             if ea is not None:
-                _event_points(out, ea, config.count, config.hist_field, budget, start_ns, now)
+                _event_points(
+                    out,
+                    ea,
+                    config.count,
+                    config.hist_field,
+                    budget,
+                    start_ns,
+                    now,
+                    config.lhist_field,
+                )
     metrics: list[Metric] = []
     cumulative = AggregationTemporality.CUMULATIVE
     for name, sum_points in out.sums.items():
