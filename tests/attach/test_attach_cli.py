@@ -382,6 +382,27 @@ def test_aggregations_only_are_gathered_in_the_target(cli: Cli, spawn: Spawn) ->
     check_progress(child.lines)
 
 
+def test_a_linear_histogram_is_gathered_in_the_target(cli: Cli, spawn: Spawn) -> None:
+    """--lhist over attach: the target's program fills the buckets, the CLI prints them."""
+    child = spawn(LOOP)
+    pid = child.ready()
+    r = cli(
+        "attach", str(pid), "-e", "r:w __main__:work n", "--lhist", "n,0,10_000_000,10_000",
+        "--duration", "1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert ": w: (" not in r.stderr  # no event was written
+    assert "\nw n:\n[" in r.stderr, r.stderr
+    rows = re.findall(r"^\[(\d+), (\d+)\)\s+(\d+) \|@*\s*\|$", r.stderr, re.M)
+    assert rows and all(int(hi) - int(lo) == 10_000 for lo, hi, _ in rows), r.stderr
+    hits = summary_table(r.stderr)["w"]["HITS"]
+    assert hits > 0 and 0 <= hits - sum(int(n) for _, _, n in rows) <= 1  # one may be in flight
+    assert wait_no_probes(cli, pid)["probes"] == []
+    child.progress_after(0)
+    assert child.finish() == 0
+    check_progress(child.lines)
+
+
 def _scrape(url: str) -> dict[str, str]:
     import urllib.request
 
