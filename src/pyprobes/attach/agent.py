@@ -79,10 +79,11 @@ from pyprobes.attach.protocol import (
     parse_request,
     request_id_of,
 )
-from pyprobes.engine import ProbeError, SymbolNotFoundError, own_thread
+from pyprobes.engine.errors import ProbeError, SymbolNotFoundError
+from pyprobes.engine.registry import own_thread
 
 if TYPE_CHECKING:
-    from pyprobes.engine import Probe
+    from pyprobes.engine.probes import Probe
     from pyprobes.output import Event
     from pyprobes.output.aggregate import Aggregator, AggregatorConfig
     from pyprobes.spec import ProbeSpec

@@ -9,7 +9,7 @@ from types import CodeType
 
 from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
-from pyprobes.engine import module_exists
+from pyprobes.engine.resolve import module_exists
 from pyprobes.output import RENDERERS, Aggregator
 from pyprobes.spec import ProbeSpec, parse_spec
 from pyprobes.tracer import programs

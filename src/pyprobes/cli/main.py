@@ -10,7 +10,7 @@ from pyprobes import __version__
 from pyprobes.cli import attach, check, listing, ps, run
 from pyprobes.cli.options import UsageError
 from pyprobes.cli.program import ProgramError
-from pyprobes.engine import ProbeError, SpecError
+from pyprobes.engine.errors import ProbeError, SpecError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
 from pyprobes.engine.threads import thread_name
 from pyprobes.output import Event
 from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render

@@ -16,21 +16,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import CodeType
 
-from pyprobes.engine import (
-    InvalidProbeError,
-    Kprobe,
-    Kretprobe,
-    Probe,
-    ProbeBlacklistedError,
-    SymbolNotFoundError,
+from pyprobes.engine.blacklist import check
+from pyprobes.engine.errors import InvalidProbeError, ProbeBlacklistedError, SymbolNotFoundError
+from pyprobes.engine.probes import Kprobe, Kretprobe, Probe
+from pyprobes.engine.resolve import (
+    Location,
     find_code_by_qualname,
     iter_code_tree,
     module_exists,
     module_roots,
+    split_symbol,
 )
-from pyprobes.engine.blacklist import check
-from pyprobes.engine.registry import resolve_probe, resolve_probe_on_code
-from pyprobes.engine.resolve import Location, split_symbol
 from pyprobes.spec import ProbeSpec, Target
 from pyprobes.spec.diagnostics import did_you_mean
 
@@ -287,6 +283,8 @@ def resolve_spec(
     registering it, or arming it when its module is imported, would be; raises the
     ProbeError that would. Modules not imported are resolved on ``module_code`` (compiled,
     not run); ``__main__`` specs on ``main`` (none without it)."""
+    from pyprobes.engine import registry  # the engine's resolution (it selects the core)
+
     t = spec.target
     if t.module == MAIN:
         if main is None:
@@ -295,14 +293,14 @@ def resolve_spec(
     static = static_placement(spec)
     if static is not None:
         probe = probe_for(spec, static)
-        loc = resolve_probe(probe)
+        loc = registry.resolve_probe(probe)
         if loc is None and static.symbol_name is not None:
             name = split_symbol(static.symbol_name)[0]
             code = module_code(name)
             if code is None and _native_module(name):
                 raise _no_bytecode(name)
             if code is not None:
-                loc = resolve_probe_on_code(probe, name, code)
+                loc = registry.resolve_probe_on_code(probe, name, code)
         return [Resolved.of(static, loc)]
     check_module_known(spec)
     placements = placements_now(spec)
@@ -317,7 +315,9 @@ def resolve_spec(
 
 
 def _resolve(spec: ProbeSpec, pl: Placement) -> Resolved:
-    return Resolved.of(pl, resolve_probe(probe_for(spec, pl)))
+    from pyprobes.engine import registry
+
+    return Resolved.of(pl, registry.resolve_probe(probe_for(spec, pl)))
 
 
 __all__ = [
