@@ -317,9 +317,9 @@ class Agent:
         owners: dict[int, dict[str, object]] = {}
         for c in self.clients():
             for entry in c.specs():
-                if entry.session is None:
+                if entry.trace is None:
                     continue
-                for p in entry.session.probes():
+                for p in entry.trace.probes():
                     owners[id(p)] = {
                         "client": c.n,
                         "handle": entry.handle,

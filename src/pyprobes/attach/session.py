@@ -91,8 +91,8 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
 def main_names() -> tuple[str, ...]:
     """The names the program's main module runs under (``__main__``, and X for ``-m X``)."""
     main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    name = getattr(spec, "name", None)
+    module_spec = getattr(main, "__spec__", None)
+    name = getattr(module_spec, "name", None)
     if isinstance(name, str) and name != "__main__":
         return ("__main__", name)
     return ("__main__",)
@@ -127,11 +127,11 @@ def _targets_main(spec: ProbeSpec) -> bool:
 
 @dataclass(eq=False)
 class SpecEntry:
-    """One spec a client added: its handle, its tracing session, its switch."""
+    """One spec a client added: its handle, its tracing session (``trace``), its switch."""
 
     handle: int
     spec: ProbeSpec
-    session: TraceSession | None = None
+    trace: TraceSession | None = None  # its tracing session (the client's session is ours)
     enabled: bool = True
     listener: Callable[[str, str | None, CodeType], None] | None = None
     aggregator: Aggregator | None = None  # aggregates only (no events): sent every round
@@ -152,15 +152,15 @@ def _aggregate_config(fields: object) -> AggregatorConfig | None:
 
 
 def _probe_count(entry: SpecEntry) -> int:
-    return len(entry.session.probes()) if entry.session is not None else 0
+    return len(entry.trace.probes()) if entry.trace is not None else 0
 
 
 def _disable_new(entry: SpecEntry) -> None:
     """Import listener of a disabled wildcard spec: probes it placed on a new module are off."""
-    session = entry.session
-    if session is None or entry.enabled:
+    trace = entry.trace
+    if trace is None or entry.enabled:
         return
-    for p in session.probes():
+    for p in trace.probes():
         if not p.disabled:
             with contextlib.suppress(ProbeError):
                 pyprobes.disable_kprobe(p)
@@ -428,21 +428,21 @@ class ClientSession:
 
         spec = entry.spec
         agg = entry.aggregator  # with one, only aggregations: programs in the core if they can
-        session = TraceSession([spec], self._emitter(entry), agg, events=agg is None)
-        entry.session = session
-        session.arm()
+        trace = TraceSession([spec], self._emitter(entry), agg, events=agg is None)
+        entry.trace = trace
+        trace.arm()
         if _targets_main(spec):
             code = main_code()
             if code is None:
-                session.stop()
+                trace.stop()
                 raise SymbolNotFoundError(
                     "the program's __main__ module code is no longer running, so its functions"
                     " cannot be found: probe them by file and line (path/to/script.py:LINE)"
                 )
-            session.arm_main(code, main_names())
+            trace.arm_main(code, main_names())
 
     def _describe(self, entry: SpecEntry) -> dict[str, object]:
-        probes = entry.session.probes() if entry.session is not None else []
+        probes = entry.trace.probes() if entry.trace is not None else []
         return {
             "handle": entry.handle,
             "spec": str(entry.spec),
@@ -456,7 +456,7 @@ class ClientSession:
         rows = []
         for entry in self.specs():
             row = self._describe(entry)
-            probes = entry.session.probes() if entry.session is not None else []
+            probes = entry.trace.probes() if entry.trace is not None else []
             row["hits"] = sum(p.nhit for p in probes)
             row["misses"] = sum(p.nmissed for p in probes)
             rows.append(row)
@@ -488,17 +488,17 @@ class ClientSession:
             pyprobes.remove_import_listener(entry.listener)
             entry.listener = None
         entry.enabled = True
-        if entry.session is not None:
-            for p in entry.session.probes():
+        if entry.trace is not None:
+            for p in entry.trace.probes():
                 if p.disabled:
                     with contextlib.suppress(ProbeError):  # a GONE probe stays off
                         pyprobes.enable_kprobe(p)
 
     def _disable(self, entry: SpecEntry) -> None:
         entry.enabled = False
-        if entry.session is None:
+        if entry.trace is None:
             return
-        for p in entry.session.probes():
+        for p in entry.trace.probes():
             if not p.disabled:
                 pyprobes.disable_kprobe(p)
         if entry.spec.target.has_wildcards and entry.listener is None:
@@ -511,9 +511,9 @@ class ClientSession:
             if entry.listener is not None:
                 pyprobes.remove_import_listener(entry.listener)
                 entry.listener = None
-            if entry.session is not None:
+            if entry.trace is not None:
                 try:
-                    entry.session.stop()
+                    entry.trace.stop()
                 except Exception:
                     _log.exception("pyprobes agent: removing the probes of %s failed", entry.spec)
 
@@ -578,16 +578,16 @@ class ClientSession:
         for entry in list(self._specs.values()):
             if entry.listener is not None:
                 pyprobes.remove_import_listener(entry.listener)
-            if entry.session is not None:
-                _unregister_in_child(entry.session)
+            if entry.trace is not None:
+                _unregister_in_child(entry.trace)
 
 
-def _unregister_in_child(session: TraceSession) -> None:
-    # Not session.stop(): its lock may have been held by a thread that does not exist in the
+def _unregister_in_child(trace: TraceSession) -> None:
+    # Not trace.stop(): its lock may have been held by a thread that does not exist in the
     # child. The engine's registry lock is re-created after fork, so unregistering is safe.
     with contextlib.suppress(Exception):
-        pyprobes.remove_import_listener(session._on_import)
-    probes: list[Probe] = session.probes()
+        pyprobes.remove_import_listener(trace._on_import)
+    probes: list[Probe] = trace.probes()
     for p in probes:
         with contextlib.suppress(Exception):
             if isinstance(p, pyprobes.Kretprobe):

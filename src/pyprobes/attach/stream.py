@@ -167,9 +167,9 @@ class EventStream:
             entries += [e for e in final.entries if e not in entries]
         data: list[dict[str, object]] = []
         for entry in entries:
-            if entry.aggregator is None or entry.session is None:
+            if entry.aggregator is None or entry.trace is None:
                 continue
-            entry.session.collect()
+            entry.trace.collect()
             data += aggregator_data(entry.aggregator.snapshot_and_reset())
         if data:
             self._send(encode({"type": "aggregates", "aggregates": data}))
@@ -188,9 +188,9 @@ class EventStream:
             lost = self.lost_by_event()
             rows = []
             for entry in final.entries:
-                if entry.session is None:
+                if entry.trace is None:
                     continue
-                for row in entry.session.summary_rows(lost):
+                for row in entry.trace.summary_rows(lost):
                     rows.append(
                         {
                             "event": row.event,
