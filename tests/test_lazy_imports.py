@@ -19,7 +19,6 @@ CORE_MODULES = (
     "pyprobes._speedups",
     "pyprobes.engine.api",
     "pyprobes.engine.ccore",
-    "pyprobes.engine.core",
     "pyprobes.engine.pycore",
     "pyprobes.engine.registry",
 )

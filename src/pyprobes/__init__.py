@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# The engine package itself is light: it checks the Python version and PYPROBES_CORE (a clear
+# error at import) and selects no core until a public name is used.
+importlib.import_module("pyprobes.engine")
+
 if TYPE_CHECKING:
     from pyprobes.engine.api import *  # noqa: F403
 
