@@ -290,6 +290,7 @@ def test_a_stalled_client_loses_events_and_never_blocks_the_program(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream, "EVENT_CAPACITY", 64)
+    monkeypatch.setattr(stream, "RING_CAPACITY", 64)
     r = greeted(agent)
     try:
         r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -576,5 +577,37 @@ def test_an_add_with_aggregate_sends_aggregates_and_no_events(agent: Agent) -> N
         assert done["summary"] == [
             {"event": "t", "hits": 50, "misses": 0, "lost": 0, "filtered": 0}
         ]
+    finally:
+        c.close()
+
+
+def test_events_a_program_can_record_come_from_the_clients_ring(agent: Agent) -> None:
+    """Issue 13.7: a spec whose events a probe program can record writes them into the
+    client's ring (JSON Lines written by the core, sent as they are); one it cannot (here
+    $caller) takes the event queue. Both arrive as the same events, in order, each."""
+    c = greeted(agent)
+    try:
+        ok = c.request("add", id=1, specs=[f"r:ring {HOT} n $retval", f"r:queue {HOT} n $caller"])
+        assert ok["type"] == "ok"
+        (session,) = agent._clients.values()
+        entries = {e.spec.event: e for e in session.specs()}
+        assert entries["ring"].trace is not None and entries["queue"].trace is not None
+        assert [p for _, p in entries["ring"].trace.paths()] == ["program"]
+        assert next(p for _, p in entries["queue"].trace.paths()).startswith("python")
+        for i in range(300):
+            targets.hot(i)
+        c.send({"type": "detach", "id": 2})
+        done = c.until("detached")
+        by_event: dict[str, list[dict[str, object]]] = {}
+        for e in c.events:
+            by_event.setdefault(e["event"], []).append(e)  # type: ignore[arg-type,index]
+        ring, queue = by_event["ring"], by_event["queue"]
+        assert [e["args"]["n"] for e in ring] == list(range(300))  # type: ignore[index]
+        assert [e["args"]["n"] for e in queue] == list(range(300))  # type: ignore[index]
+        assert ring[7]["retval"] == queue[7]["retval"] and ring[7]["kind"] == "r"
+        assert session.stream._records is not None  # the ring was made and used
+        assert done["lost"] == {"total": 0, "by_event": {}}
+        rows = {r["event"]: r["hits"] for r in done["summary"]}  # type: ignore[attr-defined,index]
+        assert rows == {"ring": 300, "queue": 300}
     finally:
         c.close()

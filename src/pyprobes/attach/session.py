@@ -428,7 +428,10 @@ class ClientSession:
 
         spec = entry.spec
         agg = entry.aggregator  # with one, only aggregations: programs in the core if they can
-        trace = TraceSession([spec], self._emitter(entry), agg, events=agg is None)
+        # Events: recorded in the client's ring by probe programs where they can (written as
+        # JSON in the core), else through the event queue (tracer.records, as pyprobes run).
+        records = self.stream.records() if agg is None else None
+        trace = TraceSession([spec], self._emitter(entry), agg, events=agg is None, records=records)
         entry.trace = trace
         trace.arm()
         if _targets_main(spec):

@@ -3,14 +3,18 @@
 ``pyprobes-agent-client-N-send`` sends, in order: the replies its session queued, the events
 the program's threads put on the bounded queue (``output.event_queue``, the event writer's
 too) in batches of at most BATCH_EVENTS events and BATCH_BYTES bytes, a few batches a round
-(all when it ends), the aggregations of aggregating specs every round, and a ``lost`` report
-when the losses changed. A stalled client blocks only this thread: the program's threads
-then drop and count. Every event put on the queue is sent or counted lost, per event name.
+(all when it ends), then the events that probe programs recorded in the client's ring of
+records (``tracer.records``: JSON Lines written by the core, with the GIL released on the C
+core, sent as they are), the aggregations of aggregating specs every round, and a ``lost``
+report when the losses changed. A stalled client blocks only this thread: the program's
+threads then drop and count (a full ring counts too). Every event put on the queue or
+recorded in the ring is sent or counted lost, per event name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -25,8 +29,11 @@ from pyprobes.output.event_queue import EventQueue
 
 if TYPE_CHECKING:
     from pyprobes.attach.session import ClientSession, SpecEntry
+    from pyprobes.tracer.records import RingSource
 
 EVENT_CAPACITY = 16384
+#: Records a buffer of a client's ring holds (two buffers: one written while one is read).
+RING_CAPACITY = 16384
 BATCH_EVENTS = 512
 BATCH_BYTES = 1 << 20
 BATCHES_PER_ROUND = 8
@@ -66,6 +73,7 @@ class EventStream:
         #: Seconds between rounds; an aggregating add may ask for shorter.
         self.round = LOSS_REPORT_INTERVAL
         self.sent = 0
+        self._records: RingSource | None = None  # made by the first spec that records events
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # -- other threads --------------------------------------------------------------------
@@ -94,10 +102,25 @@ class EventStream:
         self.events.wake.set()
         self.room.set()
 
+    def records(self) -> RingSource:
+        """The client's ring of event records, for the probes whose programs can record their
+        events in the core (the session's reader, arming a spec)."""
+        if self._records is None:
+            from pyprobes.tracer.records import RingSource
+
+            source = RingSource(RING_CAPACITY)
+            source.wake_writer = self.events.wake.set
+            self._records = source
+        return self._records
+
     def lost_by_event(self) -> dict[str, int]:
         out = self.events.dropped_by_event()
-        for name, n in self._lost.copy().items():
-            out[name] = out.get(name, 0) + n
+        sources = [self._lost.copy()]
+        if self._records is not None:
+            sources.append(self._records.lost_by_event())
+        for lost in sources:
+            for name, n in lost.items():
+                out[name] = out.get(name, 0) + n
         return out
 
     def lost_message(self) -> dict[str, object]:
@@ -107,6 +130,8 @@ class EventStream:
     def forget_in_child(self) -> None:
         """After fork, in the child: nothing queued, nothing sent (the parent's connection)."""
         self.events.after_fork_in_child()
+        if self._records is not None:
+            self._records.after_fork_in_child()
         self.control = deque()
         self.room = threading.Event()
 
@@ -157,6 +182,34 @@ class EventStream:
             self.sent += len(parts)
         if q:
             self.events.wake.set()
+        self._send_records()
+
+    def _send_records(self) -> None:
+        """Send what the ring holds, as the core wrote it: its JSON Lines, joined into events
+        messages of at most BATCH_EVENTS events and BATCH_BYTES bytes."""
+        source = self._records
+        if source is None:
+            return
+        from pyprobes.output.render_json import JsonRenderer
+
+        text, _ = source.drain(JsonRenderer())
+        data = text.encode("utf-8", "backslashreplace") if isinstance(text, str) else text
+        lines = data.splitlines()  # (a JSON line holds no raw line break)
+        at = 0
+        while at < len(lines):
+            end, size = at, 0
+            while end < len(lines) and end - at < BATCH_EVENTS and size < BATCH_BYTES:
+                size += len(lines[end]) + 1
+                end += 1
+            batch = lines[at:end]
+            try:
+                self._send(b'{"type":"events","events":[' + b",".join(batch) + b"]}\n")
+            except OSError:
+                for line in lines[at:]:
+                    self._lose(_event_name(line))
+                raise
+            self.sent += len(batch)
+            at = end
 
     def _send_aggregates(self, final: Final | None) -> None:
         """What the aggregating specs gathered since the last round, in one message."""
@@ -245,3 +298,12 @@ class EventStream:
             if session.reader.is_alive() and not session.closed:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _event_name(line: bytes) -> str:
+    """The event name of one JSON line (counting what could not be sent)."""
+    try:
+        name = json.loads(line).get("event")
+    except (ValueError, AttributeError):
+        return "?"
+    return name if isinstance(name, str) else "?"
