@@ -117,6 +117,14 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
                  str(out), str(prog), n]),
         Variant("r-text-events", "pyprobes run -e 'r:w __main__:work' -o FILE (text)",
                 [*run, "-e", "r:w __main__:work", "-o", str(out), str(prog), n]),
+        Variant("r-hist-prom", "pyprobes run -e 'r:w __main__:work' --hist --metrics-port 0",
+                [*run, "-e", "r:w __main__:work", "--hist", "--metrics-port", "0", str(prog), n]),
+        Variant("r-chrome", "pyprobes run -e 'r:w __main__:work' --format chrome -o FILE",
+                [*run, "-e", "r:w __main__:work", "--format", "chrome", "-o", str(out),
+                 str(prog), n]),
+        Variant("r-otlp", "pyprobes run -e 'r:w __main__:work' --otlp URL (no receiver: spans "
+                "counted lost)",
+                [*run, "-e", "r:w __main__:work", "--otlp", "http://127.0.0.1:9", str(prog), n]),
         Variant("cprofile", "python -m cProfile (every call)",
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
     ]  # fmt: skip

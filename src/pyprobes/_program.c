@@ -551,42 +551,91 @@ prog_ident_key(void)
     return g_idents[i].key;
 }
 
-/* The calling thread's threading.Thread (borrowed), or NULL (no error) when threading does not
- * know it: threading._active[ident], read from the module's dict (a forked child rebinds it),
- * as getattr(threading, "_active") does for a plain module. Once found it is kept in the
- * thread state's dict (an extension's per-thread storage, gone with the thread), as the thread
- * keeps its Thread for its life, and a fork keeps the forking thread's. */
+/* The calling thread's (Thread, its instance dict or None) (borrowed), or NULL (no error)
+ * when threading does not know it: threading._active[ident], read from the module's dict (a
+ * forked child rebinds it), as getattr(threading, "_active") does for a plain module. Once
+ * found it is kept in the thread state's dict (an extension's per-thread storage, gone with
+ * the thread), as the thread keeps its Thread for its life, and a fork keeps the forking
+ * thread's; and the thread state is remembered in g_tnames, so that the next hits on this
+ * thread find it with no dict lookup. */
+#define TNAME_SLOTS 64
+static struct {
+    PyThreadState *ts; /* with its id: a thread state made later at the same address differs */
+    uint64_t id;
+    PyObject *pair;    /* borrowed: the thread state's dict holds it while ts lives */
+    unsigned int tver; /* the version of the Thread's type known to have no class _name */
+} g_tnames[TNAME_SLOTS];
+
 static PyObject *
 prog_thread(void)
 {
-    PyObject *tsd = PyThreadState_GetDict(); /* borrowed, NULL without a thread state */
-    PyObject *t = tsd != NULL ? PyDict_GetItemWithError(tsd, s_thread_key) : NULL;
-    if (t != NULL || PyErr_Occurred()) {
-        PyErr_Clear();
-        return t;
+    PyThreadState *ts = PyThreadState_Get();
+    size_t slot = (size_t)(((uintptr_t)ts >> 6) % TNAME_SLOTS);
+    if (g_tnames[slot].ts == ts && g_tnames[slot].id == ts->id) {
+        return g_tnames[slot].pair;
     }
-    PyObject *mdict = PyModule_GetDict(g_threading); /* borrowed */
-    PyObject *active = mdict != NULL ? PyDict_GetItemWithError(mdict, s_active) : NULL;
-    if (active != NULL && PyDict_Check(active)) {
-        PyObject *ident = prog_ident_key(); /* borrowed */
-        t = ident != NULL ? PyDict_GetItemWithError(active, ident) : NULL; /* int keys */
-        if (t != NULL && tsd != NULL && PyDict_SetItem(tsd, s_thread_key, t) < 0) {
-            t = NULL;
+    PyObject *tsd = PyThreadState_GetDict(); /* borrowed */
+    PyObject *pair = tsd != NULL ? PyDict_GetItemWithError(tsd, s_thread_key) : NULL;
+    if (pair == NULL && !PyErr_Occurred()) {
+        PyObject *mdict = PyModule_GetDict(g_threading); /* borrowed */
+        PyObject *active = mdict != NULL ? PyDict_GetItemWithError(mdict, s_active) : NULL;
+        PyObject *ident = active != NULL && PyDict_Check(active) ? prog_ident_key() : NULL;
+        PyObject *t = ident != NULL ? PyDict_GetItemWithError(active, ident) : NULL; /* ints */
+        if (t != NULL && tsd != NULL) {
+            /* its __dict__, to read _name from when nothing else could answer getattr */
+            PyObject *d = Py_TYPE(t)->tp_getattro == PyObject_GenericGetAttr
+                              ? PyObject_GenericGetDict(t, NULL)
+                              : Py_NewRef(Py_None);
+            PyObject *made = d != NULL ? PyTuple_Pack(2, t, d) : NULL;
+            Py_XDECREF(d);
+            if (made != NULL && PyDict_SetItem(tsd, s_thread_key, made) == 0) {
+                pair = made; /* (the dict holds it) */
+            }
+            Py_XDECREF(made);
         }
     }
-    PyErr_Clear();
-    return t;
+    if (pair == NULL || !PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_Clear();
+        return NULL;
+    }
+    g_tnames[slot].ts = ts;
+    g_tnames[slot].id = ts->id;
+    g_tnames[slot].pair = pair;
+    g_tnames[slot].tver = 0;
+    return pair;
 }
 
-/* engine.threads.thread_name() (new reference). */
+/* engine.threads.thread_name() (new reference): getattr(thread, "_name", None) if a str.
+ * When the Thread's type has object's attribute lookup and no class attribute _name (a
+ * property...), that is the instance dict's entry, read straight from it. */
 static PyObject *
 prog_thread_name(void)
 {
-    PyObject *t = prog_thread();
-    if (t != NULL) {
-        Py_INCREF(t);
-        PyObject *name = PyObject_GetAttr(t, s_name_attr); /* as getattr(thread, "_name") */
-        Py_DECREF(t);
+    PyObject *pair = prog_thread();
+    if (pair != NULL) {
+        PyObject *t = PyTuple_GET_ITEM(pair, 0), *d = PyTuple_GET_ITEM(pair, 1);
+        PyTypeObject *tp = Py_TYPE(t);
+        PyObject *name;
+        /* (a type's version changes with its attributes; 0 is no version) */
+        size_t slot = (size_t)(((uintptr_t)PyThreadState_Get() >> 6) % TNAME_SLOTS);
+        int plain = tp->tp_version_tag != 0 && g_tnames[slot].pair == pair &&
+                    g_tnames[slot].tver == tp->tp_version_tag;
+        if (!plain && PyDict_Check(d) && tp->tp_getattro == PyObject_GenericGetAttr &&
+            _PyType_Lookup(tp, s_name_attr) == NULL) {
+            plain = 1;
+            if (g_tnames[slot].pair == pair) {
+                g_tnames[slot].tver = tp->tp_version_tag; /* (set by the lookup) */
+            }
+        }
+        if (plain) {
+            name = PyDict_GetItemWithError(d, s_name_attr); /* borrowed */
+            Py_XINCREF(name);
+        }
+        else {
+            Py_INCREF(t);
+            name = PyObject_GetAttr(t, s_name_attr);
+            Py_DECREF(t);
+        }
         if (name != NULL && PyUnicode_Check(name)) {
             return name;
         }

@@ -195,10 +195,11 @@ buf_esc_json(Buf *b, Str s)
     return 0;
 }
 
-/* ASCII text as sanitize.terminal_safe leaves it: what is not printable (C0, DEL) becomes its
- * unicode_escape spelling. */
+/* ASCII text with Python's escapes for what is not printable (C0, DEL: \n, \r, \t, \xNN).
+ * With a quote: as repr() writes a str's body (the quote and backslash escaped too);
+ * without (0): as sanitize.terminal_safe leaves it. */
 static int
-buf_esc_term(Buf *b, Str s)
+buf_esc_py(Buf *b, Str s, char quote)
 {
     if (buf_grow(b, s.n * 4) < 0) {
         return -1;
@@ -207,42 +208,7 @@ buf_esc_term(Buf *b, Str s)
     char *o = b->p + b->n;
     for (Py_ssize_t i = 0; i < s.n; i++) {
         unsigned char c = d[i];
-        if (c >= 0x20 && c != 0x7f) {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        default:
-            *o++ = 'x';
-            *o++ = hexdigits[c >> 4];
-            *o++ = hexdigits[c & 15];
-        }
-    }
-    b->n = o - b->p;
-    return 0;
-}
-
-/* An ASCII str as repr() writes it. */
-static int
-buf_repr(Buf *b, Str s)
-{
-    if (buf_grow(b, s.n * 4 + 2) < 0) {
-        return -1;
-    }
-    const unsigned char *d = (const unsigned char *)s.s;
-    char quote = '\'';
-    if (memchr(d, '\'', s.n) != NULL && memchr(d, '"', s.n) == NULL) {
-        quote = '"';
-    }
-    char *o = b->p + b->n;
-    *o++ = quote;
-    for (Py_ssize_t i = 0; i < s.n; i++) {
-        unsigned char c = d[i];
-        if (c == (unsigned char)quote || c == '\\') {
+        if (quote && (c == (unsigned char)quote || c == '\\')) {
             *o++ = '\\';
             *o++ = (char)c;
         }
@@ -262,9 +228,28 @@ buf_repr(Buf *b, Str s)
             }
         }
     }
-    *o++ = quote;
     b->n = o - b->p;
     return 0;
+}
+
+static int
+buf_esc_term(Buf *b, Str s)
+{
+    return buf_esc_py(b, s, 0);
+}
+
+/* An ASCII str as repr() writes it: in single quotes, unless only double ones are free. */
+static int
+buf_repr(Buf *b, Str s)
+{
+    char quote = '\'';
+    if (memchr(s.s, '\'', s.n) != NULL && memchr(s.s, '"', s.n) == NULL) {
+        quote = '"';
+    }
+    if (buf_put(b, &quote, 1) < 0 || buf_esc_py(b, s, quote) < 0) {
+        return -1;
+    }
+    return buf_put(b, &quote, 1);
 }
 
 static int

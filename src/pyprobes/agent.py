@@ -10,6 +10,6 @@ removes any that remain and the socket. See ``pyprobes.attach`` for the protocol
 
 from __future__ import annotations
 
-from pyprobes.attach.agent import current, is_running, socket_path, start, stop
+from pyprobes.attach.server import current, is_running, socket_path, start, stop
 
 __all__ = ["current", "is_running", "socket_path", "start", "stop"]

@@ -17,9 +17,10 @@ import pytest
 from attach_helpers import TIMEOUT, Raw
 
 import pyprobes
-from pyprobes.attach import agent as agent_mod
-from pyprobes.attach.agent import Agent, peer_allowed, peer_credentials
+from pyprobes.attach import server, session, stream
 from pyprobes.attach.protocol import MAX_LINE, MAX_SPECS_PER_MESSAGE
+from pyprobes.attach.server import Agent, peer_allowed, peer_credentials
+from pyprobes.output.event_queue import EventQueue
 
 HOT = "_attach_targets:hot"
 
@@ -204,6 +205,37 @@ def test_all_or_none_and_events_only_to_their_owner(agent: Agent) -> None:
         b.close()
 
 
+def test_detach_waits_for_a_handler_still_running(agent: Agent) -> None:
+    """A handler that was running when detach removed its probe (here it renders the
+    argument's str, which takes 0.2 s more than the removal) still has its event sent before
+    the summary: the agent waits for the handler itself, not a fixed grace of a few ms."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __str__(self) -> str:
+            entered.set()
+            release.wait(TIMEOUT)
+            return "slow"
+
+    r = greeted(agent)
+    try:
+        assert r.request("add", id=1, specs=["p:s _attach_targets:other x:str"])["type"] == "ok"
+        caller = threading.Thread(target=targets.other, args=(Slow(),))
+        caller.start()
+        assert entered.wait(TIMEOUT)
+        r.send({"type": "detach", "id": 2})
+        wait_for(lambda: not pyprobes.registered_probes())  # the probe went, its handler runs on
+        time.sleep(0.2)  # the handler is slow (not a synchronisation: the agent must wait it)
+        release.set()
+        done = r.until("detached")
+        caller.join(TIMEOUT)
+        assert done["summary"] == [{"event": "s", "hits": 1, "misses": 0, "lost": 0, "filtered": 0}]
+        assert [e["args"] for e in r.events] == [{"x": "slow"}]
+    finally:
+        release.set()
+        r.close()
+
+
 def test_switches_and_wildcards_placed_later_stay_off(agent: Agent) -> None:
     r = greeted(agent)
     try:
@@ -257,7 +289,8 @@ def test_the_agent_does_not_trace_itself(agent: Agent) -> None:
 def test_a_stalled_client_loses_events_and_never_blocks_the_program(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_mod, "EVENT_CAPACITY", 64)
+    monkeypatch.setattr(stream, "EVENT_CAPACITY", 64)
+    monkeypatch.setattr(stream, "RING_CAPACITY", 64)
     r = greeted(agent)
     try:
         r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -282,7 +315,7 @@ def test_a_stalled_client_loses_events_and_never_blocks_the_program(
 
 
 def test_limits_on_clients(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_mod, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(server, "MAX_CLIENTS", 2)
     a, b = greeted(agent), greeted(agent)
     assert agent.path is not None
     c = Raw(agent.path)
@@ -311,7 +344,7 @@ def test_peer_credentials_and_the_rule() -> None:
 def test_another_uid_is_refused_and_logged(
     agent: Agent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(agent_mod, "peer_credentials", lambda sock: (4321, 65534, 65534))
+    monkeypatch.setattr(server, "peer_credentials", lambda sock: (4321, 65534, 65534))
     assert agent.path is not None
     r = Raw(agent.path)
     try:
@@ -358,14 +391,15 @@ def test_module_api_start_is_idempotent(runtime: Path, monkeypatch: pytest.Monke
 
 
 def test_push_never_raises() -> None:
-    client = agent_mod._Client.__new__(agent_mod._Client)
-    client.push(object())  # type: ignore[arg-type]  # no attributes at all: swallowed
+    """What the program's threads run for a client: the event queue's put."""
+    queue = EventQueue.__new__(EventQueue)
+    queue.put(object())  # type: ignore[arg-type]  # no attributes at all: swallowed
 
 
 def test_no_hello_in_time_closes_the_connection(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_mod, "HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr(session, "HANDSHAKE_TIMEOUT", 0.3)
     assert agent.path is not None
     r = Raw(agent.path)
     try:
@@ -377,7 +411,7 @@ def test_no_hello_in_time_closes_the_connection(
 
 
 def test_probe_limit_per_client(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_mod, "MAX_PROBES_PER_CLIENT", 1)
+    monkeypatch.setattr(session, "MAX_PROBES_PER_CLIENT", 1)
     r = greeted(agent)
     try:
         err = r.request("add", id=1, specs=["p _attach_targets:*"])
@@ -395,7 +429,7 @@ def test_probe_limit_per_client(agent: Agent, monkeypatch: pytest.MonkeyPatch) -
 def test_a_client_that_reads_no_replies_gets_none_queued(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_mod, "MAX_QUEUED_REPLIES", 8)
+    monkeypatch.setattr(stream, "MAX_QUEUED_REPLIES", 8)
     r = greeted(agent)
     try:
         r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -407,7 +441,7 @@ def test_a_client_that_reads_no_replies_gets_none_queued(
         peak = 0
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
-            peak = max(peak, len(client._control))
+            peak = max(peak, len(client.stream.control))
             time.sleep(0.001)
         assert peak <= 8 + 1
         ids = [r.reply()["re"] for _ in range(n)]  # nothing lost, in order, once read
@@ -428,7 +462,7 @@ def test_a_socket_path_too_long_says_what_to_do(tmp_path: Path) -> None:
 def test_idle_clients_are_let_go_and_free_their_slots(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_mod, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(server, "MAX_CLIENTS", 2)
     agent.idle_timeout = 0.3
     assert agent.path is not None
     holder = greeted(agent)
@@ -481,7 +515,7 @@ def test_an_add_matching_too_many_functions_is_refused_whole(agent: Agent) -> No
             " in the target): narrow its wildcard"
         )
         assert pyprobes.registered_probes() == []  # decided before anything was placed
-        agent.max_functions = agent_mod.MAX_FUNCTIONS_PER_ADD
+        agent.max_functions = session.MAX_FUNCTIONS_PER_ADD
         err = r.request("add", id=4, specs=["r *:*"])
         assert err["code"] == "limit" and "at most 2,000" in str(err["message"])
         assert pyprobes.registered_probes() == []
@@ -543,6 +577,38 @@ def test_an_add_with_aggregate_sends_aggregates_and_no_events(agent: Agent) -> N
         assert done["summary"] == [
             {"event": "t", "hits": 50, "misses": 0, "lost": 0, "filtered": 0}
         ]
+    finally:
+        c.close()
+
+
+def test_events_a_program_can_record_come_from_the_clients_ring(agent: Agent) -> None:
+    """Issue 13.7: a spec whose events a probe program can record writes them into the
+    client's ring (JSON Lines written by the core, sent as they are); one it cannot (here
+    $caller) takes the event queue. Both arrive as the same events, in order, each."""
+    c = greeted(agent)
+    try:
+        ok = c.request("add", id=1, specs=[f"r:ring {HOT} n $retval", f"r:queue {HOT} n $caller"])
+        assert ok["type"] == "ok"
+        (session,) = agent._clients.values()
+        entries = {e.spec.event: e for e in session.specs()}
+        assert entries["ring"].trace is not None and entries["queue"].trace is not None
+        assert [p for _, p in entries["ring"].trace.paths()] == ["program"]
+        assert next(p for _, p in entries["queue"].trace.paths()).startswith("python")
+        for i in range(300):
+            targets.hot(i)
+        c.send({"type": "detach", "id": 2})
+        done = c.until("detached")
+        by_event: dict[str, list[dict[str, object]]] = {}
+        for e in c.events:
+            by_event.setdefault(e["event"], []).append(e)  # type: ignore[arg-type,index]
+        ring, queue = by_event["ring"], by_event["queue"]
+        assert [e["args"]["n"] for e in ring] == list(range(300))  # type: ignore[index]
+        assert [e["args"]["n"] for e in queue] == list(range(300))  # type: ignore[index]
+        assert ring[7]["retval"] == queue[7]["retval"] and ring[7]["kind"] == "r"
+        assert session.stream._records is not None  # the ring was made and used
+        assert done["lost"] == {"total": 0, "by_event": {}}
+        rows = {r["event"]: r["hits"] for r in done["summary"]}  # type: ignore[attr-defined,index]
+        assert rows == {"ring": 300, "queue": 300}
     finally:
         c.close()
 

@@ -456,3 +456,19 @@ def test_attach_serves_the_aggregates_it_receives_at_metrics(
     assert final is not None and int(final.group(1)) >= seen[-1], rest
     assert listing(cli, pid)["probes"] == []
     assert child.finish() == 0
+
+
+def test_stats_are_gathered_in_the_target_too(cli: Cli, spawn: Spawn) -> None:
+    """Issue 13.2: --stats runs in the target's probe programs; its count is the hits."""
+    child = spawn(LOOP)
+    pid = child.ready()
+    r = cli("attach", str(pid), "-e", "r:w __main__:work n", "--stats", "n", "--duration", "1")
+    assert r.returncode == 0, r.stderr
+    stats = re.search(r"^w n: count=(\d+) sum=\d+ min=\d+ max=\d+ mean=", r.stderr, re.M)
+    assert stats is not None, r.stderr
+    hits = summary_table(r.stderr)["w"]["HITS"]
+    assert hits > 0 and 0 <= hits - int(stats.group(1)) <= 1  # one call may be in flight
+    assert wait_no_probes(cli, pid)["probes"] == []
+    child.progress_after(0)
+    assert child.finish() == 0
+    check_progress(child.lines)

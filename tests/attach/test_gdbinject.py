@@ -37,12 +37,10 @@ pytestmark = [
         reason="the gdb bootstrap is for CPython 3.12 and 3.13 (3.14+ use sys.remote_exec)",
     ),
     # The bootstrap is the same whichever core the agent then runs: these tests (the longest
-    # of the suite) run once per CPython, with the C core; test_attach_process and
-    # test_agent attach to agents of both cores.
-    pytest.mark.skipif(
-        os.environ.get("PYPROBES_CORE") == "python",
-        reason="the gdb bootstrap does not depend on the core: run once, with the C core",
-    ),
+    # of the suite) are core-independent (tests/conftest.py: run once per CPython by
+    # scripts/dev test, in the C-core run); test_attach_process and test_agent attach to
+    # agents of both cores.
+    pytest.mark.core_independent,
 ]
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]

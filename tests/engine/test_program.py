@@ -464,6 +464,27 @@ def test_paths_read_as_engine_reads_does(path: tuple[tuple[str, object], ...]) -
     assert _RAN == []
 
 
+class _Shown(threading.Thread):
+    """A Thread whose _name is a property: what getattr gives is not its instance dict's."""
+
+    @property  # type: ignore[override]
+    def _name(self) -> str:
+        return "shown"
+
+    @_name.setter
+    def _name(self, value: str) -> None:
+        self.__dict__["_name"] = value
+
+
+def test_thread_names_are_read_as_getattr_reads_them() -> None:
+    """$thread is getattr(thread, "_name"): a class attribute in the way is not skipped."""
+    with on_return(work, Program(key=Var("thread"))) as h:
+        t = _Shown(target=lambda: [work(1), work(2)])
+        t.start()
+        t.join()
+    assert {k: s.count for k, s in take(h).slots.items()} == {"shown": 2}
+
+
 STATS_VALUES: list[object] = [
     5, 0, -3, 2**62, -(2**63), 7, True, "9", None, [1],  # 64-bit ints, and what is skipped
     2**100, -(2**200), 2**768 - 1, 2**768,  # wider ints: the sum becomes a Python int

@@ -8,6 +8,7 @@ import threading
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from output_helpers import make_event
 
 from pyprobes.output import Aggregator, CountBy, Event, LinearHistogram, Log2Histogram, Stats
 from pyprobes.output.aggregate import linear_bucket, linear_value
@@ -383,20 +384,8 @@ def _ev(
     duration_ns: int | None = 1_000,
     retval: object = None,
 ) -> Event:
-    return Event(
-        event=name,
-        group="g",
-        kind=kind,
-        probe="m:f",
-        location="m.py:1",
-        time_ns=0,
-        pid=1,
-        thread_id=1,
-        thread_name="T",
-        args={} if args is None else args,
-        retval=retval,
-        duration_ns=duration_ns if kind == "r" else None,
-    )
+    duration = duration_ns if kind == "r" else None
+    return make_event(kind, args, event=name, retval=retval, duration_ns=duration)
 
 
 def test_hist_of_duration_uses_duration_ns_and_ignores_entries() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from output_helpers import make_event
 
 from pyprobes.output import Aggregator, Event
 from pyprobes.output.aggregate_data import aggregator_data, aggregator_from_data
@@ -13,10 +14,7 @@ KEYS: list[object] = ["fig", 7, 2.5, True, None, float("nan"), float("inf"), [1,
 
 
 def _ev(name: str, key: object, duration: int, n: object = 3) -> Event:
-    return Event(
-        event=name, group="g", kind="r", probe="m:f", location="m.py:1", time_ns=0, pid=1,
-        thread_id=1, thread_name="T", args={"k": key, "n": n}, duration_ns=duration,
-    )  # fmt: skip
+    return make_event("r", {"k": key, "n": n}, event=name, duration_ns=duration)
 
 
 def _fed(**config: object) -> Aggregator:

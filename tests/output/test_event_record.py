@@ -6,6 +6,7 @@ import dataclasses
 import pickle
 
 import pytest
+from output_helpers import make_event
 
 from pyprobes.output import Event
 
@@ -26,19 +27,10 @@ RETURN_FIELDS = ENTRY_FIELDS | {"retval", "exception", "duration_ns", "site", "i
 
 def _event(kind: str = "p", **kw: object) -> Event:
     fields: dict[str, object] = dict(
-        event="e",
-        group="g",
-        kind=kind,
-        probe="json:loads",
-        location="app.py:17",
-        time_ns=1,
-        pid=2,
-        thread_id=3,
-        thread_name="MainThread",
-        args={"x": 1},
-    )
-    fields.update(kw)
-    return Event(**fields)  # type: ignore[arg-type]
+        probe="json:loads", location="app.py:17", time_ns=1, pid=2, thread_id=3,
+        thread_name="MainThread", args={"x": 1},
+    )  # fmt: skip
+    return make_event(kind, **{**fields, **kw})
 
 
 def test_event_is_frozen_and_slotted() -> None:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from output_helpers import make_event
 
 from pyprobes.output import (
     WRITER_THREAD_NAME,
@@ -25,18 +26,7 @@ WAIT = 10.0  # generous upper bound for a synchronisation wait; tests never slee
 
 
 def _event(i: int, name: str = "e", thread: str = "MainThread") -> Event:
-    return Event(
-        event=name,
-        group="g",
-        kind="p",
-        probe="m:f",
-        location="m.py:1",
-        time_ns=i,
-        pid=1,
-        thread_id=1,
-        thread_name=thread,
-        args={"i": i},
-    )
+    return make_event(args={"i": i}, event=name, time_ns=i, thread_name=thread)
 
 
 class GatedStream:

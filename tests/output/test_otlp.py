@@ -226,6 +226,24 @@ def test_a_histogram_of_another_field_is_pyprobes_value() -> None:
     assert point.explicit_bounds == [1.0, 3.0] and point.bucket_counts == [0, 1, 0]
 
 
+def test_stats_are_gauges_per_statistic_in_seconds_for_durations() -> None:
+    agg = Aggregator(stats_field="$duration")
+    for d in (1000, 2000, 3000):
+        agg.add(_event((1, 0, 1, 0, 0), duration_ns=d))
+    metric = _metrics(agg, [])["pyprobes.duration.stats"]
+    assert metric.unit == "s"  # type: ignore[attr-defined]
+    got = {p.attributes["stat"]: p.value for p in metric.data.data_points}  # type: ignore[attr-defined]
+    assert got["count"] == 3 and got["sum"] == pytest.approx(6e-6)
+    assert got["min"] == pytest.approx(1e-6) and got["max"] == pytest.approx(3e-6)
+    assert got["mean"] == pytest.approx(2e-6) and got["p50"] == pytest.approx(2e-6, rel=0.02)
+    assert set(got) == {"count", "sum", "min", "max", "mean", "p50", "p90", "p99"}
+    other = Aggregator(stats_field="n")
+    other.add(_event((1, 0, 1, 0, 0)))
+    (count, *_) = _metrics(other, [])["pyprobes.value.stats"].data.data_points  # type: ignore[attr-defined]
+    assert count.attributes == {"event": "work", "field": "n", "stat": "count"}
+    assert "pyprobes.value.stats" not in _metrics(Aggregator(stats_field="n"), [])
+
+
 def test_a_linear_histogram_has_its_own_bounds_as_explicit_buckets() -> None:
     agg = Aggregator(lhist_field="$duration", lhist_bounds=(0, 2_000, 1_000), by_field="k")
     for d, k in ((5, "a"), (1_500, "a"), (9_000, "a"), (-1, "b")):

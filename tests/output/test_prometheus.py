@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from output_helpers import make_event
 
 from pyprobes.output import Aggregator, Event, Log2Histogram, SummaryRow
 from pyprobes.output.prometheus import (
@@ -21,19 +22,7 @@ from pyprobes.output.prometheus import (
 
 
 def _ev(name: str, args: dict[str, object] | None = None, duration_ns: int | None = None) -> Event:
-    return Event(
-        event=name,
-        group="g",
-        kind="r",
-        probe="m:f",
-        location="m.py:1",
-        time_ns=0,
-        pid=1,
-        thread_id=1,
-        thread_name="T",
-        args=args or {},
-        duration_ns=duration_ns,
-    )
+    return make_event("r", args, event=name, duration_ns=duration_ns)
 
 
 def _samples(text: str) -> dict[str, str]:

@@ -6,25 +6,17 @@ import json
 import math
 
 import pytest
+from output_helpers import make_event
 
 from pyprobes.output import ChromeRenderer, Event, get_renderer
 
 
 def _event(kind: str = "p", **kw: object) -> Event:
     fields: dict[str, object] = dict(
-        event="e",
-        group="grp",
-        kind=kind,
-        probe="json:loads",
-        location="app.py:17",
-        time_ns=5_000_000,
-        pid=100,
-        thread_id=7,
-        thread_name="MainThread",
-        args={},
-    )
-    fields.update(kw)
-    return Event(**fields)  # type: ignore[arg-type]
+        group="grp", probe="json:loads", location="app.py:17", time_ns=5_000_000, pid=100,
+        thread_id=7, thread_name="MainThread",
+    )  # fmt: skip
+    return make_event(kind, **{**fields, **kw})
 
 
 def _document(events: list[Event]) -> list[dict[str, object]]:

@@ -7,6 +7,7 @@ import math
 
 from hypothesis import given
 from hypothesis import strategies as st
+from output_helpers import make_event
 
 from pyprobes.output import Event, JsonRenderer, get_renderer
 from pyprobes.output.sanitize import to_json_safe
@@ -14,19 +15,9 @@ from pyprobes.output.sanitize import to_json_safe
 
 def _event(kind: str = "p", args: dict[str, object] | None = None, **kw: object) -> Event:
     fields: dict[str, object] = dict(
-        event="e",
-        group="g",
-        kind=kind,
-        probe="json:loads",
-        location="app.py:17",
-        time_ns=10,
-        pid=1,
-        thread_id=2,
-        thread_name="T",
-        args={} if args is None else args,
-    )
-    fields.update(kw)
-    return Event(**fields)  # type: ignore[arg-type]
+        probe="json:loads", location="app.py:17", time_ns=10, pid=1, thread_id=2,
+    )  # fmt: skip
+    return make_event(kind, args, **{**fields, **kw})
 
 
 def _strict_loads(line: str) -> object:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from output_helpers import make_event
 
 from pyprobes.output import Event, TextRenderer, format_duration, format_value, get_renderer
 
 
 def _event(kind: str = "p", args: dict[str, object] | None = None, **kw: object) -> Event:
     fields: dict[str, object] = dict(
-        event="slow_loads",
-        group="pyprobes",
-        kind=kind,
-        probe="json:loads+0",
-        location="app.py:17",
-        time_ns=12_345_678_000,
-        pid=1234,
-        thread_id=5678,
-        thread_name="MainThread",
-        args={} if args is None else args,
-    )
-    fields.update(kw)
-    return Event(**fields)  # type: ignore[arg-type]
+        event="slow_loads", group="pyprobes", probe="json:loads+0", location="app.py:17",
+        time_ns=12_345_678_000, pid=1234, thread_id=5678, thread_name="MainThread",
+    )  # fmt: skip
+    return make_event(kind, args, **{**fields, **kw})
 
 
 def test_entry_line_is_exact() -> None:

@@ -7,8 +7,12 @@ only (the engine and tracer know nothing of them):
 - ``paths``: the per-user socket directory (0700; a private fallback when it is taken), one
   socket per pid (0600), stale ones cleaned up, never through a link;
 - ``protocol``: message schema, validation, limits and the version handshake;
-- ``agent``: the server thread in the target and one session per client (its own probes,
-  its own bounded event stream, removed when it disconnects);
+- ``server``: the agent's server thread in the target (accepting, credentials, lifecycle,
+  fork), started by ``pyprobes.agent.start()``;
+- ``session``: one session per client (its requests, its own probes, removed when it
+  disconnects);
+- ``stream``: each client's bounded event queue and the thread that sends to it (batches,
+  losses);
 - ``client``: connect, handshake, requests and the event stream, for the CLI;
 - ``bootstrap``: starting an agent with ``sys.remote_exec`` on CPython 3.14+;
 - ``gdbinject``: starting one on CPython 3.12/3.13, a pending call queued through gdb;

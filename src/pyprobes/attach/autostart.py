@@ -25,7 +25,7 @@ PTH_LINE = (
 def autostart() -> str | None:
     """Start the agent; its socket path, or None (and one line on stderr) if it failed."""
     try:
-        from pyprobes.attach.agent import start
+        from pyprobes.attach.server import start
 
         return start(follow_fork=True)
     except Exception as exc:

@@ -10,12 +10,20 @@ from types import CodeType
 from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
 from pyprobes.cli.otlp import OTLP_PATH, add_otlp_options
-from pyprobes.engine import module_exists
+from pyprobes.engine.resolve import module_exists
 from pyprobes.output import RENDERERS, Aggregator
 from pyprobes.spec import ProbeSpec, parse_spec
 from pyprobes.tracer import programs
 from pyprobes.tracer.records import RingSource
-from pyprobes.tracer.targets import MAIN, Resolved, def_line, module_matches, resolve_spec
+from pyprobes.tracer.targets import (
+    MAIN,
+    Resolved,
+    def_line,
+    main_module_code,
+    module_code,
+    module_matches,
+    resolve_spec,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,28 +56,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=check)
 
 
-def _module_code(name: str) -> CodeType | None:
-    """The module's code object, compiled from its source without running it (or None)."""
-    import importlib.util
-
-    mod = sys.modules.get(name)
-    spec = getattr(mod, "__spec__", None) if mod is not None else None
-    if spec is None:
-        if not module_exists(name):
-            return None
-        parent = name.rpartition(".")[0]
-        if parent and parent not in sys.modules:
-            return None  # finding it would import the parent package
-        spec = importlib.util.find_spec(name)
-    loader = getattr(spec, "loader", None)
-    get_code = getattr(loader, "get_code", None)
-    try:
-        code = get_code(name) if get_code is not None else None
-    except Exception:
-        return None
-    return code if isinstance(code, CodeType) else None
-
-
 def _function_at(r: Resolved) -> str:
     loc, code = r.location, r.code
     assert loc is not None and code is not None
@@ -83,7 +69,7 @@ def describe(spec: ProbeSpec, main: CodeType | None = None) -> str:
     (tracer.targets.resolve_spec), so both give the same verdicts."""
     t = spec.target
     head = f"{spec.kind}:{spec.group}/{spec.event} {t}"
-    found = resolve_spec(spec, _module_code, main)
+    found = resolve_spec(spec, module_code, main)
     if t.module == MAIN:
         if main is None:
             return f"{head} -> the program's own code, resolved when 'pyprobes run' compiles it"
@@ -123,30 +109,8 @@ def _program_context(args: argparse.Namespace) -> CodeType | None:
         sys.path.insert(0, os.getcwd())  # as python -m does
         if not module_exists(args.module):
             raise program.ProgramError(f"No module named {args.module}", 1)
-        return _main_module_code(args.module)
+        return main_module_code(args.module)
     return None
-
-
-def _main_module_code(name: str) -> CodeType | None:
-    """The code 'python -m name' runs (a package's ``__main__``), found and compiled without
-    importing anything; None where that would import a parent package first."""
-    import importlib.machinery
-    import importlib.util
-
-    if "." in name and name.rpartition(".")[0] not in sys.modules:
-        return None
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            name = f"{name}.__main__"
-            spec = importlib.machinery.PathFinder.find_spec(
-                name, list(spec.submodule_search_locations)
-            )
-        get_code = getattr(getattr(spec, "loader", None), "get_code", None)
-        code = get_code(name) if get_code is not None else None
-    except (ImportError, SyntaxError, ValueError, OSError):
-        return None
-    return code if isinstance(code, CodeType) else None
 
 
 def check(args: argparse.Namespace) -> int:

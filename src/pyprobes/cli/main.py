@@ -7,10 +7,10 @@ import platform
 import sys
 
 from pyprobes import __version__
-from pyprobes.cli import attach, check, listing, ps, run
+from pyprobes.cli import attach, check, list_command, ps, run
 from pyprobes.cli.options import UsageError
 from pyprobes.cli.program import ProgramError
-from pyprobes.engine import ProbeError, SpecError
+from pyprobes.engine.errors import ProbeError, SpecError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (run, check, attach, listing, ps):
+    for module in (run, check, attach, list_command, ps):
         module.add_parser(sub)
     return parser
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import pyprobes
 from pyprobes.cli.options import UsageError
-from pyprobes.engine import own_thread
 from pyprobes.output import Aggregator, EventWriter, SummaryRow
 from pyprobes.output.metrics_server import MetricsServer
 from pyprobes.output.prometheus import KeyBudget, render_metrics
@@ -105,7 +104,7 @@ def start_metrics(
     page = metrics_page(read, os.getpid() if pid is None else pid)
     addr = args.metrics_addr or DEFAULT_ADDR
     try:
-        server = MetricsServer(page, addr, args.metrics_port, thread_context=own_thread)
+        server = MetricsServer(page, addr, args.metrics_port, thread_context=pyprobes.own_thread)
     except (OSError, OverflowError, UnicodeError) as exc:
         where = terminal_safe(f"{addr}:{args.metrics_port}", 256)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

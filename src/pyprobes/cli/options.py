@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 
-from pyprobes.engine import own_thread
+import pyprobes
 from pyprobes.output import (
     RENDERERS,
     Aggregator,
@@ -263,7 +263,9 @@ def open_output(args: argparse.Namespace) -> Iterator[EventWriter]:
     """An event writer for ``-o``/``--format``; closed (drained, footer written) on exit."""
     sink: Sink = FileSink(args.output) if args.output else StreamSink(sys.stderr)
     try:
-        writer = EventWriter(get_renderer(args.format or "text"), sink, thread_context=own_thread)
+        writer = EventWriter(
+            get_renderer(args.format or "text"), sink, thread_context=pyprobes.own_thread
+        )
     except OSError as exc:
         raise UsageError(f"cannot write to {args.output!r}: {exc.strerror}") from None
     try:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+import pyprobes
 from pyprobes.cli import program
 from pyprobes.cli.metrics import (
     add_metrics_options,
@@ -34,7 +35,6 @@ from pyprobes.cli.otlp import (
     open_otlp,
     spans_emit,
 )
-from pyprobes.engine import own_thread
 from pyprobes.output import Aggregator, Event, EventWriter, format_summary, interval_stamp
 from pyprobes.tracer import TraceSession, programs
 from pyprobes.tracer.records import RingSource
@@ -150,12 +150,12 @@ class _Reporter:
         self.after: list[Callable[[], None]] = []  # run once the report is out (stop the agent)
 
     def periodic(self, interval: float) -> None:
-        with own_thread():  # rendering the aggregations is not the program's hits
+        with pyprobes.own_thread():  # rendering the aggregations is not the program's hits
             self._print_every(interval)
 
     def final_on_own_thread(self) -> None:
         """final() from a thread of ours (--duration's timer)."""
-        with own_thread():
+        with pyprobes.own_thread():
             self.final()
 
     def _print_every(self, interval: float) -> None:
@@ -198,7 +198,7 @@ TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 def _end_and_die(end: Callable[[], None], signum: int) -> None:
     try:
-        with own_thread():
+        with pyprobes.own_thread():
             end()
     finally:
         os.kill(os.getpid(), signum)  # its disposition is SIG_DFL again: the process dies by it

@@ -1,122 +1,69 @@
-"""The probe engine: the only user of sys.monitoring in pyprobes."""
+"""The probe engine: the only user of sys.monitoring in pyprobes.
+
+Its public names (listed once, in ``pyprobes.engine.api``) load on first use: importing a
+submodule such as ``pyprobes.engine.errors`` selects no core.
+"""
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import TYPE_CHECKING
 
 from pyprobes.engine.tool import check_supported
 
 check_supported()  # before anything that needs 3.12: a clear error on older Pythons
 
-from pyprobes.engine.blacklist import noprobe
-from pyprobes.engine.context import (
-    KretprobeInstance,
-    ProbeContext,
-    read_local,
-    regs_return_value,
-)
-from pyprobes.engine.errors import (
-    AlreadyRegisteredError,
-    InvalidProbeError,
-    ProbeBlacklistedError,
-    ProbeError,
-    SpecError,
-    SymbolNotFoundError,
-    ToolIdInUseError,
-    UnsupportedPythonError,
-)
-from pyprobes.engine.listing import ProbeRecord, format_probe_list, list_probes
-from pyprobes.engine.probes import Jprobe, Kprobe, Kretprobe, Probe
-from pyprobes.engine.registry import (
-    add_import_listener,
-    announce_code,
-    core_name,
-    default_maxactive,
-    disable_jprobe,
-    disable_kprobe,
-    disable_kretprobe,
-    enable_jprobe,
-    enable_kprobe,
-    enable_kretprobe,
-    is_enabled,
-    own_thread,
-    program_handler,
-    record_ring,
-    register_jprobe,
-    register_jprobes,
-    register_kprobe,
-    register_kprobes,
-    register_kretprobe,
-    register_kretprobes,
-    registered_probes,
-    remove_import_listener,
-    set_enabled,
-    tool_id,
-    unregister_jprobe,
-    unregister_jprobes,
-    unregister_kprobe,
-    unregister_kprobes,
-    unregister_kretprobe,
-    unregister_kretprobes,
-)
-from pyprobes.engine.resolve import (
-    find_code_by_qualname,
-    iter_code_tree,
-    module_exists,
-    module_roots,
-)
 
-__all__ = [
-    "AlreadyRegisteredError",
-    "InvalidProbeError",
-    "Jprobe",
-    "Kprobe",
-    "Kretprobe",
-    "KretprobeInstance",
-    "Probe",
-    "ProbeBlacklistedError",
-    "ProbeContext",
-    "ProbeError",
-    "ProbeRecord",
-    "SpecError",
-    "SymbolNotFoundError",
-    "ToolIdInUseError",
-    "UnsupportedPythonError",
-    "add_import_listener",
-    "announce_code",
-    "core_name",
-    "default_maxactive",
-    "disable_jprobe",
-    "disable_kprobe",
-    "disable_kretprobe",
-    "enable_jprobe",
-    "enable_kprobe",
-    "enable_kretprobe",
-    "find_code_by_qualname",
-    "format_probe_list",
-    "is_enabled",
-    "iter_code_tree",
-    "list_probes",
-    "module_exists",
-    "module_roots",
-    "noprobe",
-    "own_thread",
-    "program_handler",
-    "read_local",
-    "record_ring",
-    "register_jprobe",
-    "register_jprobes",
-    "register_kprobe",
-    "register_kprobes",
-    "register_kretprobe",
-    "register_kretprobes",
-    "registered_probes",
-    "regs_return_value",
-    "remove_import_listener",
-    "set_enabled",
-    "tool_id",
-    "unregister_jprobe",
-    "unregister_jprobes",
-    "unregister_kprobe",
-    "unregister_kprobes",
-    "unregister_kretprobe",
-    "unregister_kretprobes",
-]
+def _check_core_asked() -> None:
+    """A PYPROBES_CORE that cannot be had fails here, at import, as it did when the core was
+    chosen at import; the choice itself waits for the first use (nothing loaded now)."""
+    from pyprobes.engine import core
+
+    want = os.environ.get(core.ENV, "").strip().lower()
+    if want == "c":
+        try:
+            found = importlib.util.find_spec("pyprobes._speedups") is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return
+    elif want in ("", *core.CHOICES):
+        return
+    core.select()  # raises the error that says what to do (the process is not going on)
+
+
+_check_core_asked()
+
+if TYPE_CHECKING:
+    from pyprobes.engine.api import *  # noqa: F403
+
+
+def _is_submodule(name: str) -> bool:
+    return os.path.exists(os.path.join(os.path.dirname(__file__), name + ".py"))
+
+
+# Hidden from type checkers, which see the names above (and flag a misspelt one).
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        """A public name of the engine, from ``pyprobes.engine.api`` (imported on first use)."""
+        if _is_submodule(name):  # ``pyprobes.engine.registry`` before anything imported it
+            return importlib.import_module(f"{__name__}.{name}")
+        if name.startswith("_") and name != "__all__":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        api = importlib.import_module("pyprobes.engine.api")
+
+        if name == "__all__":
+            return list(api.__all__)
+        if name not in api.__all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        api = importlib.import_module("pyprobes.engine.api")
+
+        return sorted({*globals(), *api.__all__})

@@ -324,24 +324,25 @@ def resolve_in_module(module: types.ModuleType, qualname: str) -> tuple[CodeType
 
 def module_exists(name: str) -> bool:
     """True if ``name`` can be imported, found with the finders only (nothing is imported)."""
-    if name in sys.modules:
-        return True
+    return name in sys.modules or find_module_spec(name) is not None
+
+
+def find_module_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec the import system would use for ``name``, found with the finders only:
+    nothing is imported, not even its parent packages (None if there is none; a module
+    already imported has its own ``__spec__``)."""
     parent, _, _ = name.rpartition(".")
     path: list[str] | None = None
     if parent:
         pmod = sys.modules.get(parent)
         if pmod is not None:
             path = list(getattr(pmod, "__path__", None) or [])
-            if not path:
-                return False
         else:
-            if not module_exists(parent):
-                return False
-            spec = _find_spec_without_import(parent, None)
-            path = list(spec.submodule_search_locations or []) if spec is not None else []
-            if not path:
-                return False
-    return _find_spec_without_import(name, path) is not None
+            pspec = find_module_spec(parent)
+            path = list(pspec.submodule_search_locations or []) if pspec is not None else []
+        if not path:
+            return None
+    return _find_spec_without_import(name, path)
 
 
 def _find_spec_without_import(

@@ -10,7 +10,8 @@ http``); nothing else in pyprobes imports this module. The pieces:
   args, status ERROR with the exception type when it raised, ids derived from the activation
   numbers (so a child names its parent before the parent has ended).
 - ``metrics_data`` turns the session's aggregations (cumulative, as ``/metrics`` reads them)
-  into OTLP metrics: sums for hits, misses and ``--count``, histograms for ``--hist``.
+  into OTLP metrics: sums for hits, misses and ``--count``, histograms for ``--hist``, gauges
+  for ``--stats`` (count, sum, min, max, mean, p50, p90, p99, by the attribute ``stat``).
 - ``OtlpExport`` runs it: return events go through a bounded queue to a thread of pyprobes'
   own (an ``EventWriter`` whose renderer builds the spans), which hands them to the SDK's
   ``BatchSpanProcessor`` (bounded queue, its own export thread, the OTLP/HTTP exporter); a
@@ -37,6 +38,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
@@ -342,7 +344,43 @@ _DESCRIPTIONS = {
     "pyprobes.events": ("Events counted (--count), per --by key.", "1"),
     "pyprobes.duration": ("Durations of return probes (--hist, --lhist), seconds.", "s"),
     "pyprobes.value": ("Histogram of a field (--hist FIELD, --lhist FIELD,...).", "1"),
+    "pyprobes.duration.stats": ("--stats of $duration (attribute stat), seconds.", "s"),
+    "pyprobes.value.stats": ("--stats of a field (attribute stat).", "1"),
 }
+#: What --stats exports, by the attribute ``stat`` (a gauge each: the session's so far).
+STATS = ("count", "sum", "min", "max", "mean", "p50", "p90", "p99")
+
+
+def _stats_points(
+    ea: EventAggregates, stats_field: str, start_ns: int, now_ns: int
+) -> list[NumberDataPoint]:
+    """The event's --stats as gauge points, one per statistic (seconds for $duration)."""
+    st = ea.stats
+    if st is None or st.count == 0:
+        return []
+    duration = stats_field == DURATION_FIELD
+    attrs: Attrs = (("event", _text(ea.event)),)
+    if not duration:
+        attrs = (*attrs, ("field", _text(stats_field)))
+    values = {
+        "count": st.count,
+        "sum": st.sum,
+        "min": st.min,
+        "max": st.max,
+        "mean": st.mean,
+        "p50": st.p50,
+        "p90": st.p90,
+        "p99": st.p99,
+    }
+    points = []
+    for stat in STATS:
+        v = values[stat]
+        if v is None:
+            continue
+        if duration and stat != "count":
+            v = v / NS_PER_S
+        points.append(NumberDataPoint({**dict(attrs), "stat": stat}, start_ns, now_ns, v))
+    return points
 
 
 def metrics_data(
@@ -361,6 +399,7 @@ def metrics_data(
     (``--hist`` of ``$duration``, seconds) and ``pyprobes.value`` (``--hist FIELD``)."""
     now = time.time_ns() if now_ns is None else now_ns
     out = _Points()
+    gauges: dict[str, list[NumberDataPoint]] = {}
     per_event: dict[str, list[int]] = {}
     for row in rows:
         mine = per_event.setdefault(row.event, [0, 0])
@@ -389,6 +428,15 @@ def metrics_data(
                     now,
                     config.lhist_field,
                 )
+            if ea is not None and config.stats_field is not None:
+                metric = (
+                    "pyprobes.duration.stats"
+                    if config.stats_field == DURATION_FIELD
+                    else "pyprobes.value.stats"
+                )
+                gauges.setdefault(metric, []).extend(
+                    _stats_points(ea, config.stats_field, start_ns, now)
+                )
     metrics: list[Metric] = []
     cumulative = AggregationTemporality.CUMULATIVE
     for name, sum_points in out.sums.items():
@@ -398,6 +446,10 @@ def metrics_data(
         if hist_points:
             desc, unit = _DESCRIPTIONS[name]
             metrics.append(Metric(name, desc, unit, Histogram(hist_points, cumulative)))
+    for name, gauge_points in gauges.items():
+        if gauge_points:
+            desc, unit = _DESCRIPTIONS[name]
+            metrics.append(Metric(name, desc, unit, Gauge(gauge_points)))
     scope = scope if scope is not None else InstrumentationScope(SCOPE)
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, metrics, "")], "")])
 

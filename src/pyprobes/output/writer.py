@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Protocol
 
+from pyprobes.output.event_queue import EventQueue
 from pyprobes.output.records import Event
 from pyprobes.output.render import Renderer
 from pyprobes.output.sinks import Sink
@@ -43,12 +43,8 @@ class EventWriter:
     daemon thread named ``pyprobes-writer`` (the engine should not fire probes there).
     ``close()`` and the counters may be used from any other thread.
 
-    Locks: none of our own. The queue is a ``deque`` (append/popleft are atomic); the
-    bound is checked with ``len()`` before appending, so with several producers racing
-    it may be passed by at most one event per producer thread. Drops are counted per
-    (producer thread, event) so that no two threads ever update the same counter. The
-    wake-up is a ``threading.Event``: its internal lock is held only for O(1) work, and
-    the producer takes it only when the flag is clear, i.e. once per batch at most.
+    Locks: none of our own; the queue is an ``EventQueue`` (``output.event_queue``, shared
+    with the attach agent's streams), whose ``put`` is ``emit``.
 
     Accounting: every emitted event ends up in exactly one of ``written`` or ``lost``
     (dropped when full or after close, failed to render, or unwritten after an I/O
@@ -70,17 +66,15 @@ class EventWriter:
             )
         self._renderer = renderer
         self._thread_context = thread_context  # the engine's own_thread, from the tracer
-        self._capacity = capacity
         self._batch_size = batch_size
-        self._buf: deque[Event] = deque()
-        self._wake = threading.Event()
-        self._accepting = True
+        self._queue = EventQueue(capacity)
+        #: Queue ``event`` for writing, or drop and count it if the queue is full; never
+        #: blocks or raises (the queue's ``put``: no call of ours in between).
+        self.emit: Callable[[Event], None] = self._queue.put
         self._closing = False
         self._abandoned = False
         self._stopped = False
         self._forked = False
-        # (producer thread ident, event name) -> events emit() dropped; one writer per key.
-        self._drops: dict[tuple[int, str], int] = {}
         # event name -> events lost on the writer thread; only that thread updates it.
         self._writer_lost: dict[str, int] = {}
         self._written = 0
@@ -96,7 +90,7 @@ class EventWriter:
             header = renderer.header()
         except Exception as exc:
             self.error = exc
-            self._accepting = False
+            self._queue.accepting = False
         else:
             self._write(header)
         self._thread = threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True)
@@ -105,31 +99,14 @@ class EventWriter:
 
     # -- producer side: any thread, inside probe handlers -------------------------------
 
-    def emit(self, event: Event) -> None:
-        """Queue ``event`` for writing, or drop and count it if the queue is full; never blocks."""
-        try:
-            buf = self._buf
-            if self._accepting and len(buf) < self._capacity:
-                buf.append(event)
-                wake = self._wake
-                if not wake.is_set():
-                    wake.set()
-                return
-            key = (threading.get_ident(), getattr(event, "event", "?"))
-            drops = self._drops
-            drops[key] = drops.get(key, 0) + 1
-        except Exception:
-            # Nothing may reach the probed program; at worst this event is uncounted.
-            pass
-
     def add_source(self, source: RecordSource) -> None:
         """Also write what ``source`` holds, read every SOURCE_POLL s or when woken."""
         self._sources = [*self._sources, source]
-        self._wake.set()
+        self._queue.wake.set()
 
     def wake(self) -> None:
         """Ask the writer thread to read its sources now (cheap; from a record source)."""
-        self._wake.set()
+        self._queue.wake.set()
 
     # -- counters -----------------------------------------------------------------------
 
@@ -145,7 +122,7 @@ class EventWriter:
     @property
     def pending(self) -> int:
         """Events queued and not yet written (0 once the writer has stopped)."""
-        return 0 if self._stopped else len(self._buf)
+        return 0 if self._stopped else len(self._queue)
 
     @property
     def lost(self) -> int:
@@ -154,9 +131,7 @@ class EventWriter:
 
     def lost_by_event(self) -> dict[str, int]:
         """Lost events per event name, for the exit summary."""
-        out: dict[str, int] = {}
-        for (_, name), n in self._drops.copy().items():
-            out[name] = out.get(name, 0) + n
+        out = self._queue.dropped_by_event()
         for name, n in self._writer_lost.copy().items():
             out[name] = out.get(name, 0) + n
         for source in self._sources:
@@ -164,7 +139,7 @@ class EventWriter:
                 out[name] = out.get(name, 0) + n
         if self._stopped:
             # Emitted by a producer that passed the accepting check as the writer stopped.
-            for event in self._buf.copy():
+            for event in self._queue.items.copy():
                 name = getattr(event, "event", "?")
                 out[name] = out.get(name, 0) + 1
         return out
@@ -206,12 +181,12 @@ class EventWriter:
                 self._handle.flush()
         except Exception as exc:
             self.error = exc
-            self._accepting = False
+            self._queue.accepting = False
             return False
         return True
 
     def _write_batch(self) -> None:
-        popleft = self._buf.popleft
+        popleft = self._queue.items.popleft
         batch: list[Event] = []
         for _ in range(self._batch_size):
             try:
@@ -262,8 +237,9 @@ class EventWriter:
             self._drain()
 
     def _drain(self) -> None:
-        buf = self._buf
-        wake = self._wake
+        queue = self._queue
+        buf = queue.items
+        wake = queue.wake
         try:
             while self.error is None and not self._abandoned:
                 wake.wait(SOURCE_POLL if self._sources else None)
@@ -283,7 +259,7 @@ class EventWriter:
                 else:
                     self._write(footer)
         finally:
-            self._accepting = False
+            queue.accepting = False
             self._stopped = True
             try:
                 self._handle.close()
@@ -300,17 +276,17 @@ class EventWriter:
         blocked after ``timeout`` seconds it returns False; once the blocked write
         returns, what is still queued is counted lost and the footer written.
         """
-        self._accepting = False
+        self._queue.accepting = False
         self._closing = True
         if self._forked:
             return False
-        self._wake.set()
+        self._queue.wake.set()
         if threading.current_thread() is self._thread:
             return False
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandoned = True
-            self._wake.set()
+            self._queue.wake.set()
             return False
         return self.error is None
 
@@ -328,11 +304,9 @@ class EventWriter:
     def _after_fork_in_child(self) -> None:
         # The writer thread does not exist in the child, and the wake-up lock may have
         # been held at fork time: the child's writer only counts, the parent writes.
-        self._accepting = False
+        self._queue.after_fork_in_child()
         self._forked = True
         self._stopped = True
-        self._buf = deque()
-        self._drops = {}
         self._writer_lost = {}
         self._written = 0
         self._written_by = {}

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from pyprobes.engine import KretprobeInstance, ProbeContext, read_local
+from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
 from pyprobes.engine.threads import thread_name
 from pyprobes.output import Event
 from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render
@@ -42,6 +44,54 @@ def _refresh_pid() -> None:
 
 
 os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _hit_code_files() -> set[str]:
+    """The files whose code runs on the program's threads for a hit that has Python handlers:
+    this module's handlers (fetching, filtering, emitting), and the Python core's dispatch
+    (which may have looked a probe up and not yet called its handler)."""
+    files = {__file__}
+    pycore = sys.modules.get("pyprobes.engine.pycore")
+    if pycore is not None and pycore.__file__:
+        files.add(pycore.__file__)
+    return files
+
+
+def threads_in_handlers() -> set[int]:
+    """The idents of the other threads now inside a hit's Python code (see _hit_code_files).
+
+    Read on their stacks (``sys._current_frames``), under the GIL: a thread that entered a
+    handler has its frame there, so nothing on the hot path counts or signals anything."""
+    files = _hit_code_files()
+    me = threading.get_ident()
+    busy = set()
+    for ident, top in sys._current_frames().items():
+        frame: FrameType | None = top
+        while frame is not None and ident != me:
+            if frame.f_code.co_filename in files:
+                busy.add(ident)
+                break
+            frame = frame.f_back
+    return busy
+
+
+def wait_for_handlers(timeout: float) -> bool:
+    """After probes were removed: wait until every thread that is inside a hit's handler
+    now has left it (an event it emits is then queued), at most ``timeout`` seconds; False
+    if one was still there. No handler can start afterwards on a removed probe, so the
+    threads seen now are the only ones waited for; none (the usual case) means no wait."""
+    waiting = threads_in_handlers()
+    if not waiting:
+        return True
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: a bounded wait between two looks at the stacks
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        pause.wait(min(left, sys.getswitchinterval()))
+        waiting &= threads_in_handlers()
+    return True
 
 
 def _where(frame: FrameType | None) -> str:

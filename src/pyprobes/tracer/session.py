@@ -15,7 +15,8 @@ from types import CodeType
 from typing import Any
 
 import pyprobes
-from pyprobes.engine import Kretprobe, Probe, ProbeError
+from pyprobes.engine.errors import ProbeError
+from pyprobes.engine.probes import Kretprobe, Probe
 from pyprobes.output import Aggregator, Event, SummaryRow
 from pyprobes.spec import ProbeSpec
 from pyprobes.tracer import programs

@@ -14,23 +14,21 @@ import linecache
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.machinery import ExtensionFileLoader, ModuleSpec, PathFinder
 from types import CodeType
 
-from pyprobes.engine import (
-    InvalidProbeError,
-    Kprobe,
-    Kretprobe,
-    Probe,
-    ProbeBlacklistedError,
-    SymbolNotFoundError,
+from pyprobes.engine.blacklist import check
+from pyprobes.engine.errors import InvalidProbeError, ProbeBlacklistedError, SymbolNotFoundError
+from pyprobes.engine.probes import Kprobe, Kretprobe, Probe
+from pyprobes.engine.resolve import (
+    Location,
     find_code_by_qualname,
+    find_module_spec,
     iter_code_tree,
     module_exists,
     module_roots,
+    split_symbol,
 )
-from pyprobes.engine.blacklist import check
-from pyprobes.engine.registry import resolve_probe, resolve_probe_on_code
-from pyprobes.engine.resolve import Location, split_symbol
 from pyprobes.spec import ProbeSpec, Target
 from pyprobes.spec.diagnostics import did_you_mean
 
@@ -238,21 +236,60 @@ def probe_for(
 ModuleCode = Callable[[str], CodeType | None]
 
 
+def _module_spec(name: str) -> ModuleSpec | None:
+    """The ModuleSpec of ``name``: its own once imported, else as the finders would give it
+    (nothing imported: ``engine.resolve.find_module_spec``)."""
+    mod = sys.modules.get(name)
+    if mod is not None:
+        found = getattr(mod, "__spec__", None)
+        return found if isinstance(found, ModuleSpec) else None
+    try:
+        return find_module_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def _code_of(module_spec: ModuleSpec | None, name: str) -> CodeType | None:
+    get_code = getattr(getattr(module_spec, "loader", None), "get_code", None)
+    try:
+        code = get_code(name) if get_code is not None else None
+    except Exception:
+        return None
+    return code if isinstance(code, CodeType) else None
+
+
+def module_code(name: str) -> CodeType | None:
+    """A module's code, compiled from its source without running it (a ``ModuleCode``); None
+    for a module not found, or a submodule of a package not imported yet (whose submodules
+    run only once it is)."""
+    parent = name.rpartition(".")[0]
+    if name not in sys.modules and parent and parent not in sys.modules:
+        return None
+    return _code_of(_module_spec(name), name)
+
+
+def main_module_code(name: str) -> CodeType | None:
+    """The code ``python -m name`` runs (a package's ``__main__``), found and compiled without
+    importing anything; None where that would import a parent package first."""
+    if "." in name and name.rpartition(".")[0] not in sys.modules:
+        return None
+    module_spec = _module_spec(name)
+    if module_spec is not None and module_spec.submodule_search_locations is not None:
+        name = f"{name}.__main__"
+        try:
+            module_spec = PathFinder.find_spec(name, list(module_spec.submodule_search_locations))
+        except (ImportError, ValueError, OSError):
+            return None
+    return _code_of(module_spec, name)
+
+
 def _native_module(name: str) -> bool:
     """Whether ``name`` is a builtin or C extension module (found without importing it)."""
-    import importlib.machinery
-    import importlib.util
-
     if name in sys.builtin_module_names:
         return True
-    mod = sys.modules.get(name)
-    spec = getattr(mod, "__spec__", None) if mod is not None else None
-    if spec is None and "." not in name:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            return False
-    return isinstance(getattr(spec, "loader", None), importlib.machinery.ExtensionFileLoader)
+    if "." in name and name not in sys.modules:
+        return False  # a submodule of a package not imported: not looked for (as run)
+    return isinstance(getattr(_module_spec(name), "loader", None), ExtensionFileLoader)
 
 
 def _no_bytecode(name: str) -> InvalidProbeError:
@@ -287,6 +324,8 @@ def resolve_spec(
     registering it, or arming it when its module is imported, would be; raises the
     ProbeError that would. Modules not imported are resolved on ``module_code`` (compiled,
     not run); ``__main__`` specs on ``main`` (none without it)."""
+    from pyprobes.engine import registry  # the engine's resolution (it selects the core)
+
     t = spec.target
     if t.module == MAIN:
         if main is None:
@@ -295,14 +334,14 @@ def resolve_spec(
     static = static_placement(spec)
     if static is not None:
         probe = probe_for(spec, static)
-        loc = resolve_probe(probe)
+        loc = registry.resolve_probe(probe)
         if loc is None and static.symbol_name is not None:
             name = split_symbol(static.symbol_name)[0]
             code = module_code(name)
             if code is None and _native_module(name):
                 raise _no_bytecode(name)
             if code is not None:
-                loc = resolve_probe_on_code(probe, name, code)
+                loc = registry.resolve_probe_on_code(probe, name, code)
         return [Resolved.of(static, loc)]
     check_module_known(spec)
     placements = placements_now(spec)
@@ -317,7 +356,9 @@ def resolve_spec(
 
 
 def _resolve(spec: ProbeSpec, pl: Placement) -> Resolved:
-    return Resolved.of(pl, resolve_probe(probe_for(spec, pl)))
+    from pyprobes.engine import registry
+
+    return Resolved.of(pl, registry.resolve_probe(probe_for(spec, pl)))
 
 
 __all__ = [
@@ -329,7 +370,9 @@ __all__ = [
     "check_module_known",
     "count_matches",
     "def_line",
+    "main_module_code",
     "matches_in_tree",
+    "module_code",
     "module_matches",
     "place_in_code",
     "placements_in_module",

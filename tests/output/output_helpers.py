@@ -1,0 +1,24 @@
+"""The output tests' one event factory (imported as ``output_helpers``)."""
+
+from __future__ import annotations
+
+from pyprobes.output import Event
+
+
+def make_event(kind: str = "p", args: dict[str, object] | None = None, **fields: object) -> Event:
+    """An Event of ``kind`` with ``args`` (none by default) and neutral values elsewhere;
+    a keyword gives any other field (``event=``, ``time_ns=``, ``retval=``, ...)."""
+    values: dict[str, object] = dict(
+        event="e",
+        group="g",
+        kind=kind,
+        probe="m:f",
+        location="m.py:1",
+        time_ns=0,
+        pid=1,
+        thread_id=1,
+        thread_name="T",
+        args={} if args is None else args,
+    )
+    values.update(fields)
+    return Event(**values)  # type: ignore[arg-type]
