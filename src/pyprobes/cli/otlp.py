@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import pyprobes
 from pyprobes.cli.options import UsageError, aggregations_asked
-from pyprobes.engine import own_thread
 from pyprobes.output import Event
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.spec import ProbeSpec
@@ -77,7 +76,7 @@ def open_otlp(args: argparse.Namespace, program: str) -> OtlpExport | None:
     try:
         resource = make_resource(program, os.getpid())
         return OtlpExport(
-            args.otlp, resource, thread_context=own_thread, version=pyprobes.__version__
+            args.otlp, resource, thread_context=pyprobes.own_thread, version=pyprobes.__version__
         )
     except ValueError as exc:
         raise UsageError(f"--otlp {terminal_safe(args.otlp, 256)}: {exc}") from None
@@ -108,7 +107,7 @@ def finish_otlp(otlp: OtlpExport) -> Callable[[], None]:
     """What the end of the run does: send what is left, then say what was sent and lost."""
 
     def finish() -> None:
-        with own_thread():
+        with pyprobes.own_thread():
             otlp.finish()
         for line in otlp.report():
             try:

@@ -21,7 +21,7 @@ import sys
 from types import FrameType
 from typing import Any
 
-from pyprobes.engine import KretprobeInstance
+from pyprobes.engine.context import KretprobeInstance
 
 #: One activation: (its number, the enclosing one's or 0, its root's, the program's trace id
 #: and span id that the root took as its parent, or 0, 0). ``Event.activation`` carries it.
