@@ -53,7 +53,7 @@ elif SPEC == "viztracer":
             viz.save()
 elif SPEC != "plain":
     from pyprobes.output import JsonRenderer, TextRenderer
-    from pyprobes.spec import parse_spec
+    from pyprobes.lang import parse_spec
     from pyprobes.tracer import TraceSession
     from pyprobes.tracer.records import RingSource
     src = RingSource(capacity=max(N, 16))

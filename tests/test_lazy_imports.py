@@ -35,7 +35,7 @@ def loaded_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["pyprobes", "pyprobes.spec", "pyprobes.output", "pyprobes.cli.main", "pyprobes.engine.errors"],
+    ["pyprobes", "pyprobes.lang", "pyprobes.output", "pyprobes.cli.main", "pyprobes.engine.errors"],
 )
 def test_import_selects_no_core(module: str) -> None:
     assert loaded_after(f"import {module}") == []

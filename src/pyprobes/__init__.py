@@ -4,7 +4,7 @@ Put a handler on any function or line of a running program (``Kprobe``), call a 
 function at its entry (``Jprobe``), or pair every call with its return (``Kretprobe``).
 
 The public names are those of ``pyprobes.engine.api`` (listed there, once); they load on first
-use, so that ``import pyprobes.spec``, ``pyprobes.output`` or the CLI's parser selects no
+use, so that ``import pyprobes.lang``, ``pyprobes.output`` or the CLI's parser selects no
 dispatch core and loads no C extension.
 """
 

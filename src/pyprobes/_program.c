@@ -111,7 +111,7 @@ is_scalar(PyObject *v)
            PyFloat_CheckExact(v) || v == Py_None;
 }
 
-/* What spec.filter compares by its rendering: equal to no scalar constant, and no order. */
+/* What lang.filter compares by its rendering: equal to no scalar constant, and no order. */
 static inline int
 is_plain(PyObject *v)
 {
@@ -830,7 +830,7 @@ prog_compare(int op, PyObject *value, PyObject *konst)
     }
     if (!is_scalar(value)) {
         if (!is_plain(value)) {
-            return P_FAULT; /* spec.filter compares only builtin values */
+            return P_FAULT; /* lang.filter compares only builtin values */
         }
         if (op == OP_EQ || op == OP_IN) {
             return 0;
@@ -874,7 +874,7 @@ prog_holds(PCond *c, PEnv *env)
             if (PyErr_Occurred()) {
                 return -1;
             }
-            v = Py_NewRef(g_fault_key); /* what spec.capture makes of a value it cannot read */
+            v = Py_NewRef(g_fault_key); /* what lang.capture makes of a value it cannot read */
         }
         int r = c->kind == C_CMP ? prog_compare(c->op, v, c->konst)
                                  : (is_scalar(v) ? PyObject_IsTrue(v) : P_FAULT);

@@ -495,7 +495,7 @@ def test_idle_clients_are_let_go_and_free_their_slots(
 
 
 def test_an_add_matching_too_many_functions_is_refused_whole(agent: Agent) -> None:
-    from pyprobes.spec import parse_spec
+    from pyprobes.lang import parse_spec
     from pyprobes.tracer.targets import count_matches
 
     n = count_matches(parse_spec("p threading:*"))

@@ -8,8 +8,8 @@ import sys
 import types
 from typing import Any
 
+from pyprobes.lang import parse_spec
 from pyprobes.output import Event
-from pyprobes.spec import parse_spec
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.activations import KEY, Activations
 

@@ -7,8 +7,8 @@ import os
 import sys
 import threading
 
+from pyprobes.lang import parse_spec
 from pyprobes.output import Event
-from pyprobes.spec import parse_spec
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.hits import threads_in_handlers, wait_for_handlers
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from pyprobes.lang import parse_spec
 from pyprobes.output import Aggregator, Event
-from pyprobes.spec import parse_spec
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.programs import plan
 

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyprobes
+from pyprobes.lang import exception_text, parse_spec, render
 from pyprobes.output import ChromeRenderer, Event, JsonRenderer, TextRenderer
 from pyprobes.output.units import format_duration
-from pyprobes.spec import exception_text, parse_spec, render
 from pyprobes.tracer import TraceSession
 from pyprobes.tracer.records import RingSource
 

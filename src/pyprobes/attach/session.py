@@ -55,9 +55,9 @@ from pyprobes.engine.registry import own_thread
 if TYPE_CHECKING:
     from pyprobes.attach.server import Agent
     from pyprobes.engine.probes import Probe
+    from pyprobes.lang import ProbeSpec
     from pyprobes.output.aggregate import Aggregator, AggregatorConfig
     from pyprobes.output.records import Event
-    from pyprobes.spec import ProbeSpec
     from pyprobes.tracer import TraceSession
 
 AGENT_THREAD_NAME = "pyprobes-agent"
@@ -343,7 +343,7 @@ class ClientSession:
 
     def _add(self, req: Request) -> None:
         from pyprobes.engine.errors import SpecError
-        from pyprobes.spec import parse_spec
+        from pyprobes.lang import parse_spec
 
         texts: list[str] = req.fields["specs"]
         specs: list[ProbeSpec] = []

@@ -27,6 +27,7 @@ from pyprobes.cli.options import (
     output_failure,
     wants_events,
 )
+from pyprobes.lang import ProbeSpec
 from pyprobes.output import (
     Aggregator,
     EventWriter,
@@ -36,7 +37,6 @@ from pyprobes.output import (
 )
 from pyprobes.output.aggregate_data import aggregator_from_data
 from pyprobes.output.sanitize import terminal_safe
-from pyprobes.spec import ProbeSpec
 
 DETACH_TIMEOUT = 15.0
 

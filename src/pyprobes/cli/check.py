@@ -11,8 +11,8 @@ from pyprobes.cli import program
 from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
 from pyprobes.cli.otlp import OTLP_PATH, add_otlp_options
 from pyprobes.engine.resolve import module_exists
+from pyprobes.lang import ProbeSpec, parse_spec
 from pyprobes.output import RENDERERS, Aggregator
-from pyprobes.spec import ProbeSpec, parse_spec
 from pyprobes.tracer import programs
 from pyprobes.tracer.records import RingSource
 from pyprobes.tracer.targets import (

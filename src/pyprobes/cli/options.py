@@ -11,6 +11,17 @@ from contextlib import contextmanager
 from fractions import Fraction
 
 import pyprobes
+from pyprobes.lang import (
+    SPECIAL_VARS,
+    FetchArg,
+    ProbeSpec,
+    Root,
+    parse_spec,
+    parse_spec_file,
+)
+from pyprobes.lang.diagnostics import did_you_mean
+from pyprobes.lang.filter import DURATION_UNITS
+from pyprobes.lang.vocab import RETURN_ONLY_VARS, return_only_message
 from pyprobes.output import (
     RENDERERS,
     Aggregator,
@@ -23,17 +34,6 @@ from pyprobes.output import (
 from pyprobes.output.aggregate import DURATION_FIELD, check_linear
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.output.units import TIME_UNITS
-from pyprobes.spec import (
-    SPECIAL_VARS,
-    FetchArg,
-    ProbeSpec,
-    Root,
-    parse_spec,
-    parse_spec_file,
-)
-from pyprobes.spec.diagnostics import did_you_mean
-from pyprobes.spec.filter import DURATION_UNITS
-from pyprobes.spec.vocab import RETURN_ONLY_VARS, return_only_message
 
 
 class UsageError(Exception):

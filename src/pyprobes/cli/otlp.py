@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import pyprobes
 from pyprobes.cli.options import UsageError, aggregations_asked
+from pyprobes.lang import ProbeSpec
 from pyprobes.output import Event
 from pyprobes.output.sanitize import terminal_safe
-from pyprobes.spec import ProbeSpec
 
 if TYPE_CHECKING:
     from pyprobes.output.otlp import OtlpExport

@@ -34,7 +34,7 @@ probes), ``$retval``, ``$exception`` (the exception, None if it returned), ``$th
 thread's name, as ``threads.thread_name``) and locals by name, each followed by a path of
 attribute and literal subscript steps read as ``engine.reads`` reads them (a step it refuses
 or that fails: the value cannot be read). Filters (``Cmp``, ``AllOf``, ``AnyOf``, ``Not``,
-``Truth``) behave as ``spec.filter`` over captured values: a value that cannot be read is the
+``Truth``) behave as ``lang.filter`` over captured values: a value that cannot be read is the
 string ``(fault)``; a builtin container or bytes equals no constant and has no order; any
 other object (never touched) is only ``is``/``is not`` None, every other comparison with it
 is a fault; an order that cannot be made (``None < 1``) or the truth of a non-scalar is a
@@ -75,7 +75,7 @@ LHIST_BUCKETS: Final = 1000
 VAR_KINDS: Final = ("duration", "retval", "exception", "thread", "local")
 CMP_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is", "is not")
 SCALARS: Final = (str, int, bool, float, type(None))
-#: Values a filter compares by their rendering (spec.filter): equal to no scalar constant.
+#: Values a filter compares by their rendering (lang.filter): equal to no scalar constant.
 PLAIN: Final = (bytes, tuple, list, dict, set, frozenset)
 #: Steps of a Var's path: ("attr", name) or ("item", literal key).
 STEP_KINDS: Final = ("attr", "item")
@@ -289,7 +289,7 @@ _ORDER: Final[dict[str, Callable[[object, object], bool]]] = {
 }
 
 
-#: A comparison that cannot be made: the whole filter is false (as a raise in spec.filter).
+#: A comparison that cannot be made: the whole filter is false (as a raise in lang.filter).
 FAULT: Final = None
 
 
@@ -299,7 +299,7 @@ def _compare(op: str, value: object, const: object) -> bool | None:
         return (value is None) == (op == "is")
     if type(value) not in SCALARS:
         if type(value) not in PLAIN:
-            return FAULT  # spec.filter compares only builtin values
+            return FAULT  # lang.filter compares only builtin values
         if op in {"==", "!=", "in", "not in"}:
             return op in {"!=", "not in"}  # never equal to a scalar constant
         return FAULT  # and no order with one
@@ -376,7 +376,7 @@ class ProgramHandler:
         for step, arg in var.path:
             try:
                 value = get_attr(value, arg) if step == "attr" else get_item(value, arg)  # type: ignore[arg-type]
-            except Exception:  # refused, or failed: as spec.capture.fetch, a fault
+            except Exception:  # refused, or failed: as lang.capture.fetch, a fault
                 return UNREAD
         return value
 
@@ -385,7 +385,7 @@ class ProgramHandler:
         if isinstance(c, Cmp | Truth):
             value = self._read(c.var, ctx, duration)
             if value is UNREAD:
-                value = FAULT_KEY  # what spec.capture makes of a value it cannot read
+                value = FAULT_KEY  # what lang.capture makes of a value it cannot read
             if isinstance(c, Cmp):
                 return _compare(c.op, value, c.const)
             return bool(value) if type(value) in SCALARS else FAULT

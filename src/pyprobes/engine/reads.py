@@ -5,7 +5,7 @@ entries, ``__slots__`` members, plain (non-descriptor) class attributes and C-le
 attributes of builtin types (``$exception.args``). Properties, methods, other descriptors,
 ``__getattr__`` and custom ``__getattribute__`` are never run: reaching one is a fault.
 ``get_item`` subscripts exact builtin dict, list, tuple, str and bytes only. The probe
-language's captures (``spec.capture``) and the core's probe programs (``engine.program``)
+language's captures (``lang.capture``) and the core's probe programs (``engine.program``)
 both read through these, so a fetch path means the same on either.
 """
 

@@ -1,6 +1,6 @@
 """The tracer: probe specs compiled onto the engine, feeding event output and aggregations.
 
-It sits above ``spec`` and ``output`` (which know nothing of each other) and below ``attach``
+It sits above ``lang`` and ``output`` (which know nothing of each other) and below ``attach``
 and ``cli``, which both run tracing sessions.
 """
 

@@ -1,7 +1,7 @@
 """Turning a probe hit into a detached event: fetch args, the filter, the record.
 
 Everything here runs inside the probed program's threads, from engine handlers: it reads the
-frame without running the program's code (see ``pyprobes.spec.capture``), never raises (the
+frame without running the program's code (see ``pyprobes.lang.capture``), never raises (the
 engine's fault path would count it, but a capture fault is rendered as ``(fault)`` first),
 and hands the finished ``Event`` to ``emit``, which never blocks.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 from pyprobes.engine.context import KretprobeInstance, ProbeContext, read_local
 from pyprobes.engine.threads import thread_name
+from pyprobes.lang import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render
+from pyprobes.lang.filter import filter_value
 from pyprobes.output import Event
-from pyprobes.spec import FAULT, ProbeSpec, exception_text, fetch, fetch_and_render, render
-from pyprobes.spec.filter import filter_value
 from pyprobes.tracer.activations import Activations
 
 Emit = Callable[[Event], None]

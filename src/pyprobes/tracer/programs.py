@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyprobes.engine import program as prog
+from pyprobes.lang import ProbeSpec, exception_text, render
+from pyprobes.lang.model import Attr, FetchArg, Index, Root
 from pyprobes.output import Aggregator, AggregatorConfig, Stats
 from pyprobes.output.aggregate import DURATION_FIELD
 from pyprobes.output.records import function_of
-from pyprobes.spec import ProbeSpec, exception_text, render
-from pyprobes.spec.model import Attr, FetchArg, Index, Root
 
 #: Durations are bucketed in ns, us and ms, as Log2Histogram shows them.
 DURATION_SCALES = (1, 1_000, 1_000_000)

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 import pyprobes
+from pyprobes.lang import ProbeSpec, exception_text, render
 from pyprobes.output import Event
 from pyprobes.output.records import function_of
 from pyprobes.output.render import Renderer
@@ -22,7 +23,6 @@ from pyprobes.output.render_chrome import ChromeRenderer
 from pyprobes.output.render_json import JsonRenderer
 from pyprobes.output.render_text import TextRenderer
 from pyprobes.output.sanitize import dumps
-from pyprobes.spec import ProbeSpec, exception_text, render
 
 #: The args of a chrome event that a fetch arg of the same name replaces, and their flags.
 _CHROME_OWN = (("event", 1), ("retval", 2), ("exception", 4))

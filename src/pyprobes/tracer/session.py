@@ -17,8 +17,8 @@ from typing import Any
 import pyprobes
 from pyprobes.engine.errors import ProbeError
 from pyprobes.engine.probes import Kretprobe, Probe
+from pyprobes.lang import ProbeSpec
 from pyprobes.output import Aggregator, Event, SummaryRow
-from pyprobes.spec import ProbeSpec
 from pyprobes.tracer import programs
 from pyprobes.tracer.activations import Activations
 from pyprobes.tracer.hits import Emit, HitRecorder

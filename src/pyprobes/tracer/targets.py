@@ -29,8 +29,8 @@ from pyprobes.engine.resolve import (
     module_roots,
     split_symbol,
 )
-from pyprobes.spec import ProbeSpec, Target
-from pyprobes.spec.diagnostics import did_you_mean
+from pyprobes.lang import ProbeSpec, Target
+from pyprobes.lang.diagnostics import did_you_mean
 
 MAIN = "__main__"
 

@@ -30,18 +30,18 @@ names must be unique. FILTER (see ``filter``) reads fetch-arg names and ``$varia
 from __future__ import annotations
 
 from pyprobes.engine.reads import CaptureFault, IndexKey
-from pyprobes.spec.capture import (
+from pyprobes.lang.capture import (
     FAULT,
     exception_text,
     fetch,
     fetch_and_render,
     render,
 )
-from pyprobes.spec.filter import Filter, compile_filter
-from pyprobes.spec.model import Attr, FetchArg, Index, ProbeSpec, Root, Step, Target
-from pyprobes.spec.parser import parse_spec, parse_spec_file
-from pyprobes.spec.target import default_event
-from pyprobes.spec.vocab import DEFAULT_GROUP, DEFAULT_MAXACTIVE, SPECIAL_VARS, TYPES, Kind
+from pyprobes.lang.filter import Filter, compile_filter
+from pyprobes.lang.model import Attr, FetchArg, Index, ProbeSpec, Root, Step, Target
+from pyprobes.lang.parser import parse_spec, parse_spec_file
+from pyprobes.lang.target import default_event
+from pyprobes.lang.vocab import DEFAULT_GROUP, DEFAULT_MAXACTIVE, SPECIAL_VARS, TYPES, Kind
 
 __all__ = [
     "DEFAULT_GROUP",

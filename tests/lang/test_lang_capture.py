@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyprobes.spec import (
+from pyprobes.lang import (
     FAULT,
     Attr,
     CaptureFault,
@@ -490,7 +490,7 @@ class _Tricky(Exception):
 
 
 def test_exceptions_render_from_their_args_slot_without_running_code() -> None:
-    from pyprobes.spec import exception_text
+    from pyprobes.lang import exception_text
 
     _Loud.called = 0
     exc = _Tricky("x", 3, _Loud(), [1, 2])
@@ -505,7 +505,7 @@ def test_exceptions_render_from_their_args_slot_without_running_code() -> None:
 
 
 def test_a_huge_exception_argument_is_bounded_without_being_built() -> None:
-    from pyprobes.spec import exception_text
+    from pyprobes.lang import exception_text
 
     exc = ValueError(list(range(3_000_000)))
     text = exception_text(exc)

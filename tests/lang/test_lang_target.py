@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyprobes.spec import ProbeSpec, Target, parse_spec
+from pyprobes.lang import ProbeSpec, Target, parse_spec
 
 
 def target_of(text: str) -> Target:

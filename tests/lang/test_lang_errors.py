@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyprobes.engine.errors import ProbeError, SpecError
-from pyprobes.spec import parse_spec
+from pyprobes.lang import parse_spec
 
 
 def error(text: str) -> SpecError:

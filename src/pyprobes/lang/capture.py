@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Final
 
 from pyprobes.engine.reads import CaptureFault, class_mro, get_attr, get_item, type_name
-from pyprobes.spec.model import Attr, FetchArg, Index, Root
+from pyprobes.lang.model import Attr, FetchArg, Index, Root
 
 type JSON = bool | int | float | str | list[JSON] | dict[str, JSON] | None
 

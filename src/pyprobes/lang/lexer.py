@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyprobes.spec.diagnostics import Source
+from pyprobes.lang.diagnostics import Source
 
 BLANKS = " \t"
 QUOTES = "'\""

@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec.diagnostics import Source
-from pyprobes.spec.fetcharg import parse_fetcharg
-from pyprobes.spec.filter import compile_filter
-from pyprobes.spec.lexer import Word, lex
-from pyprobes.spec.model import FetchArg, ProbeSpec
-from pyprobes.spec.target import TARGET_FORMS, default_event, parse_target
-from pyprobes.spec.vocab import DEFAULT_GROUP, MAXACTIVE_MAX, Kind, variables_for
+from pyprobes.lang.diagnostics import Source
+from pyprobes.lang.fetcharg import parse_fetcharg
+from pyprobes.lang.filter import compile_filter
+from pyprobes.lang.lexer import Word, lex
+from pyprobes.lang.model import FetchArg, ProbeSpec
+from pyprobes.lang.target import TARGET_FORMS, default_event, parse_target
+from pyprobes.lang.vocab import DEFAULT_GROUP, MAXACTIVE_MAX, Kind, variables_for
 
 GRAMMAR = "[p|r[MAXACTIVE]][:[GROUP/]EVENT] TARGET [FETCHARG ...] [if FILTER]"
 KINDS = "p, r or rMAXACTIVE"

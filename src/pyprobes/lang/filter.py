@@ -24,9 +24,9 @@ from typing import Any, Final
 
 import pyprobes.engine.program as prog
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
-from pyprobes.spec.lexer import scan_string
-from pyprobes.spec.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, return_only_message
+from pyprobes.lang.diagnostics import Source, did_you_mean, one_of, parse_python
+from pyprobes.lang.lexer import scan_string
+from pyprobes.lang.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, return_only_message
 
 Env = Mapping[str, object]
 Evaluator = Callable[[Env], object]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec import Attr, FetchArg, Index, ProbeSpec, Root, parse_spec, parse_spec_file
+from pyprobes.lang import Attr, FetchArg, Index, ProbeSpec, Root, parse_spec, parse_spec_file
 
 
 def args_of(text: str) -> tuple[FetchArg, ...]:

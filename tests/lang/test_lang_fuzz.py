@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec import (
+from pyprobes.lang import (
     TYPES,
     Attr,
     FetchArg,

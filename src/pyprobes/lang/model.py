@@ -6,8 +6,8 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from pyprobes.engine.reads import IndexKey
-from pyprobes.spec.filter import Filter
-from pyprobes.spec.vocab import DEFAULT_MAXACTIVE, Kind
+from pyprobes.lang.filter import Filter
+from pyprobes.lang.vocab import DEFAULT_MAXACTIVE, Kind
 
 
 @dataclass(frozen=True, slots=True)

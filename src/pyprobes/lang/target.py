@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from pyprobes.spec.diagnostics import Source
-from pyprobes.spec.lexer import Word
-from pyprobes.spec.model import Target
-from pyprobes.spec.vocab import Kind
+from pyprobes.lang.diagnostics import Source
+from pyprobes.lang.lexer import Word
+from pyprobes.lang.model import Target
+from pyprobes.lang.vocab import Kind
 
 TARGET_FORMS = (
     "MODULE:QUALNAME, MODULE:QUALNAME+OFFS, MODULE:QUALNAME:RLN, MODULE:LINE or FILE.py:LINE"

@@ -8,10 +8,10 @@ import re
 
 from pyprobes.engine.errors import SpecError
 from pyprobes.engine.reads import IndexKey, is_dunder
-from pyprobes.spec.diagnostics import Source, did_you_mean, one_of, parse_python
-from pyprobes.spec.lexer import QUOTES, Word, scan_string
-from pyprobes.spec.model import Attr, FetchArg, Index, Root, Step
-from pyprobes.spec.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, TYPES, Kind, return_only_message
+from pyprobes.lang.diagnostics import Source, did_you_mean, one_of, parse_python
+from pyprobes.lang.lexer import QUOTES, Word, scan_string
+from pyprobes.lang.model import Attr, FetchArg, Index, Root, Step
+from pyprobes.lang.vocab import RETURN_ONLY_VARS, SPECIAL_VARS, TYPES, Kind, return_only_message
 
 _IDENT = re.compile(r"[^\W\d]\w*")
 _FILTER_HINT = " (a filter goes after the keyword 'if', separated by spaces)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyprobes.engine.errors import SpecError
-from pyprobes.spec import Filter, compile_filter, parse_spec
+from pyprobes.lang import Filter, compile_filter, parse_spec
 
 
 def flt(text: str, *names: str) -> Filter:
@@ -296,9 +296,9 @@ def test_spec_package_never_evals() -> None:
     import ast
     import pathlib
 
-    import pyprobes.spec
+    import pyprobes.lang
 
-    package = pathlib.Path(pyprobes.spec.__file__).parent
+    package = pathlib.Path(pyprobes.lang.__file__).parent
     for source in package.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
