@@ -221,7 +221,7 @@ ctx_offset(PyObject *self, int *err)
         PyObject *f = Py_NewRef(ctx_frame(self));
         long off = 0;
         if (f != Py_None) {
-            PyObject *v = PyObject_GetAttr(f, s_f_lasti);
+            PyObject *v = PyObject_GetAttr(f, g_cfg->s_f_lasti);
             if (v == NULL) {
                 Py_DECREF(f);
                 *err = 1;
@@ -257,7 +257,7 @@ ctx_get_lineno(PyObject *self, void *closure)
         PyObject *f = Py_NewRef(ctx_frame(self));
         PyObject *line = NULL;
         if (f != Py_None) {
-            line = PyObject_GetAttr(f, s_f_lineno);
+            line = PyObject_GetAttr(f, g_cfg->s_f_lineno);
             if (line == NULL) {
                 Py_DECREF(f);
                 return NULL;
@@ -276,7 +276,7 @@ ctx_get_lineno(PyObject *self, void *closure)
                 return NULL;
             }
             PyObject *code = Py_NewRef(c->code ? c->code : Py_None);
-            line = PyObject_CallFunctionObjArgs(g_line_of, code, offo, NULL);
+            line = PyObject_CallFunctionObjArgs(g_cfg->line_of, code, offo, NULL);
             Py_DECREF(code);
             Py_DECREF(offo);
             if (line == NULL) {
@@ -488,7 +488,7 @@ static PyObject *
 ctx_repr(PyObject *self)
 {
     CtxData *c = CTX(self);
-    PyObject *q = PyObject_GetAttr(c->code ? c->code : Py_None, s_co_qualname);
+    PyObject *q = PyObject_GetAttr(c->code ? c->code : Py_None, g_cfg->s_co_qualname);
     if (q == NULL) {
         return NULL;
     }

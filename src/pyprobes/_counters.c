@@ -52,7 +52,7 @@ static PyTypeObject CountersType = {
 static Counters *
 counters_of(PyObject *probe)
 {
-    PyObject *c = PyObject_GetAttr(probe, s_counters);
+    PyObject *c = PyObject_GetAttr(probe, g_cfg->s_counters);
     if (c != NULL && !Py_IS_TYPE(c, &CountersType)) {
         PyErr_Format(PyExc_TypeError, "%R was not registered with the C core (its counters "
                      "are a %.100s)", probe, Py_TYPE(c)->tp_name);

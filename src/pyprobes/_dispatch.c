@@ -58,7 +58,7 @@ call_fault(PyObject *probe, PyObject *ctx, PyObject *exc)
     PyObject *old = PyErr_GetHandledException();
     PyErr_SetHandledException(exc);
     PyObject *args[3] = {probe, ctx, exc};
-    PyObject *r = PyObject_Vectorcall(g_fault, args, 3, NULL);
+    PyObject *r = PyObject_Vectorcall(g_cfg->fault, args, 3, NULL);
     PyErr_SetHandledException(old);
     Py_XDECREF(old);
     if (r == NULL) {
@@ -712,12 +712,12 @@ static PyObject *
 disable_here(PyObject *code)
 {
     PyObject *cid = PyLong_FromVoidPtr(code);
-    if (cid == NULL || PySet_Add(g_disabled_codes, cid) < 0) {
+    if (cid == NULL || PySet_Add(g_cfg->disabled_codes, cid) < 0) {
         Py_XDECREF(cid);
         return callback_failed();
     }
     Py_DECREF(cid);
-    return Py_NewRef(g_DISABLE);
+    return Py_NewRef(g_cfg->DISABLE);
 }
 
 /* INSTRUCTION and LINE: the same shape over offsets or lines. */
@@ -728,7 +728,7 @@ on_place(PyObject *code, PyObject *where, int is_line)
     if (site == NULL) {
         /* (events on before the table: ccore.publish) recorded, so that filing the table
          * restarts what this DISABLE turned off */
-        return configured ? disable_here(code) : Py_NewRef(Py_None);
+        return g_cfg != NULL ? disable_here(code) : Py_NewRef(Py_None);
     }
     int waits = is_line ? site->post_line : site->post_insn;
     PyObject *pending = is_line ? g_pending_line : g_pending_insn;

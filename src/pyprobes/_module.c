@@ -51,9 +51,26 @@ setup(PyObject *mod, PyObject *args, PyObject *kwds)
                                      &close_emits_nothing)) {
         return NULL;
     }
-    if (configured) {
+    if (g_cfg != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was called already");
         return NULL;
+    }
+    SpeedupsState *st = PyModule_GetState(mod);
+    static const struct {
+        size_t at;
+        const char *text;
+    } names[] = {{offsetof(SpeedupsState, s_kind), "kind"},
+                 {offsetof(SpeedupsState, s_rstate), "_rstate"},
+                 {offsetof(SpeedupsState, s_counters), "_counters"},
+                 {offsetof(SpeedupsState, s_f_lasti), "f_lasti"},
+                 {offsetof(SpeedupsState, s_f_lineno), "f_lineno"},
+                 {offsetof(SpeedupsState, s_clear), "clear"},
+                 {offsetof(SpeedupsState, s_co_qualname), "co_qualname"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject **slot = (PyObject **)((char *)st + names[i].at);
+        if (*slot == NULL && (*slot = PyUnicode_InternFromString(names[i].text)) == NULL) {
+            return NULL;
+        }
     }
     /* fill the offsets of our members (relative to our data) before making the types */
     ri_members[0].offset = offsetof(RiData, rp);
@@ -69,18 +86,19 @@ setup(PyObject *mod, PyObject *args, PyObject *kwds)
         Py_CLEAR(CtxType);
         return NULL;
     }
-    g_DISABLE = Py_NewRef(disable);
-    g_fault = Py_NewRef(fault);
-    g_line_of = Py_NewRef(line_of);
+    st->DISABLE = Py_NewRef(disable);
+    st->fault = Py_NewRef(fault);
+    st->line_of = Py_NewRef(line_of);
+    st->disabled_codes = Py_NewRef(disabled);
+    st->close_emits_nothing = close_emits_nothing;
     g_pending_insn = Py_NewRef(pins);
     g_pending_line = Py_NewRef(pline);
-    g_disabled_codes = Py_NewRef(disabled);
-    g_close_emits_nothing = close_emits_nothing;
-    g_watcher = PyDict_AddWatcher(probe_dict_changed);
-    if (g_watcher < 0) {
+    st->watcher = PyDict_AddWatcher(probe_dict_changed);
+    if (st->watcher < 0) {
         PyErr_Clear(); /* no watcher slot left: handlers are read from the dict at every hit */
     }
-    configured = 1;
+    g_cfg_module = Py_NewRef(mod); /* kept for good: the hot path's statics point into it */
+    g_cfg = st;
     if (PyModule_AddObjectRef(mod, "ProbeContext", (PyObject *)CtxType) < 0 ||
         PyModule_AddObjectRef(mod, "KretprobeInstance", (PyObject *)RiType) < 0) {
         return NULL;
@@ -129,7 +147,8 @@ set_close_emits_nothing(PyObject *mod, PyObject *flag)
     if (v < 0) {
         return NULL;
     }
-    g_close_emits_nothing = v;
+    /* the configured state (before setup(): this module's, which setup() then overwrites) */
+    (g_cfg != NULL ? g_cfg : (SpeedupsState *)PyModule_GetState(mod))->close_emits_nothing = v;
     Py_RETURN_NONE;
 }
 
@@ -176,68 +195,100 @@ static PyTypeObject CallbackType = {
     .tp_repr = callback_repr,
 };
 
-static struct PyModuleDef speedups_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "pyprobes._speedups",
-    .m_doc = "The C dispatch core of pyprobes (see pyprobes.engine.ccore).",
-    .m_size = -1,
-    .m_methods = module_methods,
-};
+static int
+speedups_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    SpeedupsState *st = PyModule_GetState(mod);
+    if (st != NULL) {
+        Py_VISIT(st->DISABLE);
+        Py_VISIT(st->fault);
+        Py_VISIT(st->line_of);
+        Py_VISIT(st->disabled_codes);
+    }
+    return 0;
+}
+
+/* (The configured module is never cleared or freed: g_cfg_module holds it. Any other module
+ * object's state holds at most a close_emits_nothing flag.) */
+static int
+speedups_clear(PyObject *mod)
+{
+    SpeedupsState *st = PyModule_GetState(mod);
+    if (st != NULL && st != g_cfg) {
+        Py_CLEAR(st->DISABLE);
+        Py_CLEAR(st->fault);
+        Py_CLEAR(st->line_of);
+        Py_CLEAR(st->disabled_codes);
+        Py_CLEAR(st->s_kind);
+        Py_CLEAR(st->s_rstate);
+        Py_CLEAR(st->s_counters);
+        Py_CLEAR(st->s_f_lasti);
+        Py_CLEAR(st->s_f_lineno);
+        Py_CLEAR(st->s_clear);
+        Py_CLEAR(st->s_co_qualname);
+    }
+    return 0;
+}
+
+static void
+speedups_free(void *mod)
+{
+    speedups_clear((PyObject *)mod);
+}
 
 #define INTERN(var, text)                                                                     \
     do {                                                                                      \
         var = PyUnicode_InternFromString(text);                                               \
         if (var == NULL) {                                                                    \
-            return NULL;                                                                      \
+            return -1;                                                                        \
         }                                                                                     \
     } while (0)
 
-PyMODINIT_FUNC
-PyInit__speedups(void)
+/* The process-wide part, once: a module object made again (imported anew, or in a legacy
+ * subinterpreter) shares it, as it shares the configured state (see _state.c). */
+static int
+init_statics(PyObject *m)
 {
+    static int done = 0;
+    if (done) {
+        return PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
+                       PyModule_AddObjectRef(m, "Program", (PyObject *)&ProgType) < 0
+                   ? -1
+                   : 0;
+    }
     INTERN(s_pre_handler, "pre_handler");
     INTERN(s_post_handler, "post_handler");
     INTERN(s_entry, "entry");
     INTERN(s_handler, "handler");
     INTERN(s_entry_handler, "entry_handler");
-    INTERN(s_fault_handler, "fault_handler");
-    INTERN(s_kind, "kind");
-    INTERN(s_rstate, "_rstate");
-    INTERN(s_counters, "_counters");
-    INTERN(s_f_lasti, "f_lasti");
-    INTERN(s_f_lineno, "f_lineno");
-    INTERN(s_clear, "clear");
-    INTERN(s_co_qualname, "co_qualname");
     g_zero = PyLong_FromLong(0);
     if (g_zero == NULL) {
-        return NULL;
+        return -1;
     }
     if (PyType_Ready(&CountersType) < 0 || PyType_Ready(&CallbackType) < 0 ||
         PyType_Ready(&RetStateType) < 0 || PyType_Ready(&SiteType) < 0) {
-        return NULL;
+        return -1;
     }
-    PyObject *m = PyModule_Create(&speedups_module);
-    if (m == NULL) {
-        return NULL;
+    if (prog_module_init(m) < 0) { /* (its statics, and adds Ring and Program) */
+        return -1;
     }
-    if (prog_module_init(m) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    done = 1;
+    return 0;
+}
+
+static int
+speedups_exec(PyObject *m)
+{
+    SpeedupsState *st = PyModule_GetState(m);
+    st->watcher = -1;
+    if (init_statics(m) < 0) {
+        return -1;
     }
-#ifdef Py_GIL_DISABLED
-    /* Free-threaded builds: this core relies on the GIL (static tables, counters, the spare
-     * context), and says so. pyprobes refuses such builds before importing it (tool.py). */
-    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_USED) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-#endif
     if (PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
         PyModule_AddObjectRef(m, "RetState", (PyObject *)&RetStateType) < 0 ||
         PyModule_AddObjectRef(m, "Site", (PyObject *)&SiteType) < 0 ||
         PyModule_AddIntConstant(m, "HAVE_FRAME_TOKEN", HAVE_FRAME_TOKEN) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
     static const struct {
         const char *name;
@@ -248,16 +299,45 @@ PyInit__speedups(void)
     for (size_t i = 0; i < sizeof(cbs) / sizeof(cbs[0]); i++) {
         Callback *cb = PyObject_New(Callback, &CallbackType);
         if (cb == NULL) {
-            Py_DECREF(m);
-            return NULL;
+            return -1;
         }
         cb->vectorcall = cbs[i].fn;
         cb->name = cbs[i].name;
         if (PyModule_AddObject(m, cbs[i].name, (PyObject *)cb) < 0) {
             Py_DECREF(cb);
-            Py_DECREF(m);
-            return NULL;
+            return -1;
         }
     }
-    return m;
+    return 0;
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+    /* Shared-GIL (legacy) subinterpreters may import it, as they could the single-phase
+     * module; own-GIL ones are refused (the core's statics are the process's). */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#ifdef Py_mod_gil
+    /* Free-threaded builds: this core relies on the GIL (static tables, counters, the spare
+     * context), and says so. pyprobes refuses such builds before importing it (tool.py). */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pyprobes._speedups",
+    .m_doc = "The C dispatch core of pyprobes (see pyprobes.engine.ccore).",
+    .m_size = sizeof(SpeedupsState),
+    .m_methods = module_methods,
+    .m_slots = speedups_slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
 }

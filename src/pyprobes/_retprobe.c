@@ -286,13 +286,13 @@ frame_abandoned(PyObject *frame)
     if (Py_REFCNT(frame) <= 1) {
         return 1;
     }
-    if (g_close_emits_nothing && PyFrame_Check(frame)) {
+    if (g_cfg->close_emits_nothing && PyFrame_Check(frame)) {
         PyCodeObject *co = PyFrame_GetCode((PyFrameObject *)frame);
         int flags = co->co_flags;
         Py_DECREF(co);
         if (flags & GEN_FLAGS) {
             Py_INCREF(frame);
-            PyObject *r = PyObject_CallMethodNoArgs(frame, s_clear);
+            PyObject *r = PyObject_CallMethodNoArgs(frame, g_cfg->s_clear);
             Py_DECREF(frame);
             if (r == NULL) {
                 if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
@@ -498,7 +498,7 @@ rs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"rp", "maxactive", NULL};
     PyObject *rp;
     Py_ssize_t maxactive;
-    if (!configured) {
+    if (g_cfg == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was not called");
         return NULL;
     }

@@ -18,8 +18,8 @@ static PyObject **h_names[H_COUNT] = {&s_pre_handler, &s_post_handler, &s_entry,
  * through the dict API, and Probe.__setattr__/__delattr__ (through Counters.handlers_changed),
  * for attribute stores, which 3.13 makes into an object's inline values without telling the
  * watchers of its materialised __dict__ (seen on 3.13.0). Without a watcher slot (setup()),
- * or for a class that defines a handler attribute, each hit reads the attribute instead. */
-static int g_watcher = -1;
+ * or for a class that defines a handler attribute, each hit reads the attribute instead.
+ * The watcher's id is in the module state (g_cfg->watcher): only make_site reads it. */
 
 static int
 probe_dict_changed(PyDict_WatchEvent event, PyObject *dict, PyObject *key, PyObject *value)
@@ -112,14 +112,15 @@ pent_init(PEnt *e, PyObject *probe)
     if (e->pdict == NULL) {
         return -1;
     }
-    if (g_watcher >= 0 && PyDict_CheckExact(e->pdict) && PyDict_Watch(g_watcher, e->pdict) < 0) {
+    if (g_cfg->watcher >= 0 && PyDict_CheckExact(e->pdict) &&
+        PyDict_Watch(g_cfg->watcher, e->pdict) < 0) {
         return -1;
     }
     e->ctr = counters_of(probe);
     if (e->ctr == NULL) {
         return -1;
     }
-    PyObject *kind = PyObject_GetAttr(probe, s_kind);
+    PyObject *kind = PyObject_GetAttr(probe, g_cfg->s_kind);
     if (kind == NULL) {
         return -1;
     }
@@ -134,7 +135,7 @@ pent_init(PEnt *e, PyObject *probe)
     }
     Py_DECREF(kind);
     if (e->kind == KIND_R) {
-        PyObject *rs = PyObject_GetAttr(probe, s_rstate);
+        PyObject *rs = PyObject_GetAttr(probe, g_cfg->s_rstate);
         if (rs == NULL) {
             return -1;
         }
@@ -158,7 +159,7 @@ pent_init(PEnt *e, PyObject *probe)
         Py_XDECREF(cls_attr);
         e->generic |= has;
     }
-    e->fast = !e->generic && g_watcher >= 0 && PyDict_CheckExact(e->pdict);
+    e->fast = !e->generic && g_cfg->watcher >= 0 && PyDict_CheckExact(e->pdict);
     return 0;
 }
 
@@ -249,7 +250,7 @@ make_site(PyObject *mod, PyObject *args, PyObject *kwds)
                              "post_insn", "post_line", "watches_exit", NULL};
     PyObject *entry, *offsets, *lines, *returns;
     int post_insn, post_line, watches_exit;
-    if (!configured) {
+    if (g_cfg == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "pyprobes._speedups.setup() was not called");
         return NULL;
     }
