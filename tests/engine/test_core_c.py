@@ -326,12 +326,18 @@ try:
 except Exception as e:  # (3.12 raises, later versions return what was raised)
     failed = e
 print("isolated:", failed)
+try:
+    legacy = interpreters.create("legacy")  # 3.13+: a named config
+except TypeError:
+    legacy = interpreters.create(isolated=False)  # 3.12
+print("legacy:", interpreters.run_string(legacy, "import pyprobes._speedups"))
 """
 
 
 def test_imported_again_or_in_an_isolated_subinterpreter() -> None:
     """The core's statics are the process's: a module imported again shares the configuration
-    (its setup() refuses; its tables are the same), and an own-GIL subinterpreter refuses it."""
+    (its setup() refuses; its tables are the same), an own-GIL subinterpreter refuses it, and a
+    shared-GIL (legacy) one imports it: as the single-phase module behaved."""
     r = subprocess.run(
         [sys.executable, "-c", IMPORTED_AGAIN],
         capture_output=True,
@@ -345,3 +351,4 @@ def test_imported_again_or_in_an_isolated_subinterpreter() -> None:
     assert lines[1:3] == ["one table: 1 1", "none: 0"]
     assert lines[3].startswith("isolated:")
     assert "does not support loading in subinterpreters" in lines[3]
+    assert lines[4] == "legacy: None"  # a shared-GIL subinterpreter imports it
