@@ -10,6 +10,7 @@ the ``PYPROBES_AGENT=1`` start-up hook of the attach agent.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -136,17 +137,16 @@ class BuildWithPth(build):
     sub_commands = [*build.sub_commands, ("build_pth", None)]
 
 
+SPEEDUPS = "src/pyprobes/_speedups.c"
+
 setup(
     ext_modules=[
         Extension(
             "pyprobes._speedups",
-            sources=["src/pyprobes/_speedups.c"],
-            # included by _speedups.c, and by one another
-            depends=[
-                "src/pyprobes/_program.c",
-                "src/pyprobes/_records.c",
-                "src/pyprobes/_render.c",
-            ],
+            sources=[SPEEDUPS],
+            # its sections, included by _speedups.c and by one another (one translation unit):
+            # a change in any of them rebuilds the extension
+            depends=sorted(set(glob.glob("src/pyprobes/_*.c")) - {SPEEDUPS}),
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt, "build": BuildWithPth, "build_pth": BuildPth},

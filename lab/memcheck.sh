@@ -2,8 +2,9 @@
 # Run engine tests on the C core under valgrind memcheck and count what matters:
 # "definitely lost" blocks whose allocation stack goes through pyprobes._speedups, and invalid
 # reads/writes (anywhere, and through _speedups). Both must be 0 through _speedups.
-# Not counted as ours: blocks allocated inside PyInit__speedups by CPython's own module setup
-# (names it interns, which CPython never frees), reported on their own line. CPython itself
+# Not counted as ours: blocks allocated inside the module's initialisation (PyInit__speedups,
+# its exec slot) by CPython's own module setup (names it interns, which CPython never frees),
+# reported on their own line. CPython itself
 # leaves "definitely lost" blocks at exit (compare: MEMCHECK_CORE=python lab/memcheck.sh), and
 # valgrind flags glibc's AVX2 wmemcmp reading past a string end (a known false positive).
 #   lab/memcheck.sh [pytest args]        default: tests/engine, without the RSS test
@@ -47,12 +48,17 @@ for line in open(log, errors="replace"):
 if cur:
     records.append(cur)
 
+# our frames: any file of the C core (_speedups.c and the sections it includes)
+OURS = re.compile(r"\((_[a-z]+)\.c:\d+\)")
+SECTIONS = {p.stem for p in __import__("pathlib").Path("src/pyprobes").glob("_*.c")}
+INIT = ("PyInit__speedups", "speedups_exec", "init_statics", "prog_module_init")
+
 def frames(rec):
-    return [l for l in rec[1:] if "(_speedups.c:" in l]
+    return [l for l in rec[1:] if (m := OURS.search(l)) and m.group(1) in SECTIONS]
 
 def init_only(rec):
     fs = frames(rec)
-    return bool(fs) and all("PyInit__speedups" in l for l in fs)
+    return bool(fs) and all(any(f" {name} (" in l for name in INIT) for l in fs)
 
 def ours(rec):
     return bool(frames(rec)) and not init_only(rec)
@@ -67,7 +73,7 @@ print(f"definitely lost: {len(lost)} records, {lost_bytes(lost)} bytes in all;"
       f" through _speedups: {sum(map(ours, lost))} records,"
       f" {lost_bytes([r for r in lost if ours(r)])} bytes")
 init = [r for r in lost if init_only(r)]
-print(f"  (CPython's module setup inside PyInit__speedups: {len(init)} records,"
+print(f"  (CPython's module setup inside the module's initialisation: {len(init)} records,"
       f" {lost_bytes(init)} bytes, not counted)")
 for l in summary:
     print("valgrind:", l.strip())

@@ -66,3 +66,26 @@ def test_an_optimisation_level_in_cflags_is_kept(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     levels = [a for a in compile_line(r) if a.startswith("-O")]
     assert levels == ["-O1"]
+
+
+def test_a_change_in_any_section_of_the_c_core_rebuilds_it(tmp_path: Path) -> None:
+    """_speedups.c is one translation unit of included sections: each is a dependency."""
+    copy_project(tmp_path)
+    fast = {"CFLAGS": "-O0", "PYPROBES_REQUIRE_C": "1"}
+    r = build_ext(tmp_path, **fast)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (so,) = built(tmp_path)
+    r = build_ext(tmp_path, **fast)
+    assert r.returncode == 0 and "-c src/pyprobes/_speedups.c" not in r.stdout  # up to date
+    sections = sorted((tmp_path / "src" / "pyprobes").glob("_*.c"))
+    assert len(sections) > 4
+    for section in sections:
+        if section.name == "_speedups.c":
+            continue
+        later = so.stat().st_mtime + 10
+        os.utime(section, (later, later))
+        r = build_ext(tmp_path, **fast)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert compile_line(r), section.name
+        (so,) = built(tmp_path)
+        os.utime(so, (later + 1, later + 1))

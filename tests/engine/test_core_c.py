@@ -5,6 +5,8 @@ the garbage collector, and its counters and handler attributes stay plain attrib
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -297,3 +299,59 @@ def test_entry_clock_names() -> None:
         _speedups.set_entry_clock("rdtsc")
     assert ccore.ENTRY_CLOCK in ("tsc", "monotonic")
     assert _speedups.set_entry_clock(ccore.ENTRY_CLOCK) == ccore.ENTRY_CLOCK
+
+
+IMPORTED_AGAIN = r"""
+import importlib, sys
+import pyprobes.engine.ccore  # configures the module (setup())
+first = sys.modules["pyprobes._speedups"]
+del sys.modules["pyprobes._speedups"]
+again = importlib.import_module("pyprobes._speedups")
+assert again is not first
+print("names:", sorted(set(dir(first)) ^ set(dir(again))))
+try:
+    again.setup(None, None, None, None, None, {}, {}, set(), False)
+except RuntimeError as e:
+    print("setup:", e)
+code = (lambda: None).__code__
+again.set_site(code, again.make_site([], {}, {}, [], False, False, False))
+print("one table:", first.nsites(), again.nsites())
+first.set_site(code, None)
+print("none:", again.nsites())
+try:
+    import _interpreters as interpreters
+except ImportError:
+    import _xxsubinterpreters as interpreters
+try:
+    failed = interpreters.run_string(interpreters.create(), "import pyprobes._speedups")
+except Exception as e:  # (3.12 raises, later versions return what was raised)
+    failed = e
+print("isolated:", failed)
+try:
+    legacy = interpreters.create("legacy")  # 3.13+: a named config
+except TypeError:
+    legacy = interpreters.create(isolated=False)  # 3.12
+print("legacy:", interpreters.run_string(legacy, "import pyprobes._speedups"))
+"""
+
+
+def test_imported_again_or_in_an_isolated_subinterpreter() -> None:
+    """The core's statics are the process's: a module imported again shares the configuration
+    (its setup() refuses; its tables are the same), an own-GIL subinterpreter refuses it, and a
+    shared-GIL (legacy) one imports it: as the single-phase module behaved."""
+    r = subprocess.run(
+        [sys.executable, "-c", IMPORTED_AGAIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYPROBES_CORE": "c"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    # the same names, but for the types setup() made
+    assert lines[0] == "names: ['KretprobeInstance', 'ProbeContext']"
+    assert lines[1] == "setup: pyprobes._speedups.setup() was called already"
+    assert lines[2:4] == ["one table: 1 1", "none: 0"]
+    assert lines[4].startswith("isolated:")
+    assert "does not support loading in subinterpreters" in lines[4]
+    assert lines[5] == "legacy: None"  # a shared-GIL subinterpreter imports it
