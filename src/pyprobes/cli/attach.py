@@ -3,7 +3,9 @@
 The probes are added through the process's agent and belong to this connection: they are
 removed when it ends, by Ctrl-C, ``--duration``, or this command dying. Events are streamed
 and aggregated here (the target only queues them), printed as ``pyprobes run`` prints them:
-events to stderr or ``-o``, aggregations and the summary to stderr at the end.
+events to stderr or ``-o``, aggregations and the summary to stderr at the end. With
+``--otlp`` the target streams its events with their activation links (``add.spans``) and the
+spans and OTLP metrics are built and exported here, as ``pyprobes run --otlp`` does in-process.
 """
 
 from __future__ import annotations
