@@ -42,6 +42,11 @@ def test_valid_requests() -> None:
     assert parse_request(line({"type": "hello", "version": 1})).fields == {"version": 1}
     req = parse_request(line({"type": "add", "id": 3, "specs": ["p json:loads", "r json:dumps"]}))
     assert req == Request("add", 3, {"specs": ["p json:loads", "r json:dumps"]})
+    spans = parse_request(line({"type": "add", "specs": ["r m:f"], "spans": True}))
+    assert spans.fields == {"specs": ["r m:f"], "spans": True}
+    # spans false asks for nothing new: aggregating stays possible
+    req = parse_request(line({"type": "add", "specs": ["r m:f"], "spans": False, "aggregate": {}}))
+    assert req.fields["spans"] is False
     for rtype in ("remove", "enable", "disable"):
         assert parse_request(line({"type": rtype, "handles": [1, 2]})).fields == {"handles": [1, 2]}
     for rtype in ("list", "status", "ping", "detach"):
@@ -71,6 +76,9 @@ def test_valid_requests() -> None:
         (b'{"type": "add", "specs": [null]}', "bad-message"),
         (b'{"type": "remove", "handles": [1.0]}', "bad-message"),
         (b'{"type": "remove", "handles": []}', "bad-message"),
+        (b'{"type": "add", "specs": ["r m:f"], "spans": 1}', "bad-message"),
+        (b'{"type": "add", "specs": ["r m:f"], "spans": "yes"}', "bad-message"),
+        (b'{"type": "add", "specs": ["r m:f"], "spans": true, "aggregate": {}}', "bad-message"),
     ],
 )
 def test_invalid_requests(data: bytes, code: str) -> None:

@@ -76,3 +76,34 @@ def test_is_async_survives_the_attach_protocol() -> None:
     for flag in (True, False):
         ev = _event("r", duration_ns=5, is_async=flag)
         assert event_from_json(ev.to_json_dict()) == ev
+
+
+def test_activation_travels_the_attach_protocol_exactly_and_only_when_set() -> None:
+    """``attach --otlp``: a return's link crosses the socket; its 128- and 64-bit program ids
+    as hex strings (exact for any JSON reader), and events without one gain no field."""
+    import json
+
+    from pyprobes.attach.client import event_from_json
+
+    assert "activation" not in _event("r", duration_ns=5).to_json_dict()
+    for link in ((7, 3, 1, 0, 0), (1, 0, 1, (1 << 128) - 1, (1 << 64) - 1), (9, 0, 9, 5, 6)):
+        ev = _event("r", duration_ns=5, activation=link)
+        d = json.loads(json.dumps(ev.to_json_dict()))
+        assert all(type(v) is not int or v < 1 << 53 for v in d["activation"])
+        assert event_from_json(d) == ev
+    assert _event("r", duration_ns=5, activation=(2, 1, 1, 0, 0)).to_json_dict()["activation"] == [
+        2, 1, 1, "", ""
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, [1, 0, 1, "", ""][:4], [1, 0, 1, 0, ""], [1, -1, 1, "", ""], [1, 0, 1, "xyz", ""],
+     [1, 0, 1, "0" * 33, ""], [0, 0, 0, "", ""], [True, 0, 1, "", ""], "1,0,1"],
+)  # fmt: skip
+def test_a_malformed_activation_makes_the_record_malformed(bad: object) -> None:
+    from pyprobes.attach.client import event_from_json
+
+    d = _event("r", duration_ns=5).to_json_dict()
+    d["activation"] = bad
+    assert event_from_json(d) is None

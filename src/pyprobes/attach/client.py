@@ -45,6 +45,7 @@ from pyprobes.attach.protocol import (
     hello,
 )
 from pyprobes.output import Event
+from pyprobes.output.records import activation_from_json
 
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 30.0
@@ -215,6 +216,7 @@ def event_from_json(d: Mapping[str, Any]) -> Event | None:
             duration_ns=d.get("duration_ns"),
             site=str(d.get("site", "")),
             is_async=d.get("is_async") is True,
+            activation=activation_from_json(d["activation"]) if "activation" in d else None,
         )
     except (KeyError, TypeError, ValueError):
         return None

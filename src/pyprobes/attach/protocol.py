@@ -11,7 +11,10 @@ add         ``specs``: 1-64 probe specs (str) of the probe        ``ok`` with ``
             language, armed all or none; ``aggregate``            one entry per spec
             (optional: ``hist``, ``by``, ``stats`` field names,
             ``lhist`` [field, min, max, step], ``count`` bool,
-            ``every`` seconds): aggregate in the agent, no events
+            ``every`` seconds): aggregate in the agent, no events;
+            ``spans`` (optional bool, not with ``aggregate``):
+            events on the Python path, each return's carrying
+            ``activation`` (for spans)
 remove      ``handles``: ints (from ``add``), all or none          ``ok`` with ``handles``
 enable      ``handles``                                           ``ok`` with ``handles``
 disable     ``handles``                                           ``ok`` with ``handles``
@@ -36,6 +39,14 @@ engine's listing records (``address``, ``kind``, ``symbol``, ``offset``, ``line`
 (``client``, ``handle``, ``event``) or null for probes the program registered itself.
 ``detached``'s ``summary`` rows have ``event``, ``hits``, ``misses``, ``lost`` and
 ``filtered`` (hits the spec's filter turned away; absent from an older agent).
+
+With ``spans: true`` (``pyprobes attach --otlp``) the specs' events all take the Python path
+(no ring records) and every return event has ``activation``: ``[n, parent, root, trace,
+span]``, its activation's number, the enclosing probed activation's (0 for none), its root's
+(numbered per client, across all its ``spans`` specs), and for a root the program's active
+OpenTelemetry span it ran under as 32 and 16 lowercase hex digits (``""`` for none;
+``output.records.activation_json``). The client makes the spans. An agent older than the
+field refuses such an ``add`` (``bad-message``, "add has no field 'spans'"), placing nothing.
 
 The agent also sends, unasked: ``events`` (``events``: a list of event records, as the JSON
 Lines output shows them), ``lost`` (``total`` and ``by_event``: events dropped for this
@@ -101,7 +112,7 @@ INTERNAL = "internal"
 
 @dataclass(frozen=True, slots=True)
 class _Field:
-    kind: str  # "int", "str", "strs", "ints", "aggregate"
+    kind: str  # "int", "bool", "str", "strs", "ints", "aggregate"
     required: bool = True
     max_items: int = 0
     max_chars: int = 0
@@ -116,6 +127,7 @@ REQUESTS: dict[str, dict[str, _Field]] = {
     "add": {
         "specs": _Field("strs", max_items=MAX_SPECS_PER_MESSAGE, max_chars=MAX_SPEC_CHARS),
         "aggregate": _Field("aggregate", required=False, max_chars=MAX_SPEC_CHARS),
+        "spans": _Field("bool", required=False),
     },
     "remove": {"handles": _Field("ints", max_items=MAX_HANDLES_PER_MESSAGE)},
     "enable": {"handles": _Field("ints", max_items=MAX_HANDLES_PER_MESSAGE)},
@@ -163,6 +175,9 @@ def _check_field(rtype: str, name: str, spec: _Field, value: object) -> None:
     where = f"{rtype}.{name}"
     if spec.kind == "aggregate":
         _check_aggregate(where, spec.max_chars, value)
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(BAD_MESSAGE, f"{where} must be true or false")
     elif spec.kind == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not -MAX_ID <= value <= MAX_ID:
             raise ProtocolError(BAD_MESSAGE, f"{where} must be an integer")
@@ -263,6 +278,11 @@ def parse_request(line: bytes) -> Request:
             continue
         _check_field(rtype, name, spec, obj[name])
         fields[name] = obj[name]
+    if fields.get("spans") is True and "aggregate" in fields:
+        raise ProtocolError(
+            BAD_MESSAGE,
+            "add.spans streams events and add.aggregate sends none: ask for one of them",
+        )
     return Request(rtype, rid, fields)
 
 

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from pyprobes.output.aggregate import Aggregator, AggregatorConfig
     from pyprobes.output.records import Event
     from pyprobes.tracer import TraceSession
+    from pyprobes.tracer.activations import Activations
 
 AGENT_THREAD_NAME = "pyprobes-agent"
 FLUSH_TIMEOUT = 10.0
@@ -135,6 +136,7 @@ class SpecEntry:
     enabled: bool = True
     listener: Callable[[str, str | None, CodeType], None] | None = None
     aggregator: Aggregator | None = None  # aggregates only (no events): sent every round
+    spans: bool = False  # events on the Python path, returns with their activation links
 
 
 def _aggregate_config(fields: object) -> AggregatorConfig | None:
@@ -188,6 +190,8 @@ class ClientSession:
         self._lock = threading.Lock()
         self._specs: dict[int, SpecEntry] = {}
         self._next_handle = 1
+        #: The activation table the client's ``spans`` specs share (made by the first one).
+        self._activations: Activations | None = None
         #: True once closing began: no more requests, the stream ends when it has sent all.
         self.closed = False
         #: Closing with a bye: the sender waits for it, then ends.
@@ -374,7 +378,9 @@ class ClientSession:
             new: list[SpecEntry] = []
             try:
                 for i, spec in enumerate(specs, 1):
-                    entry = SpecEntry(self._next_handle + len(new), spec)
+                    entry = SpecEntry(
+                        self._next_handle + len(new), spec, spans=req.fields.get("spans") is True
+                    )
                     if config is not None:
                         from pyprobes.output.aggregate import Aggregator
 
@@ -431,10 +437,23 @@ class ClientSession:
 
         spec = entry.spec
         agg = entry.aggregator  # with one, only aggregations: programs in the core if they can
-        # Events: recorded in the client's ring by probe programs where they can (written as
-        # JSON in the core), else through the event queue (tracer.records, as pyprobes run).
-        records = self.stream.records() if agg is None else None
-        trace = TraceSession([spec], self._emitter(entry), agg, events=agg is None, records=records)
+        if entry.spans:
+            # Spans (attach --otlp): the Python path, each return linked to its enclosing
+            # activation in one table for all the client's spans specs, so they nest across.
+            if self._activations is None:
+                from pyprobes.tracer.activations import Activations
+
+                self._activations = Activations()
+            trace = TraceSession(
+                [spec], self._emitter(entry), spans=True, activations=self._activations
+            )
+        else:
+            # Events: recorded in the client's ring by probe programs where they can (written
+            # as JSON in the core), else through the event queue (tracer.records, as run).
+            records = self.stream.records() if agg is None else None
+            trace = TraceSession(
+                [spec], self._emitter(entry), agg, events=agg is None, records=records
+            )
         entry.trace = trace
         trace.arm()
         if _targets_main(spec):

@@ -3,7 +3,9 @@
 The probes are added through the process's agent and belong to this connection: they are
 removed when it ends, by Ctrl-C, ``--duration``, or this command dying. Events are streamed
 and aggregated here (the target only queues them), printed as ``pyprobes run`` prints them:
-events to stderr or ``-o``, aggregations and the summary to stderr at the end.
+events to stderr or ``-o``, aggregations and the summary to stderr at the end. With
+``--otlp`` the target streams its events with their activation links (``add.spans``) and the
+spans and OTLP metrics are built and exported here, as ``pyprobes run --otlp`` does in-process.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pyprobes.attach.client import AgentConnection, Message, event_from_json
-from pyprobes.attach.errors import AgentGoneError
+from pyprobes.attach.errors import AgentGoneError, AttachError, RemoteError
+from pyprobes.attach.protocol import BAD_MESSAGE
 from pyprobes.cli.metrics import add_metrics_options, check_metrics_options, start_metrics
 from pyprobes.cli.options import (
     UsageError,
@@ -27,9 +32,11 @@ from pyprobes.cli.options import (
     output_failure,
     wants_events,
 )
+from pyprobes.cli.otlp import add_otlp_options, check_otlp_options, finish_otlp, open_otlp
 from pyprobes.lang import ProbeSpec
 from pyprobes.output import (
     Aggregator,
+    Event,
     EventWriter,
     SummaryRow,
     format_summary,
@@ -37,6 +44,9 @@ from pyprobes.output import (
 )
 from pyprobes.output.aggregate_data import aggregator_from_data
 from pyprobes.output.sanitize import terminal_safe
+
+if TYPE_CHECKING:
+    from pyprobes.output.otlp import OtlpExport
 
 DETACH_TIMEOUT = 15.0
 
@@ -56,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("pid", type=int, nargs="?", metavar="PID", help="the process to attach to")
     add_tracing_options(p)
     add_metrics_options(p)
+    add_otlp_options(p)
     p.set_defaults(func=attach)
 
 
@@ -71,12 +82,18 @@ class _Stream:
     """Feeds the agent's messages to the writer and the aggregator; keeps the counts."""
 
     def __init__(
-        self, conn: AgentConnection, writer: EventWriter, agg: Aggregator | None, events: bool
+        self,
+        conn: AgentConnection,
+        writer: EventWriter,
+        agg: Aggregator | None,
+        events: bool,
+        spans: Callable[[Event], None] | None = None,
     ) -> None:
         self.conn = conn
         self.writer = writer
         self.events = events
         self.agg = agg
+        self.spans = spans  # --otlp: return events with an activation go to the span thread
         self.received: dict[str, int] = {}
         self.bad = 0
         self.remote_lost: dict[str, int] = {}
@@ -97,6 +114,8 @@ class _Stream:
                     self.writer.emit(event)
                 if self.agg is not None:
                     self.agg.add(event)
+                if self.spans is not None and event.activation is not None:
+                    self.spans(event)
         elif kind == "aggregates":
             if self.agg is None:
                 self.bad += 1
@@ -127,10 +146,16 @@ class _Stream:
             self.gone = f"process {self.conn.pid}: {msg.get('reason', 'its agent stopped')}"
             raise AgentGoneError(self.gone)
 
-    def pump(self, until: float | None, interval: float | None) -> None:
+    def pump(
+        self,
+        until: float | None,
+        interval: float | None,
+        started: Callable[[], None] | None = None,
+    ) -> None:
         """Handle messages until ``until`` (monotonic), Ctrl-C or SIGTERM; print every
         ``interval``. While streaming, the signals only set a flag, checked at least every
-        0.2 s: an exception raised inside a socket read would lose a piece of the stream."""
+        0.2 s: an exception raised inside a socket read would lose a piece of the stream.
+        ``started`` runs once they do (from then on Ctrl-C detaches with the summary)."""
         stop: list[int] = []
 
         def request_stop(signum: int, frame: object) -> None:
@@ -140,6 +165,8 @@ class _Stream:
             sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
+            if started is not None:
+                started()
             self._pump(until, interval, stop)
         finally:
             for sig, handler in previous.items():
@@ -209,6 +236,7 @@ def attach(args: argparse.Namespace) -> int:
         args.pid, args.hist = int(args.hist), "$duration"
     specs = check_fields(args, load_specs(args))
     check_metrics_options(args)
+    check_otlp_options(args, specs)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends it as Ctrl-C does
     try:
         return _attach(args, specs)
@@ -219,6 +247,30 @@ def attach(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _add_spans(conn: AgentConnection, texts: list[str]) -> Message:
+    """``add`` with ``spans``; an agent that predates it refuses the field: say what to do."""
+    try:
+        return conn.request("add", specs=texts, spans=True)
+    except RemoteError as exc:
+        if exc.code == BAD_MESSAGE and "no field 'spans'" in str(exc):
+            version = terminal_safe(str(conn.welcome.get("pyprobes", "?")), 40)
+            raise AttachError(
+                f"process {conn.pid}: its agent (pyprobes {version}) cannot send spans for"
+                " --otlp: restart the process with this pyprobes, or attach without --otlp"
+            ) from None
+        raise
+
+
+def _program_name(welcome: Message, pid: int) -> str:
+    """The target's name for the resource's ``service.name``: its script's or module's."""
+    argv = welcome.get("argv")
+    first = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else ""
+    name = os.path.splitext(os.path.basename(first))[0]
+    if name == "__main__":  # python -m pkg: the package's directory
+        name = os.path.basename(os.path.dirname(first))
+    return name or f"python-{pid}"
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -226,9 +278,11 @@ def _terminate(signum: int, frame: object) -> None:
 def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
     aggregator = make_aggregator(args)
     conn = AgentConnection.open(args.pid, client=f"pyprobes attach (pid {os.getpid()})")
+    otlp: OtlpExport | None = None
     try:
         aggregate: dict[str, object] | None = None
-        if aggregator is not None and not wants_events(args):
+        spans = getattr(args, "otlp", None) is not None
+        if aggregator is not None and not wants_events(args) and not spans:
             # Aggregations only: the target aggregates (probe programs where it can) and
             # sends what it gathered twice a second; no event crosses the socket.
             c = aggregator.config
@@ -240,7 +294,11 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
             if c.lhist_field is not None and c.lhist_bounds is not None:
                 aggregate["lhist"] = [c.lhist_field, *c.lhist_bounds]
         texts = [str(s) for s in specs]
-        if aggregate is None:
+        if spans:
+            # --otlp: the target streams its events with their activation links; the spans
+            # (and the aggregations, as OTLP metrics) are made and exported here.
+            reply = _add_spans(conn, texts)
+        elif aggregate is None:
             reply = conn.request("add", specs=texts)
         else:
             reply = conn.request("add", specs=texts, aggregate=aggregate)
@@ -250,18 +308,27 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
         argv = welcome.get("argv") or []
         what = terminal_safe(" ".join(str(a) for a in argv[:4]) if isinstance(argv, list) else "")
         python = terminal_safe(str(welcome.get("python", "?")), 16)
-        _err(
+        attached = (
             f"pyprobes: attached to {args.pid} (Python {python}: {what}):"
             f" {len(placed)} spec{'s' if len(placed) != 1 else ''}"
             + (f", {pending} pending" if pending else "")
             + ("; Ctrl-C to detach" if not args.duration else f"; detaching in {args.duration:g}s")
         )
+        otlp = open_otlp(args, _program_name(welcome, args.pid), args.pid) if spans else None
         with open_output(args) as writer:
-            stream = _Stream(conn, writer, aggregator, wants_events(args))
+            stream = _Stream(
+                conn,
+                writer,
+                aggregator,
+                wants_events(args),
+                otlp.emit if otlp is not None else None,
+            )
             until = time.monotonic() + args.duration if args.duration else None
             metrics = start_metrics(args, stream.metrics, args.pid)
+            if otlp is not None:
+                otlp.start_metrics(stream.metrics)
             try:
-                stream.pump(until, args.interval)
+                stream.pump(until, args.interval, lambda: _err(attached))
             except KeyboardInterrupt:
                 pass
             except AgentGoneError as exc:
@@ -285,6 +352,10 @@ def _attach(args: argparse.Namespace, specs: list[ProbeSpec]) -> int:
         if failure is not None:
             _err(failure)
         _err(format_summary(stream.rows(), stream.lost_total()))
+        if otlp is not None:
+            finish_otlp(otlp)()  # the last spans and metrics (the summary's counts) go out
     finally:
         conn.close()
+        if otlp is not None:
+            otlp.finish(0.5)  # (after a failure; a no-op once finished)
     return 0

@@ -64,9 +64,9 @@ def check_otlp_options(args: argparse.Namespace, specs: list[ProbeSpec]) -> None
         raise UsageError(f"--otlp {terminal_safe(args.otlp, 256)}: {exc}") from None
 
 
-def open_otlp(args: argparse.Namespace, program: str) -> OtlpExport | None:
+def open_otlp(args: argparse.Namespace, program: str, pid: int | None = None) -> OtlpExport | None:
     """The export for --otlp (its threads started), or None without it; a missing SDK or a
-    bad endpoint is a UsageError."""
+    bad endpoint is a UsageError. ``pid``: the probed process (``attach``), else this one."""
     if getattr(args, "otlp", None) is None:
         return None
     try:
@@ -74,7 +74,7 @@ def open_otlp(args: argparse.Namespace, program: str) -> OtlpExport | None:
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     try:
-        resource = make_resource(program, os.getpid())
+        resource = make_resource(program, os.getpid() if pid is None else pid)
         return OtlpExport(
             args.otlp, resource, thread_context=pyprobes.own_thread, version=pyprobes.__version__
         )

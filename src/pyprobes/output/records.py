@@ -63,7 +63,8 @@ class Event:
 
     def to_json_dict(self) -> dict[str, object]:
         """The record as the JSON Lines output (and the attach protocol) shows it; return fields
-        (``retval``, ``exception``, ``duration_ns``, ``is_async``) only for returns."""
+        (``retval``, ``exception``, ``duration_ns``, ``is_async``) only for returns, and
+        ``activation`` only when the event has one (``--otlp``, ``activation_json``)."""
         out: dict[str, object] = {
             "event": self.event,
             "group": self.group,
@@ -82,4 +83,41 @@ class Event:
             out["duration_ns"] = self.duration_ns
             out["site"] = self.site
             out["is_async"] = self.is_async
+        if self.activation is not None:
+            out["activation"] = activation_json(self.activation)
         return out
+
+
+def activation_json(link: tuple[int, int, int, int, int]) -> list[object]:
+    """An activation link as JSON that any reader keeps exact: the three activation numbers as
+    ints, the program's trace id and span id (128 and 64 bits, past a double's 53) as lowercase
+    hex strings, ``""`` for none."""
+    n, parent, root, trace_id, span_id = link
+    return [
+        n,
+        parent,
+        root,
+        f"{trace_id:032x}" if trace_id else "",
+        f"{span_id:016x}" if span_id else "",
+    ]
+
+
+_HEX = re.compile(r"[0-9a-f]{1,32}")
+
+
+def activation_from_json(value: object) -> tuple[int, int, int, int, int] | None:
+    """The link ``activation_json`` wrote; ValueError for anything else."""
+    if not isinstance(value, list) or len(value) != 5:
+        raise ValueError("an activation is a list of 5 items")
+    n, parent, root, trace_hex, span_hex = value
+    for v in (n, parent, root):
+        if type(v) is not int or not 0 <= v < 1 << 63:
+            raise ValueError("activation numbers are non-negative ints")
+    ids = []
+    for text, digits in ((trace_hex, 32), (span_hex, 16)):
+        if not isinstance(text, str) or (text and (len(text) > digits or not _HEX.fullmatch(text))):
+            raise ValueError("activation ids are hex strings")
+        ids.append(int(text, 16) if text else 0)
+    if n == 0 or root == 0:
+        raise ValueError("activation numbers start at 1")
+    return n, parent, root, ids[0], ids[1]

@@ -58,7 +58,9 @@ class TraceSession:
     in the core, whose results ``collect()`` folds into the aggregator.
 
     With ``spans=True`` (``--otlp``) every probe takes the Python path and each return event
-    carries its activation's link to the enclosing one (``tracer.activations``).
+    carries its activation's link to the enclosing one (``tracer.activations``); sessions
+    given the same ``activations`` table (an attach client's, one session per spec) link
+    across each other, with numbers unique among them.
 
     The session's lock guards its own lists: it is taken by ``arm``/``stop`` and by the import
     listener (which runs in whatever thread imports a module), never on the probe hot path.
@@ -73,9 +75,12 @@ class TraceSession:
         events: bool = True,
         records: RingSource | None = None,
         spans: bool = False,
+        activations: Activations | None = None,
     ) -> None:
         self._compiled = [_Compiled(s) for s in specs]
-        self._activations = Activations() if spans else None
+        if spans and activations is None:
+            activations = Activations()
+        self._activations = activations if spans else None
         if spans:
             events, records = True, None
         self._aggregator = aggregator
