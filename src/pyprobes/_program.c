@@ -1313,21 +1313,11 @@ prog_run(ProgObj *p, PEnv *env)
 
 /* --- reading the store -------------------------------------------------------------------- */
 
+/* A log2 histogram's total (new reference): below 2**127 (2**64 hits of values < 2**63). */
 static PyObject *
 slot_total(PSlot *s)
 {
-    PyObject *hi = PyLong_FromUnsignedLongLong(s->total_hi);
-    PyObject *lo = PyLong_FromUnsignedLongLong(s->total_lo);
-    PyObject *sh = PyLong_FromLong(64);
-    PyObject *r = NULL, *t = NULL;
-    if (hi && lo && sh && (t = PyNumber_Lshift(hi, sh)) != NULL) {
-        r = PyNumber_Or(t, lo);
-    }
-    Py_XDECREF(t);
-    Py_XDECREF(sh);
-    Py_XDECREF(lo);
-    Py_XDECREF(hi);
-    return r;
+    return int128_long((__int128)(((unsigned __int128)s->total_hi << 64) | s->total_lo));
 }
 
 /* The buckets of one sign as a dict {index: count} (new reference). */
