@@ -28,6 +28,8 @@ CORE_INDEPENDENT = frozenset(
         "attach/test_protocol.py",
         "attach/test_ps.py",
         "output/test_aggregate.py",
+        "output/test_histogram.py",
+        "output/test_stats.py",
         "output/test_aggregate_data.py",
         "output/test_event_queue.py",
         "output/test_event_record.py",

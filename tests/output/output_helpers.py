@@ -1,8 +1,9 @@
-"""The output tests' one event factory (imported as ``output_helpers``)."""
+"""The output tests' shared factories: one for events, and histograms of values (imported as
+``output_helpers``)."""
 
 from __future__ import annotations
 
-from pyprobes.output import Event
+from pyprobes.output import Event, LinearHistogram, Log2Histogram
 
 
 def make_event(kind: str = "p", args: dict[str, object] | None = None, **fields: object) -> Event:
@@ -22,3 +23,19 @@ def make_event(kind: str = "p", args: dict[str, object] | None = None, **fields:
     )
     values.update(fields)
     return Event(**values)  # type: ignore[arg-type]
+
+
+def hist_of(values: list[int], unit: str = "nsecs") -> Log2Histogram:
+    """A log2 histogram of ``values``."""
+    h = Log2Histogram(unit)
+    for v in values:
+        h.add(v)
+    return h
+
+
+def lhist_of(values: list[int], lo: int = 0, hi: int = 100, step: int = 10) -> LinearHistogram:
+    """A linear histogram of ``values``."""
+    h = LinearHistogram(lo, hi, step)
+    for v in values:
+        h.add(v)
+    return h

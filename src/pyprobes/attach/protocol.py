@@ -233,7 +233,7 @@ def _check_aggregate(where: str, max_chars: int, value: object) -> None:
             raise ProtocolError(BAD_MESSAGE, f"{where}.{name} must be a field name or null")
     lhist = value.get("lhist")
     if lhist is not None:
-        from pyprobes.output.aggregate import check_linear
+        from pyprobes.output.histogram import check_linear
 
         ok = type(lhist) is list and len(lhist) == 4 and isinstance(lhist[0], str)
         ok = ok and 0 < len(lhist[0]) <= max_chars

@@ -31,7 +31,8 @@ from pyprobes.output import (
     StreamSink,
     get_renderer,
 )
-from pyprobes.output.aggregate import DURATION_FIELD, check_linear
+from pyprobes.output.aggregate import DURATION_FIELD
+from pyprobes.output.histogram import check_linear
 from pyprobes.output.sanitize import terminal_safe
 from pyprobes.output.units import TIME_UNITS
 

@@ -11,18 +11,17 @@ from pyprobes.output.aggregate import (
     ContainerKey,
     CountBy,
     EventAggregates,
-    LinearHistogram,
-    Log2Histogram,
-    Stats,
     canonical_key,
     field_value,
 )
+from pyprobes.output.histogram import LinearHistogram, Log2Histogram
 from pyprobes.output.records import ENTRY, RETURN, Event
 from pyprobes.output.render import RENDERERS, Renderer, get_renderer
 from pyprobes.output.render_chrome import ChromeRenderer
 from pyprobes.output.render_json import JsonRenderer
 from pyprobes.output.render_text import TextRenderer, format_value
 from pyprobes.output.sinks import FileSink, Sink, SinkHandle, StreamSink
+from pyprobes.output.stats import Stats
 from pyprobes.output.summary import SummaryRow, format_summary, interval_stamp
 from pyprobes.output.units import format_duration
 from pyprobes.output.writer import WRITER_THREAD_NAME, EventWriter

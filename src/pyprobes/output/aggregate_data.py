@@ -19,11 +19,10 @@ from pyprobes.output.aggregate import (
     ContainerKey,
     CountBy,
     EventAggregates,
-    LinearHistogram,
-    Log2Histogram,
-    Stats,
     canonical_key,
 )
+from pyprobes.output.histogram import LinearHistogram, Log2Histogram
+from pyprobes.output.stats import Stats
 
 MAX_EVENTS = 4096
 MAX_KEYS = 100_000

@@ -57,13 +57,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from pyprobes.output.aggregate import (
-    DURATION_FIELD,
-    Aggregator,
-    EventAggregates,
-    LinearHistogram,
-    Log2Histogram,
-)
+from pyprobes.output.aggregate import DURATION_FIELD, Aggregator, EventAggregates
+from pyprobes.output.histogram import LinearHistogram, Log2Histogram
 from pyprobes.output.prometheus import (
     MIN_DURATION_BUCKETS,
     NO_KEY,

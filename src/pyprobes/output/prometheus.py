@@ -49,11 +49,10 @@ from pyprobes.output.aggregate import (
     ContainerKey,
     CountBy,
     EventAggregates,
-    LinearHistogram,
-    Log2Histogram,
-    Stats,
 )
+from pyprobes.output.histogram import LinearHistogram, Log2Histogram
 from pyprobes.output.render_text import format_value
+from pyprobes.output.stats import Stats
 from pyprobes.output.summary import SummaryRow
 
 #: The Content-Type of the text format.
