@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pyprobes.engine.api import *  # noqa: F403
 
 # Subpackages reachable as attributes before anything imported them (``pyprobes.engine``).
-_SUBPACKAGES = frozenset({"agent", "attach", "cli", "engine", "output", "spec", "tracer"})
+_SUBPACKAGES = frozenset({"agent", "attach", "cli", "engine", "lang", "output", "spec", "tracer"})
 
 
 # Hidden from type checkers, which see the names above (and flag a misspelt one).
