@@ -114,6 +114,25 @@ def terminal_safe(text: str, limit: int | None = 4096) -> str:
     )
 
 
+#: The encoders of dumps' fast path, one per (separators, sort_keys): json.dumps with these
+#: arguments would build a JSONEncoder per call. An encoder keeps no state between calls.
+_ENCODERS: dict[tuple[tuple[str, str], bool], json.JSONEncoder] = {}
+
+
+def _encoder(separators: tuple[str, str], sort_keys: bool) -> json.JSONEncoder:
+    key = (separators, sort_keys)
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        enc = _ENCODERS[key] = json.JSONEncoder(
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=separators,
+            sort_keys=sort_keys,
+            default=to_json_safe,
+        )
+    return enc
+
+
 def dumps(value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bool = False) -> str:
     """json.dumps that never raises and gives strict JSON (no NaN) that UTF-8 can encode.
 
@@ -121,14 +140,7 @@ def dumps(value: object, *, separators: tuple[str, str] = COMPACT, sort_keys: bo
     odd keys, cycles, huge ints, deep nesting) take the slower to_json_safe path.
     """
     try:
-        text = json.dumps(
-            value,
-            ensure_ascii=False,
-            allow_nan=False,
-            separators=separators,
-            sort_keys=sort_keys,
-            default=to_json_safe,
-        )
+        text = _encoder(separators, sort_keys).encode(value)
     except (ValueError, TypeError, RecursionError):
         try:
             text = json.dumps(
