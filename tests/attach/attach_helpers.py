@@ -174,13 +174,13 @@ class Raw:
                 return msg
 
     def reply(self, timeout: float = TIMEOUT) -> dict[str, object]:
-        """The next message that is not an event batch or a loss report."""
+        """The next message that is not an event batch, a loss report or the counters."""
         while True:
             msg = self.message(timeout)
             assert msg is not None, "EOF while waiting for a reply"
             if msg["type"] == "events":
                 self.events.extend(msg["events"])  # type: ignore[arg-type]
-            elif msg["type"] != "lost":
+            elif msg["type"] not in ("lost", "counts"):
                 return msg
 
     def hello(self, version: int = 1) -> dict[str, object]:

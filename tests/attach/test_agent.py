@@ -645,3 +645,25 @@ def test_an_add_with_a_linear_histogram_sends_it_as_aggregates(agent: Agent) -> 
         assert t.lhist.total == 10 * (0 + 1 + 2 + 3 + 4)
     finally:
         c.close()
+
+
+def test_the_counters_come_while_attached(agent: Agent) -> None:
+    """Issue 16: each round whose counters changed sends a ``counts`` message with the rows
+    ``detached`` will carry, so a client's metrics show the hits while it is attached."""
+    c = greeted(agent)
+    try:
+        ok = c.request("add", id=1, specs=[f"r:t {HOT} n"], aggregate={"count": True})
+        assert ok["type"] == "ok"
+        for i in range(40):
+            targets.hot(i)
+        rows: object = None
+        while rows != [{"event": "t", "hits": 40, "misses": 0, "lost": 0, "filtered": 0}]:
+            rows = c.until("counts")["summary"]
+        for i in range(2):
+            targets.hot(i)
+        while rows != [{"event": "t", "hits": 42, "misses": 0, "lost": 0, "filtered": 0}]:
+            rows = c.until("counts")["summary"]
+        c.send({"type": "detach", "id": 2})
+        assert c.until("detached")["summary"] == rows
+    finally:
+        c.close()

@@ -429,6 +429,8 @@ def test_attach_serves_the_aggregates_it_receives_at_metrics(
     )  # fmt: skip
     host = socket.gethostname()
     count = f'pyprobes_duration_seconds_count{{event="w",hostname="{host}",pid="{pid}"}}'
+    hits = f'pyprobes_probe_hits_total{{event="w",hostname="{host}",pid="{pid}"}}'
+    live_hits: list[int] = []
     try:
         assert client.stderr is not None
         url = None
@@ -441,11 +443,15 @@ def test_attach_serves_the_aggregates_it_receives_at_metrics(
         seen: list[int] = []
         deadline = time.monotonic() + TIMEOUT
         while len(set(seen)) < 2 and time.monotonic() < deadline:  # the agent sends 2 a second
-            got = _scrape(url).get(count)
+            scraped = _scrape(url)
+            got = scraped.get(count)
             if got is not None:
                 seen.append(int(got))
+                live_hits.append(int(float(scraped.get(hits, "0"))))
             time.sleep(0.05)  # the pace of the polling
         assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # growing, never reset
+        # the agent's hit counters come while attached too (its counts messages)
+        assert max(live_hits) > 0 and live_hits == sorted(live_hits), live_hits
         client.send_signal(signal.SIGINT)
         rest = client.stderr.read()
         assert client.wait(TIMEOUT) == 0, rest

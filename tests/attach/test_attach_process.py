@@ -152,7 +152,7 @@ def test_the_program_exits_while_a_client_is_attached(spawn: Spawn, runtime: Pat
         assert child.finish() == 0  # the agent does not keep it alive
         reader.join(TIMEOUT)
         assert not reader.is_alive()
-        assert {m["type"] for m in seen} <= {"events", "lost", "bye"}
+        assert {m["type"] for m in seen} <= {"events", "lost", "counts", "bye"}
         assert seen[-1] == {"type": "bye", "reason": "the program ended"}
     finally:
         r.close()

@@ -52,7 +52,9 @@ The agent also sends, unasked: ``events`` (``events``: a list of event records, 
 Lines output shows them), ``lost`` (``total`` and ``by_event``: events dropped for this
 client so far, cumulative), ``aggregates`` (``aggregates``: what the specs added with
 ``aggregate`` gathered since the last one, per event, as ``output.aggregate_data`` writes
-it; the hits ran as probe programs in the core where they can) and ``bye`` (``reason``:
+it; the hits ran as probe programs in the core where they can), ``counts`` (``summary``:
+the rows ``detached`` will carry, so far, sent each round they changed; absent from an older
+agent) and ``bye`` (``reason``:
 the agent is stopping, or lets this idle client go; the connection closes after it).
 
 Errors are ``{"type": "error", "re": ID or null, "code": CODE, "message": TEXT}``; a message

@@ -70,6 +70,7 @@ class EventStream:
         self.room = threading.Event()  # set when a reply was taken off ``control``
         self._lost: dict[str, int] = {}
         self._reported_lost = 0
+        self._reported_counts: list[dict[str, object]] = []
         #: Seconds between rounds; an aggregating add may ask for shorter.
         self.round = LOSS_REPORT_INTERVAL
         self.sent = 0
@@ -235,24 +236,37 @@ class EventStream:
             self._reported_lost = total
             self._send(encode({"type": "lost", **lost}))
 
+    def _summary(self, entries: list[SpecEntry]) -> list[dict[str, object]]:
+        """The summary rows of ``entries``' probes: the protocol's form of summary_rows."""
+        lost = self.lost_by_event()
+        rows: list[dict[str, object]] = []
+        for entry in entries:
+            if entry.trace is None:
+                continue
+            for row in entry.trace.summary_rows(lost):
+                rows.append(
+                    {
+                        "event": row.event,
+                        "hits": row.hits,
+                        "misses": row.misses,
+                        "lost": row.lost,
+                        "filtered": row.filtered or 0,
+                    }
+                )
+        return rows
+
+    def _report_counts(self) -> None:
+        """The probes' counters so far (a ``counts`` message), when they changed: a client's
+        /metrics and OTLP metrics show them while it is attached, not only at detach."""
+        rows = self._summary(self.session.specs())
+        if rows != self._reported_counts:
+            self._reported_counts = rows
+            self._send(encode({"type": "counts", "summary": rows}))
+
     def _send_final(self, final: Final) -> None:
         message = final.message
         if message is not None and message.get("type") == "detached":
-            lost = self.lost_by_event()
-            rows = []
-            for entry in final.entries:
-                if entry.trace is None:
-                    continue
-                for row in entry.trace.summary_rows(lost):
-                    rows.append(
-                        {
-                            "event": row.event,
-                            "hits": row.hits,
-                            "misses": row.misses,
-                            "lost": row.lost,
-                            "filtered": row.filtered or 0,
-                        }
-                    )
+            rows = self._summary(final.entries)
             message = {**message, "summary": rows, "lost": self.lost_message()}
         if message is not None:
             self._send(encode(message))
@@ -284,6 +298,8 @@ class EventStream:
                 self._send_events(drain=final is not None, until=until)
                 self._send_aggregates(final)
                 self._report_losses()
+                if final is None:
+                    self._report_counts()
                 if final is not None:
                     self._send_final(final)
                     return

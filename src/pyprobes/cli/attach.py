@@ -78,6 +78,21 @@ def _err(text: str) -> None:
         pass
 
 
+def _summary_rows(rows: object) -> list[SummaryRow]:
+    """The agent's summary rows (of a ``detached`` or ``counts`` message)."""
+    return [
+        SummaryRow(
+            str(r["event"]),
+            int(r["hits"]),
+            int(r["misses"]),
+            int(r["lost"]),
+            int(r["filtered"]) if "filtered" in r else None,  # (an older agent)
+        )
+        for r in (rows if isinstance(rows, list) else ())
+        if isinstance(r, dict)
+    ]
+
+
 class _Stream:
     """Feeds the agent's messages to the writer and the aggregator; keeps the counts."""
 
@@ -98,6 +113,7 @@ class _Stream:
         self.bad = 0
         self.remote_lost: dict[str, int] = {}
         self.summary: list[SummaryRow] | None = None
+        self.counts: list[SummaryRow] | None = None  # the agent's last counts message
         self.gone: str | None = None
 
     def handle(self, msg: Message) -> None:
@@ -124,24 +140,18 @@ class _Stream:
                 self.agg.absorb(aggregator_from_data(self.agg.config, msg.get("aggregates")))
             except (ValueError, TypeError):
                 self.bad += 1
+        elif kind == "counts":  # the agent's counters so far (a newer agent sends them)
+            try:
+                self.counts = _summary_rows(msg.get("summary"))
+            except (KeyError, TypeError, ValueError):
+                self.bad += 1
         elif kind in ("lost", "detached"):
             lost = msg.get("lost", msg) if kind == "detached" else msg
             by_event = lost.get("by_event") if isinstance(lost, dict) else None
             if isinstance(by_event, dict):
                 self.remote_lost = {str(k): int(v) for k, v in by_event.items()}
             if kind == "detached":
-                rows = msg.get("summary")
-                self.summary = [
-                    SummaryRow(
-                        str(r["event"]),
-                        int(r["hits"]),
-                        int(r["misses"]),
-                        int(r["lost"]),
-                        int(r["filtered"]) if "filtered" in r else None,  # (an older agent)
-                    )
-                    for r in (rows if isinstance(rows, list) else ())
-                    if isinstance(r, dict)
-                ]
+                self.summary = _summary_rows(msg.get("summary"))
         elif kind == "bye":
             self.gone = f"process {self.conn.pid}: {msg.get('reason', 'its agent stopped')}"
             raise AgentGoneError(self.gone)
@@ -202,6 +212,8 @@ class _Stream:
         local = self.writer.lost_by_event()
         if self.summary is not None:
             rows = self.summary
+        elif self.counts is not None:  # still attached: the agent's counters so far
+            rows = self.counts
         else:  # the process went away: what arrived is all we know
             rows = [
                 SummaryRow(e, n, 0, self.remote_lost.get(e, 0))
@@ -221,7 +233,7 @@ class _Stream:
 
     def metrics(self) -> tuple[Aggregator | None, list[SummaryRow]]:
         """What /metrics shows (on the server's thread): the aggregations received so far,
-        and the counts of the events received (the agent's own counters come at detach)."""
+        and the agent's counters so far (its counts messages; an older agent's come at detach)."""
         return (self.agg.snapshot() if self.agg is not None else None), self.rows()
 
     def lost_total(self) -> int:
