@@ -48,9 +48,7 @@ def _read_local_via_proxy(frame: FrameType, name: str) -> object:
     return frame.f_locals[name]  # 3.13+: a proxy over the frame, no snapshot is touched
 
 
-def _choose_read_local() -> Callable[[FrameType, str], object]:
-    if sys.version_info >= (3, 13):
-        return _read_local_via_proxy
+def _frame_var_or_proxy() -> Callable[[FrameType, str], object]:
     # 3.12: frame.f_locals refreshes the dict that locals() returned to the program (it
     # would see values change under it); PyFrame_GetVar reads the frame itself.
     try:
@@ -60,9 +58,22 @@ def _choose_read_local() -> Callable[[FrameType, str], object]:
     return frame_var
 
 
-#: ``read_local(frame, name)``: a local or cell of ``frame`` (KeyError if unbound), read
-#: without changing anything the program can see.
-read_local: Callable[[FrameType, str], object] = _choose_read_local()
+if sys.version_info >= (3, 13):
+    #: ``read_local(frame, name)``: a local or cell of ``frame`` (KeyError if unbound), read
+    #: without changing anything the program can see.
+    read_local: Callable[[FrameType, str], object] = _read_local_via_proxy
+else:
+    _read_local_312: Callable[[FrameType, str], object] | None = None
+
+    def read_local(frame: FrameType, name: str) -> object:
+        """A local or cell of ``frame`` (KeyError if unbound), read without changing anything
+        the program can see: on 3.12 by the C module's frame_var, loaded at the first read
+        (importing the probe language loads no C extension)."""
+        global _read_local_312
+        impl = _read_local_312
+        if impl is None:
+            impl = _read_local_312 = _frame_var_or_proxy()
+        return impl(frame, name)
 
 
 def read_args(frame: FrameType) -> dict[str, object]:
