@@ -560,8 +560,11 @@ prog_ident_key(void)
  * thread find it with no dict lookup. */
 #define TNAME_SLOTS 64
 static struct {
-    PyThreadState *ts; /* with its id: a thread state made later at the same address differs */
+    PyThreadState *ts; /* with its id and its interpreter's: a thread state made later at the
+                        * same address differs in one of them (ids are per interpreter, and
+                        * an interpreter's id is never used again) */
     uint64_t id;
+    int64_t iid;
     PyObject *pair;    /* borrowed: the thread state's dict holds it while ts lives */
     unsigned int tver; /* the version of the Thread's type known to have no class _name */
 } g_tnames[TNAME_SLOTS];
@@ -571,7 +574,8 @@ prog_thread(void)
 {
     PyThreadState *ts = PyThreadState_Get();
     size_t slot = (size_t)(((uintptr_t)ts >> 6) % TNAME_SLOTS);
-    if (g_tnames[slot].ts == ts && g_tnames[slot].id == ts->id) {
+    int64_t iid = PyInterpreterState_GetID(ts->interp);
+    if (g_tnames[slot].ts == ts && g_tnames[slot].id == ts->id && g_tnames[slot].iid == iid) {
         return g_tnames[slot].pair;
     }
     PyObject *tsd = PyThreadState_GetDict(); /* borrowed */
@@ -600,6 +604,7 @@ prog_thread(void)
     }
     g_tnames[slot].ts = ts;
     g_tnames[slot].id = ts->id;
+    g_tnames[slot].iid = iid;
     g_tnames[slot].pair = pair;
     g_tnames[slot].tver = 0;
     return pair;
