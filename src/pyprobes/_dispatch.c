@@ -374,7 +374,7 @@ kret_exit(Site *site, PyObject *code, long offset, void *key, PyObject *frame, v
             }
             else {
                 long long d = (prog->needs & NEED_DURATION) ? ri_duration(RI(ri)) : 0;
-                PEnv env = {ctx, 1, d, retval, exc, code, offset, -1, token};
+                PEnv env = {ctx, 1, d, retval, exc, code, offset, -1, token, ri};
                 if (prog_run(prog, &env) < 0) {
                     if (ctx == NULL &&
                         (ctx = exit_ctx(code, offset, frame, token, tid, retval, exc)) == NULL) {

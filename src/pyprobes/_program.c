@@ -525,6 +525,7 @@ typedef struct {
     PyObject *code;      /* borrowed: the probed code */
     long offset, lineno; /* the probed instruction, and its line if known (else -1) */
     void *token;         /* a return's: the probed interpreter frame (HAVE_IFRAME), or NULL */
+    PyObject *ri;        /* borrowed: a return's KretprobeInstance, or NULL (entry) */
 } PEnv;
 
 /* The thread ident's int, as threading._active's keys are (borrowed): made once per thread and

@@ -28,6 +28,7 @@ typedef struct {
     PyObject *module;  /* strong: return: the caller's __name__ (a str), or NULL */
     PyObject *retval;  /* strong: return: the rendered return value; NULL at entry */
     PyObject *exc;     /* strong: the exception's text, or NULL */
+    PyObject *link;    /* strong: return: its instance's data[link_key] (--otlp), or NULL */
     PyObject *vals[REC_MAXV]; /* strong: rendered values */
 } Rec;
 
@@ -43,6 +44,7 @@ typedef struct {
     PyObject *render;   /* strong: capture rendering of a value that is not held raw */
     PyObject *exc_text; /* strong: an exception's one-line text */
     PyObject *wake;     /* strong or NULL: called once when a buffer is a quarter full */
+    PyObject *link_key; /* strong or NULL: a return's record keeps data[link_key] of its instance */
     int woken;
 } RingObj;
 
@@ -56,6 +58,7 @@ rec_clear(Rec *r)
     Py_CLEAR(r->module);
     Py_CLEAR(r->retval);
     Py_CLEAR(r->exc);
+    Py_CLEAR(r->link);
     for (int i = 0; i < r->nvals; i++) {
         Py_CLEAR(r->vals[i]);
     }
@@ -166,6 +169,14 @@ ring_push(RingObj *ring, int probe, PVar *fields, Py_ssize_t nfields, PEnv *env)
                 PyErr_Clear();
                 rec.exc = Py_NewRef(g_fault_key);
             }
+        }
+        if (ring->link_key != NULL && env->ri != NULL && RI(env->ri)->data != NULL) {
+            /* a dict of str keys: the lookup runs no code of the program */
+            rec.link = PyDict_GetItemWithError(RI(env->ri)->data, ring->link_key);
+            if (rec.link == NULL && PyErr_Occurred()) {
+                goto fail;
+            }
+            Py_XINCREF(rec.link);
         }
         /* the caller: its code and instruction (its line is found when rendered), and the
          * __name__ of its globals */
@@ -294,10 +305,10 @@ rec_tuple(Rec *r)
     }
     PyObject *duration = r->is_return ? PyLong_FromLongLong(r->duration) : Py_NewRef(Py_None);
     PyObject *t = Py_BuildValue(
-        "(isLkONNONNNO)", r->probe, r->is_return ? "r" : "p", r->time_ns, r->tid, r->tname,
+        "(isLkONNONNNOO)", r->probe, r->is_return ? "r" : "p", r->time_ns, r->tid, r->tname,
         vals, r->is_return ? Py_NewRef(r->retval) : Py_NewRef(Py_None),
         r->exc != NULL ? r->exc : Py_None, duration, location, site,
-        r->is_async ? Py_True : Py_False);
+        r->is_async ? Py_True : Py_False, r->link != NULL ? r->link : Py_None);
     return t;
 }
 
@@ -398,15 +409,19 @@ ring_take(RingObj *ring, PyObject *unused)
 
 /* --- the object ---------------------------------------------------------------------------- */
 
-/* Ring(capacity, render, exception_text, wake=None) */
+/* Ring(capacity, render, exception_text, wake=None, link_key=None) */
 static PyObject *
 ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", "render", "exception_text", "wake", NULL};
+    static char *kwlist[] = {"capacity", "render", "exception_text", "wake", "link_key", NULL};
     Py_ssize_t cap;
-    PyObject *render, *exc_text, *wake = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOO|O:Ring", kwlist, &cap, &render, &exc_text,
-                                     &wake)) {
+    PyObject *render, *exc_text, *wake = Py_None, *link_key = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOO|OO:Ring", kwlist, &cap, &render, &exc_text,
+                                     &wake, &link_key)) {
+        return NULL;
+    }
+    if (link_key != Py_None && !PyUnicode_CheckExact(link_key)) {
+        PyErr_SetString(PyExc_TypeError, "a ring's link_key is a str, or None");
         return NULL;
     }
     if (cap < 1 || cap > (1 << 24)) {
@@ -427,6 +442,7 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     ring->render = Py_NewRef(render);
     ring->exc_text = Py_NewRef(exc_text);
     ring->wake = wake == Py_None ? NULL : Py_NewRef(wake);
+    ring->link_key = link_key == Py_None ? NULL : Py_NewRef(link_key);
     return (PyObject *)ring;
 }
 
@@ -482,6 +498,7 @@ ring_traverse(RingObj *ring, visitproc visit, void *arg)
     Py_VISIT(ring->render);
     Py_VISIT(ring->exc_text);
     Py_VISIT(ring->wake);
+    Py_VISIT(ring->link_key);
     return 0;
 }
 
@@ -491,6 +508,7 @@ ring_tp_clear(RingObj *ring)
     Py_CLEAR(ring->render);
     Py_CLEAR(ring->exc_text);
     Py_CLEAR(ring->wake);
+    Py_CLEAR(ring->link_key);
     return 0;
 }
 
@@ -547,7 +565,8 @@ static PyTypeObject RingType = {
     .tp_name = "pyprobes._speedups.Ring",
     .tp_basicsize = sizeof(RingObj),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Ring(capacity, render, exception_text, wake=None): programs' event records.",
+    .tp_doc = "Ring(capacity, render, exception_text, wake=None, link_key=None): programs' event "
+              "records.",
     .tp_new = ring_new,
     .tp_dealloc = (destructor)ring_dealloc,
     .tp_traverse = (traverseproc)ring_traverse,

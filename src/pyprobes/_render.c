@@ -572,6 +572,9 @@ rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
     if (pi == NULL || !pi->ok || pi->n != r->nvals) {
         return 1;
     }
+    if (r->link != NULL && fmt == FMT_JSON) { /* --otlp's "activation": the renderer's */
+        return 1;
+    }
     f->pi = pi;
     f->is_return = r->is_return;
     f->is_async = r->is_async;

@@ -3,6 +3,7 @@ activations as spans and its aggregations as metrics to an OTLP/HTTP receiver on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -222,7 +223,10 @@ def test_otlp_events_also_go_to_a_file_when_asked(tmp_path: Any) -> None:
         proc = _pyprobes("--otlp", url, "-e", "r:inner __main__:inner x", "-o", str(out),
                          "--format", "json", "otlp_prog.py")  # fmt: skip
     assert proc.returncode == 3, proc.stderr
-    assert len(out.read_text().splitlines()) == 7 == len(got.spans)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 7 == len(got.spans)
+    # each line names its activation, as the span's id and parent are made from it
+    assert sorted(line["activation"][0] for line in lines) == list(range(1, 8))
 
 
 def test_without_the_sdk_otlp_is_one_line_saying_how_to_install_it(tmp_path: Any) -> None:
@@ -277,11 +281,14 @@ def test_the_exports_fire_no_probe() -> None:
     assert out.startswith("[0, 2, None]\n")
 
 
-def test_check_says_that_otlp_takes_the_python_path() -> None:
+def test_check_says_which_probes_make_spans_from_records() -> None:
     proc = _run("-m", "pyprobes", "check", "--script", "otlp_prog.py", "--otlp",
-                "http://127.0.0.1:4318", "r __main__:inner x", "--count")  # fmt: skip
+                "http://127.0.0.1:4318", "r __main__:inner x", "r __main__:inner x:repr",
+                "--count")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.rstrip().endswith("[python: --otlp makes spans from events]")
+    first, second = proc.stdout.splitlines()
+    assert first.endswith("[program, spans from records in the core]"), proc.stdout
+    assert "[python: " in second and "repr" in second, proc.stdout
 
 
 def test_a_forked_child_sends_and_reports_nothing() -> None:

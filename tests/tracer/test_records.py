@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -385,3 +386,65 @@ def test_pyprobes_run_writes_text_events_from_the_ring(tmp_path: Path) -> None:
     assert ": w: (__main__:<module>:7 <- __main__:work) a=0 b='x' $duration=" in first
     assert lines[-1].split(") ", 1)[1].startswith("a=29999 b='x' $duration=")
     assert "0 events lost" in proc.stderr
+
+
+def _linked_returns(link_key: str | None, entry: Any) -> list[tuple[object, ...]]:
+    """The records of ``r`` probes on targets.show whose entry handler is ``entry``."""
+    from pyprobes import Kretprobe
+    from pyprobes.engine.program import Program, Var
+
+    ring = pyprobes.record_ring(1000, render, exception_text, None, link_key)
+    handler = pyprobes.program_handler(
+        Program(fields=(Var("local", "n"),)), ring=ring, probe=ring.add_probe()
+    )
+    rp = Kretprobe(addr=targets.show, handler=handler, entry_handler=entry)  # type: ignore[arg-type]
+    pyprobes.register_kretprobe(rp)
+    try:
+        targets.show([1], 7)
+        targets.show([2], 8)
+    finally:
+        pyprobes.unregister_kretprobe(rp)
+    records, lost = ring.take()
+    assert lost == {} and len(records) == 2
+    return list(records)
+
+
+def test_a_rings_link_key_gives_each_return_what_its_entry_left_in_ri_data() -> None:
+    def entry(ri: object, ctx: object) -> None:
+        ri.data["pyprobes.activation"] = ("link", ctx.args["n"])  # type: ignore[attr-defined]
+        ri.data["other"] = "not this"  # type: ignore[attr-defined]
+
+    records = _linked_returns("pyprobes.activation", entry)
+    assert [(r[5], r[12]) for r in records] == [((7,), ("link", 7)), ((8,), ("link", 8))]
+    # without a key nothing is linked; with one that the entry did not set, None
+    assert [r[12] for r in _linked_returns(None, entry)] == [None, None]
+    assert [r[12] for r in _linked_returns("absent", lambda ri, ctx: None)] == [None, None]
+
+
+def test_a_rings_link_key_is_a_str() -> None:
+    with pytest.raises(TypeError, match="link_key is a str"):
+        pyprobes.record_ring(10, render, exception_text, None, 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_with_spans_every_return_is_a_span_or_counted_lost(write: bool) -> None:
+    spans: list[Event] = []
+    lost: list[int] = []
+    source = RingSource(spans=spans.append, spans_lost=lost.append, write=write)
+    source.ring = pyprobes.record_ring(7, render, exception_text, None, "pyprobes.activation")
+    session = TraceSession([parse_spec(s) for s in SPECS], spans.append, records=source, spans=True)
+    session.arm()
+    try:
+        targets.run()
+    finally:
+        session.stop()
+    text, counts = source.drain(JsonRenderer())
+    returns = targets.SHOWS + 1  # r:s and r:g
+    assert spans and all(e.is_return and e.activation is not None for e in spans)
+    assert len(spans) + sum(lost) == returns
+    written = text.decode() if isinstance(text, bytes) else text
+    if write:  # the records kept are written, with their activations
+        assert sum(counts.values()) == len(written.splitlines()) == 7
+        assert sum('"activation":' in line for line in written.splitlines()) == len(spans)
+    else:
+        assert written == "" and counts == {}

@@ -8,8 +8,13 @@ import sys
 from types import CodeType
 
 from pyprobes.cli import program
-from pyprobes.cli.options import add_aggregation_options, check_fields, make_aggregator
-from pyprobes.cli.otlp import OTLP_PATH, add_otlp_options
+from pyprobes.cli.options import (
+    add_aggregation_options,
+    check_fields,
+    make_aggregator,
+    wants_events,
+)
+from pyprobes.cli.otlp import OTLP_PATH, OTLP_RECORDS_PATH, add_otlp_options
 from pyprobes.engine.resolve import module_exists
 from pyprobes.lang import ProbeSpec, parse_spec
 from pyprobes.output import RENDERERS, Aggregator
@@ -120,9 +125,24 @@ def check(args: argparse.Namespace) -> int:
     specs = check_fields(args, [parse_spec(text) for text in args.specs])
     aggregator = make_aggregator(args)
     for spec in specs:
-        path = OTLP_PATH if args.otlp else hit_path(spec, aggregator, args.format or "text")
+        fmt = args.format or "text"
+        if args.otlp:
+            path = otlp_path(spec, aggregator, fmt, wants_events(args))
+        else:
+            path = hit_path(spec, aggregator, fmt)
         print(f"{describe(spec, main)} [{path}]")
     return 0
+
+
+def otlp_path(
+    spec: ProbeSpec, aggregator: Aggregator | None, output_format: str, events: bool
+) -> str:
+    """How run's hits of ``spec`` would run under --otlp: recorded by a program, whose
+    records become spans (and events, written from the ring), else the Python path."""
+    if events and not RingSource.takes(output_format):
+        return OTLP_PATH
+    plan = programs.plan(spec, aggregator.config if aggregator is not None else None, events=True)
+    return OTLP_RECORDS_PATH if plan.program is not None else f"python: {plan.reason}"
 
 
 def hit_path(spec: ProbeSpec, aggregator: Aggregator | None, output_format: str = "text") -> str:

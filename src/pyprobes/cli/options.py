@@ -191,7 +191,8 @@ def wants_events(args: argparse.Namespace) -> bool:
     only -o, --format or --events adds them."""
     if not (aggregations_asked(args) or getattr(args, "otlp", None)):
         return True
-    return bool(args.output or args.format or args.events)
+    # getattr: ``check`` has --format but no -o or --events
+    return bool(getattr(args, "output", None) or args.format or getattr(args, "events", False))
 
 
 #: Fields every event has (derived from the record, nothing fetched): bpftrace's probefunc,

@@ -24,8 +24,10 @@ INSTALL_HINT = (
     " pip install 'pyprobes[otlp]' (opentelemetry-sdk, opentelemetry-exporter-otlp-proto-http)"
 )
 
-#: How every probe's hits run under --otlp (``pyprobes check --otlp`` says so).
+#: How a probe's hits run under --otlp when no program records them (``pyprobes check``).
 OTLP_PATH = "python: --otlp makes spans from events"
+#: ... and when a program records them (as ``run`` decides: ``otlp_path``).
+OTLP_RECORDS_PATH = "program, spans from records in the core"
 
 
 def add_otlp_options(parser: argparse.ArgumentParser) -> None:

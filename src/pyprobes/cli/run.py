@@ -264,10 +264,17 @@ def run(args: argparse.Namespace) -> int:
         # Events: the probes whose records a program can write do, into the core's ring,
         # rendered on the writer's thread (JSON and text in C by the C core); the others keep
         # the Python path, and so does Chrome output (RingSource.takes says which).
-        # --otlp: every probe takes the Python path; return events also become spans.
+        # --otlp: return events also become spans. The probes a program can record write
+        # records (their activation's link in them) that the writer's thread hands to the
+        # span thread, and writes when events are asked for in a format the ring takes.
         otlp = open_otlp(args, args.module or os.path.splitext(os.path.basename(prog.path))[0])
-        takes = events and otlp is None and RingSource.takes(args.format or "text")
-        records = RingSource() if takes else None
+        takes = RingSource.takes(args.format or "text")
+        records: RingSource | None = None
+        if otlp is not None:
+            if not events or takes:
+                records = RingSource(spans=otlp.emit, spans_lost=otlp.dropped_early, write=events)
+        elif events and takes:
+            records = RingSource()
         if records is not None:
             records.wake_writer = writer.wake
             writer.add_source(records)

@@ -234,6 +234,7 @@ def record_ring(
     render: Callable[[object], object],
     exception_text: Callable[[BaseException], object],
     wake: Callable[[], object] | None = None,
+    link_key: str | None = None,
 ) -> object:
     """The C ring programs write event records into; it also renders them as JSON Lines."""
-    return _speedups.Ring(capacity, render, exception_text, wake)
+    return _speedups.Ring(capacity, render, exception_text, wake, link_key)

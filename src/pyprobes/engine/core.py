@@ -102,8 +102,10 @@ class Core(Protocol):
         render: Callable[[object], object],
         exception_text: Callable[[BaseException], object],
         wake: Callable[[], object] | None = None,
+        link_key: str | None = None,
     ) -> Any:
-        """A bounded ring of this core's programs' event records. Any thread, no lock."""
+        """A bounded ring of this core's programs' event records (a return's record also keeps
+        ``ri.data.get(link_key)`` when ``link_key`` is given). Any thread, no lock."""
         ...
 
     def set_own_threads(self, idents: Iterable[int]) -> None:

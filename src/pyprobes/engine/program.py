@@ -348,9 +348,9 @@ class ProgramHandler:
     def __call__(self, first: object, ctx: ProbeContext) -> None:
         """A kprobe's pre_handler ``(probe, ctx)`` or a kretprobe's handler ``(ri, ctx)``."""
         if isinstance(first, KretprobeInstance):
-            self._hit(ctx, ctx.time_ns - first.entry_time_ns)
+            self._hit(ctx, ctx.time_ns - first.entry_time_ns, first)
         else:
-            self._hit(ctx, None)
+            self._hit(ctx, None, None)
 
     def _read(self, var: Var, ctx: ProbeContext, duration: int | None) -> object:
         kind = var.kind
@@ -463,7 +463,9 @@ class ProgramHandler:
         if stats.max is None or v > stats.max:
             stats.max = v
 
-    def _record(self, ctx: ProbeContext, duration: int | None) -> None:
+    def _record(
+        self, ctx: ProbeContext, duration: int | None, ri: KretprobeInstance | None
+    ) -> None:
         """One event record into the ring, as the C core's ring_push writes it."""
         ring = self.ring
         assert ring is not None
@@ -490,6 +492,9 @@ class ProgramHandler:
                 except Exception:
                     exc_text = FAULT_KEY
             is_async = bool(code.co_flags & GEN_FLAGS)
+        link = None
+        if ring.link_key is not None and ri is not None:
+            link = ri.data.get(ring.link_key)
         ring.push(
             (
                 self.probe,
@@ -504,17 +509,18 @@ class ProgramHandler:
                 location,
                 site,
                 is_async,
+                link,
             )
         )
 
-    def _hit(self, ctx: ProbeContext, duration: int | None) -> None:
+    def _hit(self, ctx: ProbeContext, duration: int | None, ri: KretprobeInstance | None) -> None:
         prog = self.program
         res = self._results
         if prog.filter is not None and self._holds(prog.filter, ctx, duration) is not True:
             res.filtered += 1
             return
         if self.ring is not None:
-            self._record(ctx, duration)
+            self._record(ctx, duration, ri)
         key = self._key(ctx, duration) if prog.key is not None else None
         value = None
         if prog.hist is not None:

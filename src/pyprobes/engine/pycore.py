@@ -511,6 +511,7 @@ def record_ring(
     render: Callable[[object], object],
     exception_text: Callable[[BaseException], object],
     wake: Callable[[], object] | None = None,
+    link_key: str | None = None,
 ) -> RecordRing:
     """The ring programs of this core write event records into (engine.ring)."""
-    return RecordRing(capacity, render, exception_text, wake)
+    return RecordRing(capacity, render, exception_text, wake, link_key)

@@ -687,13 +687,16 @@ def record_ring(
     render: Callable[[object], object],
     exception_text: Callable[[BaseException], object],
     wake: Callable[[], object] | None = None,
+    link_key: str | None = None,
 ) -> Any:
     """A bounded ring of programs' event records in the selected core (``engine.ring``).
 
     ``render`` and ``exception_text`` turn a value that is not a plain scalar, and an
     exception, into what a record holds; ``wake`` is called when the ring is a quarter full.
+    With ``link_key``, a return's record also keeps what its activation's ``ri.data`` holds
+    under that key (None if nothing): the last element of the record.
     """
-    return _core.record_ring(capacity, render, exception_text, wake)
+    return _core.record_ring(capacity, render, exception_text, wake, link_key)
 
 
 # --- pyprobes' own threads ------------------------------------------------------------------

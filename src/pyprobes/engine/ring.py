@@ -3,9 +3,11 @@
 A program made with a ring writes one record per hit that passes its filter (see
 ``engine.program``); the reader takes them in batches. A record is a tuple
 ``(probe, kind, time_ns, thread_id, thread_name, values, retval, exception, duration_ns,
-location, site, is_async)``: what ``tracer.hits.HitRecorder`` puts in an ``Event``, less what
+location, site, is_async, link)``: what ``tracer.hits.HitRecorder`` puts in an ``Event``, less what
 is the same for every hit of a probe. Values are rendered by the ring's ``render`` (the
 capture rules, given by the layer above) at the hit, so no object of the program is kept.
+``link`` is what a return's instance holds in ``ri.data[link_key]`` for a ring given a
+``link_key`` (``--otlp``'s activation link, set by an entry handler), else None.
 A full ring counts the record lost for its probe. The C core's ``_speedups.Ring`` gives the
 same records and also renders them as JSON Lines (``take_json``).
 """
@@ -18,7 +20,19 @@ from types import CodeType, FrameType
 from typing import Final
 
 Record = tuple[
-    int, str, int, int, str, tuple[object, ...], object, "str | None", "int | None", str, str, bool
+    int,
+    str,
+    int,
+    int,
+    str,
+    tuple[object, ...],
+    object,
+    "str | None",
+    "int | None",
+    str,
+    str,
+    bool,
+    object,
 ]
 #: The most values one record holds; a probe that fetches more takes the Python path.
 MAX_FIELDS: Final = 8
@@ -34,9 +48,13 @@ class RecordRing:
         render: Callable[[object], object],
         exception_text: Callable[[BaseException], object],
         wake: Callable[[], object] | None = None,
+        link_key: str | None = None,
     ) -> None:
         if not 1 <= capacity <= 1 << 24:
             raise ValueError(f"a ring holds 1 to {1 << 24} records, not {capacity}")
+        if link_key is not None and type(link_key) is not str:
+            raise TypeError("a ring's link_key is a str, or None")
+        self.link_key = link_key
         self.capacity = capacity
         self.render = render
         self.exception_text = exception_text

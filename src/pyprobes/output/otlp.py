@@ -716,6 +716,7 @@ class OtlpExport:
         self._metric_exporter: _Metrics | None = None
         self._reader: PeriodicExportingMetricReader | None = None
         self._budget = KeyBudget()
+        self._dropped_early = 0  # return records a ring of records lost (dropped_early)
         self._finished = False
         self._aborted = False
         # A forked child inherits all this (and the SDK restarts its threads there): the
@@ -796,12 +797,17 @@ class OtlpExport:
                 except Exception:
                     pass
 
+    def dropped_early(self, n: int) -> None:
+        """Count ``n`` spans lost before they reached ``emit`` (a full ring of records).
+        One caller thread at a time (the thread that drains the ring)."""
+        self._dropped_early += n
+
     @property
     def lost(self) -> int:
         """Spans never delivered: dropped before the processor, by its queue, or failed."""
         d = self.delivery
         queued_out = max(0, d.submitted - d.exported - d.failed)
-        return self._writer.lost + queued_out + d.failed
+        return self._writer.lost + self._dropped_early + queued_out + d.failed
 
     def report(self) -> list[str]:
         """The lines for the end of the run: what was sent, and what was lost and why."""
@@ -813,7 +819,7 @@ class OtlpExport:
         lost = self.lost
         if lost or d.metric_failures:
             reasons = []
-            early = self._writer.lost
+            early = self._writer.lost + self._dropped_early
             if early:
                 reasons.append(f"{early:,} dropped before export (the span queue was full)")
             queued_out = max(0, d.submitted - d.exported - d.failed)

@@ -12,6 +12,9 @@ program (or pyprobes' exporter) has imported ``opentelemetry.trace``, never impo
 
 Everything here runs on the probed threads, in the engine's handlers: a walk up the stack with
 one dict lookup per frame, a counter, no lock (dict get/set/pop are atomic under the GIL).
+A return recorded by a probe program (in the core's ring, with ``link_key=KEY``) takes its link
+from ``ri.data`` and calls no ``leave``: its entry in the live table is stale once the instance
+is recycled, and goes at the next walk that meets it or at the next sweep.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 from types import FrameType
 from typing import Any
 
-from pyprobes.engine.context import KretprobeInstance
+from pyprobes.engine.context import KretprobeInstance, ProbeContext
 
 #: One activation: (its number, the enclosing one's or 0, its root's, the program's trace id
 #: and span id that the root took as its parent, or 0, 0). ``Event.activation`` carries it.
@@ -87,6 +90,10 @@ class Activations:
             if len(live) > self._sweep_at:
                 self._sweep()
         return link
+
+    def on_entry(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
+        """A kretprobe's ``entry_handler``: number the activation starting now."""
+        self.enter(ri, ctx.frame)
 
     def leave(self, ri: KretprobeInstance, frame: FrameType | None) -> Link | None:
         """The link of the activation ending now (None if it entered before tracking)."""

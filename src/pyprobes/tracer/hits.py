@@ -232,12 +232,6 @@ class HitRecorder:
             )
         )
 
-    def on_activation_entry(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
-        """entry_handler of an ``r`` probe with ``activations`` (--otlp): number it."""
-        acts = self.activations
-        if acts is not None:
-            acts.enter(ri, ctx.frame)
-
     def on_return(self, ri: KretprobeInstance, ctx: ProbeContext) -> None:
         """handler of an ``r`` probe."""
         name = thread_name()

@@ -6,12 +6,18 @@ thread and renders what the ring holds: JSON Lines and text in C when the core h
 (``take_json``, ``take_text``, whose fallback for a record they cannot spell is this module's
 own rendering), any other format through the output renderers from ``Event`` records. Either
 way the text is the Python path's.
+
+With ``spans`` (``--otlp``), the ring is made with the activations' link key: every record
+becomes an ``Event``, those with an activation link go to ``spans`` (the span thread's queue),
+and they are rendered only if events are written too (``write``). Return records the full ring
+lost are told to ``spans_lost``: they are spans never made.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyprobes
@@ -23,6 +29,7 @@ from pyprobes.output.render_chrome import ChromeRenderer
 from pyprobes.output.render_json import JsonRenderer
 from pyprobes.output.render_text import TextRenderer
 from pyprobes.output.sanitize import dumps
+from pyprobes.tracer.activations import KEY, Link
 
 #: The args of a chrome event that a fetch arg of the same name replaces, and their flags.
 _CHROME_OWN = (("event", 1), ("retval", 2), ("exception", 4))
@@ -42,8 +49,19 @@ class _Probe:
 class RingSource:
     """The session's ring and what its probes' records need to become events."""
 
-    def __init__(self, capacity: int = RING_CAPACITY) -> None:
-        self.ring = pyprobes.record_ring(capacity, render, exception_text, self._wake)
+    def __init__(
+        self,
+        capacity: int = RING_CAPACITY,
+        *,
+        spans: Callable[[Event], object] | None = None,
+        spans_lost: Callable[[int], object] | None = None,
+        write: bool = True,
+    ) -> None:
+        link_key = KEY if spans is not None else None
+        self.ring = pyprobes.record_ring(capacity, render, exception_text, self._wake, link_key)
+        self.spans = spans
+        self.spans_lost = spans_lost
+        self.write = write
         self._probes: list[_Probe] = []
         self._statics: tuple[tuple[str, tuple[str, ...]], ...] = ()
         self._chrome_statics: tuple[tuple[str, str, str, int, tuple[str, ...]], ...] = ()
@@ -93,8 +111,9 @@ class RingSource:
     def event_of(self, rec: tuple[object, ...]) -> Event:
         """The Event a record stands for (as HitRecorder would have made it)."""
         (i, kind, time_ns, tid, tname, values, retval, exc, duration, location, site, is_async) = (
-            rec
+            rec[:12]
         )
+        link: Link | None = rec[12] if len(rec) > 12 else None  # type: ignore[assignment]
         p = self._probes[i]  # type: ignore[call-overload]
         ret = kind == "r"
         return Event(
@@ -113,6 +132,7 @@ class RingSource:
             duration_ns=duration,  # type: ignore[arg-type]
             site=site if ret else "",  # type: ignore[arg-type]
             is_async=bool(is_async),
+            activation=link if ret else None,
         )
 
     def _fallback(self, rec: tuple[object, ...]) -> str:
@@ -148,21 +168,29 @@ class RingSource:
         and how many events it has per event name."""
         with self._lock:
             probes = list(self._probes)
+        spans = self.spans
+        if spans is not None and not self.write:
+            return self._drain_spans(probes)
+        keep = spans is not None  # --otlp with events: the records rendered, then spans
         # The C core writes JSON and text itself (byte for byte the renderers' lines); a
         # renderer of another type, even a subclass, renders Events.
         take_json = getattr(self.ring, "take_json", None)
         if type(renderer) is JsonRenderer and take_json is not None:
             statics = self._statics_of(probes)
-            data, counts, lost, _ = take_json(statics, os.getpid(), self._fallback, utf8=True)
+            data, counts, lost, kept = take_json(
+                statics, os.getpid(), self._fallback, keep=keep, utf8=True
+            )
             self._count_lost(lost, probes)
+            self._to_spans(kept, lost, probes)
             return data, self._by_event(counts, probes)
         take_text = getattr(self.ring, "take_text", None)
         if type(renderer) is TextRenderer and take_text is not None:
             statics_t = self._text_statics_of(probes)
-            data, counts, lost, _ = take_text(
-                statics_t, os.getpid(), self._text_fallback, utf8=True
+            data, counts, lost, kept = take_text(
+                statics_t, os.getpid(), self._text_fallback, keep=keep, utf8=True
             )
             self._count_lost(lost, probes)
+            self._to_spans(kept, lost, probes)
             return data, self._by_event(counts, probes)
         take_chrome = getattr(self.ring, "take_chrome", None)
         if type(renderer) is ChromeRenderer and take_chrome is not None:
@@ -171,24 +199,61 @@ class RingSource:
             def fallback(rec: tuple[object, ...]) -> str:
                 return chrome.render(self.event_of(rec))
 
-            data, counts, lost, _ = take_chrome(
-                self._chrome_statics_of(probes), os.getpid(), renderer, fallback, utf8=True
+            data, counts, lost, kept = take_chrome(
+                self._chrome_statics_of(probes),
+                os.getpid(),
+                renderer,
+                fallback,
+                keep=keep,
+                utf8=True,
             )
             self._count_lost(lost, probes)
+            self._to_spans(kept, lost, probes)
             return data, self._by_event(counts, probes)
         records, lost = self.ring.take()
         self._count_lost(lost, probes)
+        self._to_spans(None, lost, probes)
         parts = []
         by_event: dict[str, int] = {}
         for rec in records:
             name = probes[rec[0]].event
             try:
-                parts.append(renderer.render(self.event_of(rec)))
+                event = self.event_of(rec)
+                if spans is not None and event.activation is not None:
+                    spans(event)
+                parts.append(renderer.render(event))
             except Exception:
                 self._lost[name] = self._lost.get(name, 0) + 1
             else:
                 by_event[name] = by_event.get(name, 0) + 1
         return "".join(parts), by_event
+
+    def _drain_spans(self, probes: list[_Probe]) -> tuple[str | bytes, dict[str, int]]:
+        """``drain`` under --otlp with no events written: the records' spans only."""
+        records, lost = self.ring.take()
+        self._count_lost(lost, probes)
+        self._to_spans(records, lost, probes)
+        return "", {}
+
+    def _to_spans(
+        self, records: list[tuple[object, ...]] | None, lost: dict[int, int], probes: list[_Probe]
+    ) -> None:
+        """The return records with an activation link to ``spans`` (the span thread's queue),
+        and the count of returns the full ring lost to ``spans_lost``."""
+        spans = self.spans
+        if spans is None:
+            return
+        if lost and self.spans_lost is not None:
+            returns = sum(n for i, n in lost.items() if probes[i].kind == "r")
+            if returns:
+                self.spans_lost(returns)
+        for rec in records or ():
+            if rec[1] == "r" and rec[12] is not None:
+                try:
+                    spans(self.event_of(rec))
+                except Exception:  # an Event that cannot be made: its span is lost
+                    if self.spans_lost is not None:
+                        self.spans_lost(1)
 
     @staticmethod
     def _by_event(counts: dict[int, int], probes: list[_Probe]) -> dict[str, int]:

@@ -57,10 +57,12 @@ class TraceSession:
     aggregator, and every spec that has a program form (``tracer.programs``) runs as a program
     in the core, whose results ``collect()`` folds into the aggregator.
 
-    With ``spans=True`` (``--otlp``) every probe takes the Python path and each return event
-    carries its activation's link to the enclosing one (``tracer.activations``); sessions
-    given the same ``activations`` table (an attach client's, one session per spec) link
-    across each other, with numbers unique among them.
+    With ``spans=True`` (``--otlp``) each return event carries its activation's link to the
+    enclosing one (``tracer.activations``); sessions given the same ``activations`` table (an
+    attach client's, one session per spec) link across each other, with numbers unique among
+    them. Given ``records`` too (a ``RingSource`` made with ``spans``), the specs a program can
+    record run as programs, an ``r`` probe's entry handler numbering its activation and its
+    record carrying the link; without, every probe takes the Python path.
 
     The session's lock guards its own lists: it is taken by ``arm``/``stop`` and by the import
     listener (which runs in whatever thread imports a module), never on the probe hot path.
@@ -82,7 +84,9 @@ class TraceSession:
             activations = Activations()
         self._activations = activations if spans else None
         if spans:
-            events, records = True, None
+            events = True
+            if records is not None and records.spans is None:
+                raise ValueError("a session with spans needs a RingSource made with spans")
         self._aggregator = aggregator
         self._events = events or aggregator is None
         self._records = records if self._events else None
@@ -149,8 +153,10 @@ class TraceSession:
             c.recorders.append(rec)
             handler, on_entry, on_return = None, rec.on_entry, rec.on_return
         probe = probe_for(c.spec, pl, on_entry, on_return)
-        if isinstance(probe, Kretprobe) and handler is None and rec.activations is not None:
-            probe.entry_handler = rec.on_activation_entry
+        if isinstance(probe, Kretprobe) and self._activations is not None:
+            # the activation is numbered at its entry; its return (a record, or an Event of
+            # the HitRecorder) carries the link
+            probe.entry_handler = self._activations.on_entry
         if isinstance(probe, Kretprobe):
             pyprobes.register_kretprobe(probe)
         else:
@@ -287,7 +293,7 @@ class TraceSession:
         for c in self._compiled:
             if c.plan is not None:
                 out.append((c.spec.event, "program"))
-            elif self._activations is not None:
+            elif self._activations is not None and self._records is None:
                 out.append((c.spec.event, "python: --otlp makes spans from events"))
             elif self._events and self._records is None:
                 out.append((c.spec.event, "python: events are written"))
