@@ -71,6 +71,7 @@ def disarm():
 """
 
 _LOOP = re.compile(r"loop_ns (\d+) checksum (\d+)")
+_SENT = re.compile(r"^pyprobes: OTLP: ([\d,]+) spans? sent", re.M)
 
 
 @dataclass
@@ -82,9 +83,10 @@ class Variant:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     loop_ns: list[float] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)  # --otlp: spans the receiver took, per run
 
 
-def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
+def variants(prog: Path, out: Path, calls: int, sink: str) -> list[Variant]:
     py = sys.executable
     n = str(calls)
     run = [py, "-m", "pyprobes", "run"]
@@ -125,6 +127,9 @@ def variants(prog: Path, out: Path, calls: int) -> list[Variant]:
         Variant("r-otlp", "pyprobes run -e 'r:w __main__:work' --otlp URL (no receiver: spans "
                 "counted lost)",
                 [*run, "-e", "r:w __main__:work", "--otlp", "http://127.0.0.1:9", str(prog), n]),
+        Variant("r-otlp-recv", "pyprobes run -e 'r:w __main__:work' --otlp URL (a receiver that"
+                " takes every export)",
+                [*run, "-e", "r:w __main__:work", "--otlp", sink, str(prog), n]),
         Variant("cprofile", "python -m cProfile (every call)",
                 [py, "-m", "cProfile", "-o", os.devnull, str(prog), n]),
     ]  # fmt: skip
@@ -147,6 +152,26 @@ def run_once(v: Variant, cwd: Path, checksum: list[str]) -> None:
         raise SystemExit(f"{v.key} changed the program's result: {m.group(2)} != {checksum[0]}")
     checksum[:] = [m.group(2)]
     v.loop_ns.append(float(m.group(1)))
+    if "--otlp" in v.argv:
+        sent = _SENT.search(p.stderr)
+        if sent is None:
+            raise SystemExit(f"{v.key} reported no spans sent: {p.stderr[-2000:]}")
+        v.sent.append(int(sent.group(1).replace(",", "")))
+
+
+def start_sink() -> tuple[subprocess.Popen[str], str]:
+    """The discarding OTLP receiver (benchmarks/otlp_sink.py) in a process of its own."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("otlp_sink.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("port "):
+        proc.kill()
+        raise SystemExit(f"otlp_sink.py did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
 def main() -> None:
@@ -161,22 +186,42 @@ def main() -> None:
         prog = cwd / "work_prog.py"
         prog.write_text(PROGRAM)
         (cwd / "pyprobes_bench_floor.py").write_text(FLOOR)
-        vs = variants(prog, cwd / "events.jsonl", args.calls)
-        if args.only:
-            keep = {"plain", "floor", *args.only.split(",")}
-            unknown = keep - {v.key for v in vs}
-            if unknown:
-                raise SystemExit(
-                    f"--only: no variant {', '.join(sorted(unknown))}; the keys"
-                    f" are {', '.join(v.key for v in vs)}"
-                )
-            vs = [v for v in vs if v.key in keep]
-        checksum: list[str] = []
-        for _ in range(args.rounds):
-            order = vs[:]
-            random.shuffle(order)
-            for v in order:
-                run_once(v, cwd, checksum)
+        sink, sink_url = start_sink()
+        try:
+            vs = run_variants(args, prog, cwd, sink_url)
+        finally:
+            sink.kill()
+            sink.wait()
+    report(args, vs)
+
+
+def run_variants(args: argparse.Namespace, prog: Path, cwd: Path, sink_url: str) -> list[Variant]:
+    """Every variant asked for, ``args.rounds`` times, in a new order each round."""
+    vs = variants(prog, cwd / "events.jsonl", args.calls, sink_url)
+    if args.only:
+        keep = {"plain", "floor", *args.only.split(",")}
+        unknown = keep - {v.key for v in vs}
+        if unknown:
+            raise SystemExit(
+                f"--only: no variant {', '.join(sorted(unknown))}; the keys"
+                f" are {', '.join(v.key for v in vs)}"
+            )
+        vs = [v for v in vs if v.key in keep]
+    checksum: list[str] = []
+    for _ in range(args.rounds):
+        order = vs[:]
+        random.shuffle(order)
+        for v in order:
+            run_once(v, cwd, checksum)
+    return vs
+
+
+def _median(values: list[int]) -> float:
+    return Stat.of([float(n) for n in values]).median
+
+
+def report(args: argparse.Namespace, vs: list[Variant]) -> None:
+    """The table (and, for --otlp, the spans delivered), on stdout and in ``--md``."""
     plain = vs[0]
     added = {v.key: paired(v.loop_ns, plain.loop_ns, "diff", args.calls) for v in vs[1:]}
     floor_added = added["floor"]
@@ -190,10 +235,18 @@ def main() -> None:
         f" rounds; plain loop median {Stat.of(plain.loop_ns).median / args.calls:.1f} ns/call"
     )
     headers = ["variant", "ns added per call, median (q1 .. q3)", "x the engine floor"]
+    sent = [
+        f"- {v.label}: spans delivered per run, median {_median(v.sent):,.0f} of"
+        f" {args.calls:,} (the rest dropped before export or by the export queue, counted)"
+        for v in vs
+        if v.sent
+    ]
     print(title)
     print(benchlib.text_table(headers, rows))
+    print("\n".join(sent))
     if args.md is not None:
-        args.md.write_text(f"{title}\n\n{benchlib.md_table(headers, rows)}\n")
+        notes = "\n\n" + "\n".join(sent) if sent else ""
+        args.md.write_text(f"{title}\n\n{benchlib.md_table(headers, rows)}\n{notes}\n")
 
 
 if __name__ == "__main__":

@@ -315,6 +315,8 @@ typedef struct {
 /* One record, flat: everything step 2 reads. */
 typedef struct {
     int fallback, is_return, is_async, nvals, raised;
+    int has_link;        /* JSON: "activation" (--otlp), its numbers in link */
+    long long link[3];
     PInfo *pi;
     Str file; /* the location's file (.s NULL: the location is "?") */
     long line;
@@ -558,6 +560,33 @@ pinfo_from(PyObject *statics, PInfo *out, Py_ssize_t n, int fmt)
     return 0;
 }
 
+/* A record's activation link, (n, parent, root, trace id, span id) of exact ints, as JSON
+ * writes it when the root took no program span (the trace and span ids 0: written "", "");
+ * else 1: the fallback writes it (output.records.activation_json). */
+static int
+flat_link(PyObject *link, Flat *f)
+{
+    if (!PyTuple_CheckExact(link) || PyTuple_GET_SIZE(link) != 5) {
+        return 1;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyObject *v = PyTuple_GET_ITEM(link, i);
+        if (!PyLong_CheckExact(v)) {
+            return 1;
+        }
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || x < 0 || (i >= 3 && x != 0)) {
+            return 1; /* (no error is set: an exact int) */
+        }
+        if (i < 3) {
+            f->link[i] = x;
+        }
+    }
+    f->has_link = 1;
+    return 0;
+}
+
 /* Step 1 for one record: 0, 1 (the fallback's), -1 error. */
 static int
 rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
@@ -572,8 +601,9 @@ rec_flat(Rec *r, PInfo *pi, Flat *f, Buf *arena, int fmt)
     if (pi == NULL || !pi->ok || pi->n != r->nvals) {
         return 1;
     }
-    if (r->link != NULL && fmt == FMT_JSON) { /* --otlp's "activation": the renderer's */
-        return 1;
+    f->has_link = 0;
+    if (r->link != NULL && fmt == FMT_JSON) { /* --otlp's "activation" */
+        STEP(flat_link(r->link, f));
     }
     f->pi = pi;
     f->is_return = r->is_return;
@@ -700,6 +730,14 @@ flat_json(Buf *b, const Flat *f, Memo *memo, const char *arena)
             STEP(BUF_LIT(b, "\""));
         }
         STEP(f->is_async ? BUF_LIT(b, ",\"is_async\":true") : BUF_LIT(b, ",\"is_async\":false"));
+    }
+    if (f->has_link) {
+        STEP(BUF_LIT(b, ",\"activation\":["));
+        for (int i = 0; i < 3; i++) {
+            STEP(buf_int(b, f->link[i]));
+            STEP(BUF_LIT(b, ","));
+        }
+        STEP(BUF_LIT(b, "\"\",\"\"]"));
     }
     return BUF_LIT(b, "}\n");
 }

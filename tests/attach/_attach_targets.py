@@ -9,3 +9,7 @@ def hot(n: int) -> int:
 
 def other(x: object) -> object:
     return x
+
+
+def outer(n: int) -> int:
+    return hot(n) + hot(n + 1)

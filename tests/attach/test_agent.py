@@ -613,6 +613,40 @@ def test_events_a_program_can_record_come_from_the_clients_ring(agent: Agent) ->
         c.close()
 
 
+def test_spans_a_program_can_record_come_from_the_ring_linked_to_the_python_paths(
+    agent: Agent,
+) -> None:
+    """attach --otlp: a spans spec a program can record writes its returns into the client's
+    ring with their activation links; one on the Python path (here n:repr) encloses them."""
+    c = greeted(agent)
+    try:
+        specs = ["r:o _attach_targets:outer n:repr", f"r:h {HOT} n"]
+        ok = c.request("add", id=1, specs=specs, spans=True)
+        assert ok["type"] == "ok"
+        (session,) = agent._clients.values()
+        entries = {e.spec.event: e for e in session.specs()}
+        assert [p for _, p in entries["h"].trace.paths()] == ["program"]  # type: ignore[union-attr]
+        assert next(p for _, p in entries["o"].trace.paths()).startswith("python")  # type: ignore[union-attr]
+        for i in range(3):
+            targets.outer(i)
+        c.send({"type": "detach", "id": 2})
+        c.until("detached")
+        outers = [e for e in c.events if e["event"] == "o"]
+        hots = [e for e in c.events if e["event"] == "h"]
+        assert len(outers) == 3 and len(hots) == 6
+        assert session.stream._records is not None and session.stream._records.links
+        outer_of = {e["args"]["n"]: e["activation"][0] for e in outers}  # type: ignore[index]
+        assert sorted(outer_of) == ["0", "1", "2"]  # n:repr: the Python path's text
+        for e in hots:
+            _, parent, root, trace, span = e["activation"]  # type: ignore[misc]
+            assert parent == root and trace == span == ""
+        # each outer call encloses the two hot calls it made: n and n + 1
+        parents = {(e["args"]["n"], e["activation"][1]) for e in hots}  # type: ignore[index]
+        assert parents == {(i + d, outer_of[str(i)]) for i in range(3) for d in (0, 1)}
+    finally:
+        c.close()
+
+
 def test_an_add_with_a_linear_histogram_sends_it_as_aggregates(agent: Agent) -> None:
     """--lhist over the attach protocol: the agent runs it (a program where it can) and the
     client gets the very buckets."""

@@ -448,3 +448,53 @@ def test_with_spans_every_return_is_a_span_or_counted_lost(write: bool) -> None:
         assert sum('"activation":' in line for line in written.splitlines()) == len(spans)
     else:
         assert written == "" and counts == {}
+
+
+def _json_of_session(spans: bool) -> tuple[str, list[tuple[object, ...]], int]:
+    """Run SPECS into a ring (with activation links when ``spans``); its C JSON, the records
+    and how many of them the C writer left to the fallback."""
+    seen: list[Event] = []
+    source = RingSource(spans=seen.append) if spans else RingSource()
+    session = TraceSession([parse_spec(s) for s in SPECS], seen.append, records=source, spans=spans)
+    session.arm()
+    try:
+        targets.run()
+    finally:
+        session.stop()
+    fallen: list[tuple[object, ...]] = []
+
+    def fallback(rec: tuple[object, ...]) -> str:
+        fallen.append(rec)
+        return source._fallback(rec)
+
+    text, _, lost, kept = source.ring.take_json(
+        source._statics_of(source._probes), os.getpid(), fallback, keep=True
+    )
+    assert lost == {}
+    assert text == "".join(JsonRenderer().render(source.event_of(r)) for r in kept)
+    return text, kept, len(fallen)
+
+
+def test_the_c_cores_json_of_linked_records_is_the_renderers_byte_for_byte() -> None:
+    if pyprobes.core_name() != "c":  # the reference renders every record with the renderer
+        seen: list[Event] = []
+        source = RingSource(spans=seen.append)
+        assert not hasattr(source.ring, "take_json")
+        session = TraceSession([parse_spec(s) for s in SPECS], seen.append, records=source,
+                               spans=True)  # fmt: skip
+        session.arm()
+        try:
+            targets.run()
+        finally:
+            session.stop()
+        data, _ = source.drain(JsonRenderer())
+        lines = [json.loads(line) for line in str(data).splitlines()]
+        returns = [d for d in lines if d["kind"] == "r"]
+        assert len(returns) == targets.SHOWS + 1 and all("activation" in d for d in returns)
+        return
+    text, kept, fallen = _json_of_session(spans=True)
+    assert len([r for r in kept if r[12] is not None]) == targets.SHOWS + 1
+    returns = [json.loads(line) for line in text.splitlines() if '"kind":"r"' in line]
+    assert len(returns) == targets.SHOWS + 1 and all("activation" in d for d in returns)
+    # the links are written in C: no more records fall back than without them
+    assert fallen == _json_of_session(spans=False)[2]

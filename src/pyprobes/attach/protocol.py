@@ -40,8 +40,8 @@ engine's listing records (``address``, ``kind``, ``symbol``, ``offset``, ``line`
 ``detached``'s ``summary`` rows have ``event``, ``hits``, ``misses``, ``lost`` and
 ``filtered`` (hits the spec's filter turned away; absent from an older agent).
 
-With ``spans: true`` (``pyprobes attach --otlp``) the specs' events all take the Python path
-(no ring records) and every return event has ``activation``: ``[n, parent, root, trace,
+With ``spans: true`` (``pyprobes attach --otlp``) every return event of the specs (recorded
+by a probe program or made on the Python path) has ``activation``: ``[n, parent, root, trace,
 span]``, its activation's number, the enclosing probed activation's (0 for none), its root's
 (numbered per client, across all its ``spans`` specs), and for a root the program's active
 OpenTelemetry span it ran under as 32 and 16 lowercase hex digits (``""`` for none;

@@ -136,7 +136,7 @@ class SpecEntry:
     enabled: bool = True
     listener: Callable[[str, str | None, CodeType], None] | None = None
     aggregator: Aggregator | None = None  # aggregates only (no events): sent every round
-    spans: bool = False  # events on the Python path, returns with their activation links
+    spans: bool = False  # events whose returns carry their activation links (--otlp)
 
 
 def _aggregate_config(fields: object) -> AggregatorConfig | None:
@@ -438,14 +438,20 @@ class ClientSession:
         spec = entry.spec
         agg = entry.aggregator  # with one, only aggregations: programs in the core if they can
         if entry.spans:
-            # Spans (attach --otlp): the Python path, each return linked to its enclosing
-            # activation in one table for all the client's spans specs, so they nest across.
+            # Spans (attach --otlp): each return linked to its enclosing activation in one
+            # table for all the client's spans specs, so they nest across; recorded in the
+            # client's ring by a program where one can (its JSON line has the link), else the
+            # Python path.
             if self._activations is None:
                 from pyprobes.tracer.activations import Activations
 
                 self._activations = Activations()
             trace = TraceSession(
-                [spec], self._emitter(entry), spans=True, activations=self._activations
+                [spec],
+                self._emitter(entry),
+                spans=True,
+                activations=self._activations,
+                records=self.stream.records(),
             )
         else:
             # Events: recorded in the client's ring by probe programs where they can (written

@@ -105,11 +105,12 @@ class EventStream:
 
     def records(self) -> RingSource:
         """The client's ring of event records, for the probes whose programs can record their
-        events in the core (the session's reader, arming a spec)."""
+        events in the core (the session's reader, arming a spec). Its return records carry
+        their activation links, for ``spans`` specs (a pointer test for the others)."""
         if self._records is None:
             from pyprobes.tracer.records import RingSource
 
-            source = RingSource(RING_CAPACITY)
+            source = RingSource(RING_CAPACITY, links=True)
             source.wake_writer = self.events.wake.set
             self._records = source
         return self._records

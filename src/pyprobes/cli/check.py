@@ -14,7 +14,7 @@ from pyprobes.cli.options import (
     make_aggregator,
     wants_events,
 )
-from pyprobes.cli.otlp import OTLP_PATH, OTLP_RECORDS_PATH, add_otlp_options
+from pyprobes.cli.otlp import OTLP_RECORDS_PATH, add_otlp_options
 from pyprobes.engine.resolve import module_exists
 from pyprobes.lang import ProbeSpec, parse_spec
 from pyprobes.output import RENDERERS, Aggregator
@@ -140,7 +140,7 @@ def otlp_path(
     """How run's hits of ``spec`` would run under --otlp: recorded by a program, whose
     records become spans (and events, written from the ring), else the Python path."""
     if events and not RingSource.takes(output_format):
-        return OTLP_PATH
+        return f"python: {output_format} events are written by the Python path"
     plan = programs.plan(spec, aggregator.config if aggregator is not None else None, events=True)
     return OTLP_RECORDS_PATH if plan.program is not None else f"python: {plan.reason}"
 

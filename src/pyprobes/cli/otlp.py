@@ -24,9 +24,7 @@ INSTALL_HINT = (
     " pip install 'pyprobes[otlp]' (opentelemetry-sdk, opentelemetry-exporter-otlp-proto-http)"
 )
 
-#: How a probe's hits run under --otlp when no program records them (``pyprobes check``).
-OTLP_PATH = "python: --otlp makes spans from events"
-#: ... and when a program records them (as ``run`` decides: ``otlp_path``).
+#: How a probe's hits run under --otlp when a program records them (``pyprobes check``).
 OTLP_RECORDS_PATH = "program, spans from records in the core"
 
 

@@ -7,7 +7,8 @@ thread and renders what the ring holds: JSON Lines and text in C when the core h
 own rendering), any other format through the output renderers from ``Event`` records. Either
 way the text is the Python path's.
 
-With ``spans`` (``--otlp``), the ring is made with the activations' link key: every record
+With ``links`` (attach's stream) a return's record keeps its activation's link, which its JSON
+line carries. With ``spans`` (``--otlp``) too, and: every record
 becomes an ``Event``, those with an activation link go to ``spans`` (the span thread's queue),
 and they are rendered only if events are written too (``write``). Return records the full ring
 lost are told to ``spans_lost``: they are spans never made.
@@ -53,12 +54,15 @@ class RingSource:
         self,
         capacity: int = RING_CAPACITY,
         *,
+        links: bool = False,
         spans: Callable[[Event], object] | None = None,
         spans_lost: Callable[[int], object] | None = None,
         write: bool = True,
     ) -> None:
-        link_key = KEY if spans is not None else None
+        link_key = KEY if links or spans is not None else None
         self.ring = pyprobes.record_ring(capacity, render, exception_text, self._wake, link_key)
+        #: Return records carry their activation's link (``--otlp``; JSON writes it).
+        self.links = link_key is not None
         self.spans = spans
         self.spans_lost = spans_lost
         self.write = write

@@ -60,7 +60,7 @@ class TraceSession:
     With ``spans=True`` (``--otlp``) each return event carries its activation's link to the
     enclosing one (``tracer.activations``); sessions given the same ``activations`` table (an
     attach client's, one session per spec) link across each other, with numbers unique among
-    them. Given ``records`` too (a ``RingSource`` made with ``spans``), the specs a program can
+    them. Given ``records`` too (a ``RingSource`` made with ``links``), the specs a program can
     record run as programs, an ``r`` probe's entry handler numbering its activation and its
     record carrying the link; without, every probe takes the Python path.
 
@@ -85,8 +85,8 @@ class TraceSession:
         self._activations = activations if spans else None
         if spans:
             events = True
-            if records is not None and records.spans is None:
-                raise ValueError("a session with spans needs a RingSource made with spans")
+            if records is not None and not records.links:
+                raise ValueError("a session with spans needs a RingSource made with links")
         self._aggregator = aggregator
         self._events = events or aggregator is None
         self._records = records if self._events else None
