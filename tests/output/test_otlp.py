@@ -260,3 +260,23 @@ def test_a_linear_histogram_has_its_own_bounds_as_explicit_buckets() -> None:
     (point,) = _metrics(field, [])["pyprobes.value"].data.data_points  # type: ignore[attr-defined]
     assert point.attributes == {"event": "work", "field": "n"}
     assert point.explicit_bounds == [0.0, 5.0, 10.0] and point.bucket_counts == [0, 1, 0, 0]
+
+
+def test_the_resource_hashes_once_and_equals_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk import resources
+
+    from pyprobes.output.otlp import make_resource
+
+    r = make_resource("svc", 42)
+    same = resources.Resource.create(dict(r.attributes))
+    sdk_hash = hash(same)
+    assert r == same and same == r and hash(r) == sdk_hash
+
+    def no_dumps(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the resource was hashed again")
+
+    # the SDK's encoder hashes the resource per span: that is now a stored int
+    monkeypatch.setattr(resources, "dumps", no_dumps)
+    assert hash(r) == sdk_hash
+    with pytest.raises(AssertionError):
+        hash(same)
